@@ -1,0 +1,1 @@
+"""Admin routes: keys, models, engines, audit (admin role only)."""

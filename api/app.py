@@ -1,0 +1,73 @@
+"""The app factory: `create_app(settings, registry)` builds the gateway and its workers' supervisor."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+
+from api.admin.controller import AdminController
+from api.auth import PUBLIC_PATHS, ApiKeyAuthentication
+from api.errors import EXCEPTION_HANDLERS
+from api.health import live, metrics, ready
+from api.metrics import GatewayMetrics
+from api.observability import in_flight_middleware, request_id_and_count_hook
+from api.openai.chat.controller import create_chat_completion
+from api.openai.completions.controller import create_completion
+from api.openai.embeddings.controller import create_embeddings
+from api.openai.models.controller import list_models, retrieve_model
+from api.state import GatewayState
+from appliance.registry.registry import Registry
+from appliance.settings import Settings
+from appliance.supervisor import Supervisor
+
+
+def create_app(settings: Settings, registry: Registry) -> Litestar:
+    """The gateway for one appliance home; workers start in the lifespan and stop with it."""
+    metrics_ = GatewayMetrics()
+    supervisor = Supervisor(
+        settings,
+        registry.models.enabled(),
+        on_restart=lambda name: metrics_.worker_restarts.labels(name).inc(),
+    )
+    gateway = GatewayState(settings, registry, supervisor, metrics_)
+
+    @asynccontextmanager
+    async def run_workers(_app: Litestar) -> AsyncIterator[None]:
+        await supervisor.start()
+        try:
+            yield
+        finally:
+            await supervisor.stop()
+
+    async def provide_gateway() -> GatewayState:
+        return gateway
+
+    return Litestar(
+        route_handlers=[
+            create_chat_completion,
+            create_completion,
+            create_embeddings,
+            list_models,
+            retrieve_model,
+            live,
+            ready,
+            metrics,
+            AdminController,
+        ],
+        state=State({"gateway": gateway}),
+        dependencies={"gateway": Provide(provide_gateway)},
+        middleware=[
+            in_flight_middleware(metrics_),
+            DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        before_send=[request_id_and_count_hook(metrics_)],
+        lifespan=[run_workers],
+        request_max_body_size=settings.limits.max_body_bytes,
+        openapi_config=None,
+    )

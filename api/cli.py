@@ -1,0 +1,198 @@
+"""The `appliance` command: set up a home, manage keys and models, and serve."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from appliance.errors import ApplianceError
+from appliance.gguf_info import read_gguf_info
+from appliance.registry.keys import CreatedKey, Role
+from appliance.registry.registry import Registry, open_registry
+from appliance.settings import Settings, home_from_environment, load_settings, write_default_settings
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
+models_app = typer.Typer(no_args_is_help=True, help="Register and list models.")
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+
+
+def _open() -> tuple[Settings, Registry]:
+    """Settings and registry of APPLIANCE_HOME (creating both on first use)."""
+    home = home_from_environment()
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_default_settings(home)
+    settings = load_settings(home)
+    return settings, open_registry(settings.database_path)
+
+
+@app.command()
+def init() -> None:
+    """Create the data directory, its settings file and its database (safe to run again)."""
+    settings, _ = _open()
+    typer.echo(f"home: {settings.home}\nsettings: {settings.home / 'settings.toml'}")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="who or what the key is for")],
+    role: Annotated[Role, typer.Option(help="admin or user")] = Role.USER,
+    quiet: Annotated[bool, typer.Option(help="print only the key")] = False,
+) -> None:
+    """Create a key and print it once; only its hash is kept."""
+    _, registry = _open()
+    created = registry.keys.create(name, role)
+    registry.audit.record("keys.create", outcome="success", target=created.info.id, detail="cli")
+    if quiet:
+        typer.echo(created.secret)
+    else:
+        typer.echo(f"{created.info.id}  {role.value:5}  {name}\n{created.secret}\n(shown once: copy it now)")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    _, registry = _open()
+    typer.echo(f"{'ID':12}  {'ROLE':5}  {'CREATED':19}  {'LAST USED':19}  {'STATE':7}  NAME")
+    for key in registry.keys.list():
+        last = key.last_used_at.strftime("%Y-%m-%d %H:%M:%S") if key.last_used_at else "never"
+        state = "revoked" if key.revoked_at else "active"
+        created = key.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(f"{key.id:12}  {key.role.value:5}  {created:19}  {last:19}  {state:7}  {key.name}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by id; it fails from the next request on."""
+    _, registry = _open()
+    registry.keys.revoke(key_id)
+    registry.audit.record("keys.revoke", outcome="success", target=key_id, detail="cli")
+    typer.echo(f"revoked {key_id}")
+
+
+@models_app.command("add")
+def models_add(
+    path: Path,
+    name: Annotated[str | None, typer.Option(help="model name (default: the file name)")] = None,
+    alias: Annotated[list[str] | None, typer.Option(help="another name for the model; repeatable")] = None,
+    chat_template: Annotated[
+        Path | None, typer.Option(help="Jinja chat template to use instead of (or without) the GGUF's")
+    ] = None,
+) -> None:
+    """Read a GGUF file's header and register it."""
+    _, registry = _open()
+    info = read_gguf_info(path)
+    template = chat_template.read_text(encoding="utf-8") if chat_template else None
+    model = registry.models.add(
+        path,
+        info,
+        name=name or path.stem.lower(),
+        aliases=tuple(alias or ()),
+        chat_template_override=template,
+    )
+    registry.audit.record("models.add", outcome="success", target=model.name, detail=str(model.path))
+    typer.echo(
+        f"registered {model.name} ({info.architecture}, {info.quantization}, context {info.context_length}, "
+        f"chat template: {'yes' if info.chat_template or template else 'no'})"
+    )
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List registered models."""
+    _, registry = _open()
+    typer.echo(f"{'NAME':20}  {'ALIASES':16}  {'ARCH':10}  {'QUANT':8}  {'SIZE MB':>8}  {'CTX':>6}  STATUS")
+    for m in registry.models.list():
+        aliases = ",".join(m.aliases) or "-"
+        size = m.size_bytes / 1e6
+        typer.echo(
+            f"{m.name:20}  {aliases:16}  {m.architecture:10}  {m.quantization:8}  {size:8.1f}  "
+            f"{m.context_length:6}  {m.status}"
+        )
+
+
+def _print_examples(settings: Settings, key: str) -> None:
+    base = f"http://{settings.server.host}:{settings.server.port}/v1"
+    typer.echo(
+        f"""
+Try it:
+  curl {base}/chat/completions -H "Authorization: Bearer {key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "default", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  python -c 'from openai import OpenAI
+client = OpenAI(base_url="{base}", api_key="{key}")
+print(client.chat.completions.create(model="default",
+      messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)'
+"""
+    )
+
+
+@app.command()
+def bootstrap(
+    model: Annotated[Path, typer.Option(help="the embedded default GGUF model")],
+    name: Annotated[str, typer.Option(help="its registry name")] = "smollm2-135m",
+    alias: Annotated[str, typer.Option(help="the alias clients use")] = "default",
+) -> None:
+    """First-run set-up for development: home, default model, an admin and a user key (printed once)."""
+    settings, registry = _open()
+    if not any(m.name == name for m in registry.models.list()):
+        registry.models.add(model, read_gguf_info(model), name=name, aliases=(alias,))
+        typer.echo(f"registered {name} (alias {alias}) from {model}")
+    user_key = "$APPLIANCE_KEY"
+    if not registry.keys.list():
+        admin: CreatedKey = registry.keys.create("admin (bootstrap)", Role.ADMIN)
+        user: CreatedKey = registry.keys.create("user (bootstrap)", Role.USER)
+        for created in (admin, user):
+            registry.audit.record(
+                "keys.create", outcome="success", target=created.info.id, detail="bootstrap"
+            )
+        user_key = user.secret
+        typer.echo(
+            f"\nAPI keys (shown once; only their hashes are stored):\n  admin: {admin.secret}\n"
+            f"  user:  {user.secret}\n"
+        )
+    else:
+        typer.echo(
+            "keys exist already (they were printed on the first run; `appliance keys create` makes more)"
+        )
+    _print_examples(settings, user_key)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="override [server] host")] = None,
+    port: Annotated[int | None, typer.Option(help="override [server] port")] = None,
+) -> None:
+    """Start the workers and serve the OpenAI API until Ctrl-C."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings, registry = _open()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe is noise
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, registry),
+            host=host or settings.server.host,
+            port=port or settings.server.port,
+            log_level="info",
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.workers.stop_timeout_s),
+        )
+    )
+    server.run()
+
+
+def main() -> None:
+    """Console-script entry: an ApplianceError is one line on stderr and exit status 1, not a traceback."""
+    try:
+        app()
+    except ApplianceError as error:
+        typer.echo(f"error: {error.message}", err=True)
+        sys.exit(1)

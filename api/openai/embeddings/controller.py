@@ -1,0 +1,21 @@
+"""POST /v1/embeddings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, post
+
+from api.openai.proxy import forward
+from api.state import GatewayState
+from appliance.protocol import EmbeddingRequest, decode_request
+
+
+@post("/v1/embeddings", status_code=200)
+async def create_embeddings(request: Request[Any, Any, Any], gateway: GatewayState) -> Response[bytes]:
+    """Validate the request, resolve the model, and let its worker embed the input."""
+    body = decode_request(await request.body(), EmbeddingRequest)
+    model = gateway.registry.models.resolve(body.model)
+    payload = msgspec.json.encode(msgspec.structs.replace(body, model=model.name))
+    return await forward(request, gateway, model, "/v1/embeddings", payload)

@@ -1,0 +1,115 @@
+"""Forwarding a validated request to the worker that serves its model, and relaying the answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+from litestar import Request, Response
+from litestar.response import Stream
+
+from api.state import GatewayState
+from appliance.errors import EngineUnavailableError, appliance_error_body
+from appliance.protocol import Usage
+from appliance.registry.models import ModelInfo
+from appliance.supervisor import Worker, WorkerState
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+USAGE_COMMENT = ": usage "
+"""The worker ends each stream with this SSE comment carrying usage; it is read here and not forwarded."""
+
+
+def ready_worker(gateway: GatewayState, model: ModelInfo) -> Worker:
+    """The worker serving `model`, or 503 if it is not running or not ready."""
+    worker = gateway.supervisor.workers.get(model.name)
+    if worker is None:
+        raise EngineUnavailableError(
+            f"The model `{model.name}` is registered but not loaded; restart serving."
+        )
+    if worker.state is not WorkerState.READY:
+        raise EngineUnavailableError(f"The engine for `{model.name}` is {worker.state.value}; retry shortly.")
+    return worker
+
+
+def _unavailable(model: ModelInfo, error: httpx.HTTPError) -> EngineUnavailableError:
+    return EngineUnavailableError(f"The engine for `{model.name}` did not answer ({type(error).__name__}).")
+
+
+def _json_response(upstream: httpx.Response) -> Response[bytes]:
+    return Response(upstream.content, status_code=upstream.status_code, media_type="application/json")
+
+
+async def forward(
+    request: Request[Any, Any, Any], gateway: GatewayState, model: ModelInfo, path: str, payload: bytes
+) -> Response[bytes]:
+    """POST a non-streamed request to the model's worker and return its JSON as is."""
+    request.state.model = model.name
+    worker = ready_worker(gateway, model)
+    try:
+        upstream = await worker.client.post(path, content=payload)
+    except httpx.HTTPError as error:
+        raise _unavailable(model, error) from error
+    if upstream.status_code == 200:
+        found = msgspec.json.decode(upstream.content, type=dict[str, Any]).get("usage") or {}
+        gateway.metrics.record_usage(
+            model.name, found.get("prompt_tokens", 0), found.get("completion_tokens", 0)
+        )
+    return _json_response(upstream)
+
+
+async def forward_stream(
+    request: Request[Any, Any, Any], gateway: GatewayState, model: ModelInfo, path: str, payload: bytes
+) -> Response[bytes] | Stream:
+    """POST a streamed request; errors before the first byte keep their status, later ones become events."""
+    request.state.model = model.name
+    worker = ready_worker(gateway, model)
+    started = time.perf_counter()
+    try:
+        upstream = await worker.client.send(
+            worker.client.build_request("POST", path, content=payload), stream=True
+        )
+    except httpx.HTTPError as error:
+        raise _unavailable(model, error) from error
+    if upstream.status_code != 200:
+        await upstream.aread()
+        await upstream.aclose()
+        return _json_response(upstream)
+    return Stream(
+        _relay(gateway, model, upstream, started), media_type="text/event-stream", headers=SSE_HEADERS
+    )
+
+
+async def _relay(
+    gateway: GatewayState, model: ModelInfo, upstream: httpx.Response, started: float
+) -> AsyncIterator[bytes]:
+    """Pass the worker's events through one by one; closing this (client gone) closes the worker stream."""
+    metrics = gateway.metrics
+    first_token_at: float | None = None
+    event: list[str] = []
+    try:
+        async for line in upstream.aiter_lines():
+            if line:
+                event.append(line)
+                continue
+            if not event:
+                continue
+            if event[0].startswith(USAGE_COMMENT):
+                totals = msgspec.json.decode(event[0][len(USAGE_COMMENT) :], type=Usage)
+                metrics.record_usage(model.name, totals.prompt_tokens, totals.completion_tokens)
+                if first_token_at is not None and totals.completion_tokens > 1:
+                    per_token = (time.perf_counter() - first_token_at) / (totals.completion_tokens - 1)
+                    metrics.time_per_output_token.labels(model.name).observe(per_token)
+            else:
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                    metrics.time_to_first_token.labels(model.name).observe(first_token_at - started)
+                yield ("\n".join(event) + "\n\n").encode()
+            event = []
+    except httpx.HTTPError as error:
+        body = appliance_error_body(_unavailable(model, error))
+        yield b"data: " + msgspec.json.encode(body) + b"\n\ndata: [DONE]\n\n"
+    finally:
+        await upstream.aclose()

@@ -1,0 +1,1 @@
+"""The appliance core: settings, registry, engines, supervisor. It never imports api/ or tui/."""

@@ -1,0 +1,64 @@
+"""Entry point of a llama.cpp worker process: `python -m appliance.engines.llamacpp --model … --socket …`."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from appliance.engines.llamacpp.model import LoadedModel, WorkerConfig
+from appliance.engines.llamacpp.routes import create_worker_app
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this worker when its supervisor dies, so no worker is ever orphaned."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the supervisor died before the request took effect
+        sys.exit(1)
+
+
+def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
+    parser = argparse.ArgumentParser(prog="python -m appliance.engines.llamacpp")
+    parser.add_argument("--model", type=Path, required=True, help="GGUF file to load")
+    parser.add_argument("--name", required=True, help="model name reported in responses")
+    parser.add_argument("--socket", type=Path, required=True, help="unix socket to serve on")
+    parser.add_argument("--context-length", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--chat-template-file", type=Path, help="template to use instead of the GGUF's")
+    args = parser.parse_args(argv)
+    template = args.chat_template_file.read_text(encoding="utf-8") if args.chat_template_file else None
+    config = WorkerConfig(args.model, args.name, args.context_length, args.threads, template)
+    return config, args.socket
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Load the model, then serve it on the unix socket until SIGTERM."""
+    _die_with_parent()
+    config, socket_path = _parse(argv)
+    model = LoadedModel(config)
+    socket_path.unlink(missing_ok=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_worker_app(model),
+            uds=str(socket_path),
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    )
+    try:
+        server.run()
+    finally:
+        socket_path.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The worker's HTTP side: OpenAI routes over the loaded model, plus health and counters."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+from litestar import Litestar, Request, Response, get, post
+from litestar.response import Stream
+
+from appliance.engines.llamacpp.core import SamplingParams
+from appliance.engines.llamacpp.model import LoadedModel
+from appliance.engines.llamacpp.responses import CompletionShape, collect, stream_events
+from appliance.errors import (
+    ApplianceError,
+    ContextLengthExceededError,
+    InvalidRequestError,
+    appliance_error_body,
+)
+from appliance.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    SamplingRequest,
+    decode_request,
+    usage,
+)
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _sampling(request: SamplingRequest, max_tokens: int) -> SamplingParams:
+    if request.n not in (None, 1):
+        raise InvalidRequestError("Only n=1 is supported by this engine.", param="n")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        stop=tuple(request.stop_list),
+        seed=request.seed,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+    )
+
+
+async def _complete(
+    model: LoadedModel, request: SamplingRequest, tokens: list[int], limit: int | None, *, chat: bool
+) -> Response[Any] | Stream:
+    params = _sampling(request, model.check_fits(tokens, limit, param="messages" if chat else "prompt"))
+    shape = CompletionShape(model.config.name, chat=chat)
+    events = model.core.generate(tokens, params)
+    if request.stream:
+        body = stream_events(shape, events, include_usage=request.include_usage)
+        return Stream(body, media_type="text/event-stream", headers=SSE_HEADERS)
+    text, end = await collect(events)
+    return Response(shape.full(text, end))
+
+
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(request: Request[Any, Any, Any], model: LoadedModel) -> Response[Any] | Stream:
+    """Render the messages with the model's chat template, then generate."""
+    body = decode_request(await request.body(), ChatCompletionRequest)
+    prompt = model.chat_template.render([{"role": m.role, "content": m.text()} for m in body.messages])
+    return await _complete(model, body, model.tokenize(prompt), body.token_limit, chat=True)
+
+
+def _prompt_tokens(model: LoadedModel, prompt: str | list[str | int]) -> list[int]:
+    if isinstance(prompt, str):
+        return model.tokenize(prompt)
+    if all(isinstance(item, int) for item in prompt) and prompt:
+        return [int(item) for item in prompt]
+    if len(prompt) == 1 and isinstance(prompt[0], str):
+        return model.tokenize(prompt[0])
+    raise InvalidRequestError(
+        "prompt must be a string, a list of one string, or a non-empty list of token ids", param="prompt"
+    )
+
+
+@post("/v1/completions", status_code=200)
+async def completions(request: Request[Any, Any, Any], model: LoadedModel) -> Response[Any] | Stream:
+    """Generate from a raw prompt."""
+    body = decode_request(await request.body(), CompletionRequest)
+    if body.echo:
+        raise InvalidRequestError("echo is not supported by this engine", param="echo")
+    return await _complete(model, body, _prompt_tokens(model, body.prompt), body.token_limit, chat=False)
+
+
+def _embedding_inputs(raw: str | list[Any]) -> list[str]:
+    texts = [raw] if isinstance(raw, str) else raw
+    if not texts or not all(isinstance(text, str) for text in texts):
+        raise InvalidRequestError("input must be a string or a non-empty list of strings", param="input")
+    return texts
+
+
+@post("/v1/embeddings", status_code=200)
+async def embeddings(request: Request[Any, Any, Any], model: LoadedModel) -> dict[str, Any]:
+    """Mean-pooled, normalised embeddings of each input text."""
+    body = decode_request(await request.body(), EmbeddingRequest)
+    texts = _embedding_inputs(body.input)
+    for index, text in enumerate(texts):
+        if model.count_tokens(text) > model.context_length:
+            raise ContextLengthExceededError(
+                f"input[{index}] is longer than the model's context of {model.context_length} tokens",
+                param="input",
+            )
+    vectors, tokens = await model.embedder.embed(texts)
+    if body.dimensions is not None and vectors and body.dimensions != len(vectors[0]):
+        raise InvalidRequestError(f"this model only gives {len(vectors[0])} dimensions", param="dimensions")
+    data = [
+        {
+            "object": "embedding",
+            "index": index,
+            "embedding": base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+            if body.encoding_format == "base64"
+            else vector,
+        }
+        for index, vector in enumerate(vectors)
+    ]
+    return {"object": "list", "data": data, "model": model.config.name, "usage": usage(tokens, 0)}
+
+
+@get("/health")
+async def health(model: LoadedModel) -> dict[str, Any]:
+    """Ready: the model is loaded and the routes answer."""
+    return {"status": "ok", "model": model.config.name, "context_length": model.context_length}
+
+
+@get("/metrics", media_type="text/plain; version=0.0.4")
+async def metrics(model: LoadedModel) -> str:
+    """The worker's own counters in Prometheus text format."""
+    counters = model.core.counters
+    lines = [
+        f"appliance_worker_tokens_generated_total {counters.tokens_generated}",
+        f"appliance_worker_generations_started_total {counters.generations_started}",
+        f"appliance_worker_generations_finished_total {counters.generations_finished}",
+        f"appliance_worker_generations_cancelled_total {counters.generations_cancelled}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _error_response(_request: Request[Any, Any, Any], error: ApplianceError) -> Response[Any]:
+    return Response(appliance_error_body(error), status_code=error.status_code)
+
+
+def create_worker_app(model: LoadedModel) -> Litestar:
+    """The worker's ASGI app around one loaded model."""
+
+    async def provide_model() -> LoadedModel:
+        return model
+
+    return Litestar(
+        route_handlers=[chat_completions, completions, embeddings, health, metrics],
+        dependencies={"model": provide_model},
+        exception_handlers={ApplianceError: _error_response},
+        on_shutdown=[model.close],
+        openapi_config=None,
+        request_max_body_size=None,
+    )

@@ -1,0 +1,118 @@
+"""One error hierarchy for the whole appliance; the gateway maps it to OpenAI-shaped JSON in one place."""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base of every error the appliance raises on purpose; carries its HTTP status and OpenAI error type."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class SettingsError(ApplianceError):
+    """The settings file is missing a value, has an unknown key, or a value of the wrong type."""
+
+    code = "invalid_settings"
+
+
+class InvalidRequestError(ApplianceError):
+    """The request itself is wrong: bad parameters, wrong types, unsupported values."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    """The prompt does not fit in the model's context window."""
+
+    code = "context_length_exceeded"
+
+
+class ChatTemplateMissingError(InvalidRequestError):
+    """The model has no chat template, so chat routes cannot render messages for it."""
+
+    code = "chat_template_missing"
+
+
+class ModelNotFoundError(ApplianceError):
+    """No registered model or alias has the requested name."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class NotFoundError(ApplianceError):
+    """A named resource (key, route) does not exist."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class AuthenticationError(ApplianceError):
+    """No API key, or a key that is unknown or revoked."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(ApplianceError):
+    """A valid key whose role may not use this route."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "insufficient_permissions"
+
+
+class ModelFileError(ApplianceError):
+    """A model file that is not a readable GGUF file (wrong magic, truncated, unreadable)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_model_file"
+
+
+class ConflictError(ApplianceError):
+    """The name or alias is already taken."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
+class EngineUnavailableError(ApplianceError):
+    """The worker that serves the model is down, starting, or did not answer."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "engine_unavailable"
+    retry_after_s = 1
+
+
+class EngineError(ApplianceError):
+    """The worker answered with an error the gateway cannot attribute to the request."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "engine_error"
+
+
+def error_body(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, dict[str, str | None]]:
+    """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def appliance_error_body(error: ApplianceError) -> dict[str, dict[str, str | None]]:
+    """The OpenAI-shaped body of an ApplianceError."""
+    return error_body(error.message, error.error_type, param=error.param, code=error.code)

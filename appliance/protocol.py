@@ -1,0 +1,142 @@
+"""The OpenAI wire format, as msgspec structs in OpenAI's snake_case. Gateway and workers both speak it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from appliance.errors import InvalidRequestError
+
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
+Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+TokenCount = Annotated[int, Meta(ge=1)]
+ModelName = Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class StreamOptions(msgspec.Struct, kw_only=True):
+    """`stream_options`: whether a final chunk carries the usage."""
+
+    include_usage: bool = False
+
+
+class ContentPart(msgspec.Struct, kw_only=True):
+    """One part of a message's content; only text parts are understood by text models."""
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    """One message of a conversation; content may be a string or a list of text parts."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The message's content as one string (text parts joined)."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+
+class SamplingRequest(msgspec.Struct, kw_only=True):
+    """Fields that chat and text completions share."""
+
+    model: ModelName
+    max_tokens: TokenCount | None = None
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = None
+    user: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @property
+    def stop_list(self) -> list[str]:
+        """Stop strings as a list (OpenAI allows one string or up to four)."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a streamed response ends with a usage chunk."""
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatCompletionRequest(SamplingRequest, kw_only=True):
+    """POST /v1/chat/completions."""
+
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    max_completion_tokens: TokenCount | None = None
+
+    @property
+    def token_limit(self) -> int | None:
+        """max_completion_tokens wins over the older max_tokens, as in OpenAI's API."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class CompletionRequest(SamplingRequest, kw_only=True):
+    """POST /v1/completions: a prompt string, a one-element list of it, or token ids."""
+
+    prompt: str | list[str | int]
+    echo: bool = False
+
+    @property
+    def token_limit(self) -> int | None:
+        """The legacy API's default is 16 tokens."""
+        return 16 if self.max_tokens is None else self.max_tokens
+
+
+class EmbeddingRequest(msgspec.Struct, kw_only=True):
+    """POST /v1/embeddings: a string, a list of strings, token ids, or a list of token id lists."""
+
+    model: ModelName
+    input: str | list[Any]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    user: str | None = None
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """Token counts of one response."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    """Usage with the total filled in."""
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+_AT_PATH = " - at `$."
+T = TypeVar("T")
+
+
+def decode_request(body: bytes, request_type: type[T]) -> T:
+    """Decode a JSON body into `request_type`; malformed JSON or a wrong field is InvalidRequestError."""
+    try:
+        return msgspec.json.decode(body, type=request_type)
+    except msgspec.ValidationError as error:
+        text = str(error)
+        reason, _, path = text.partition(_AT_PATH)
+        param = path.rstrip("`").split("[")[0].split(".")[0] or None
+        raise InvalidRequestError(
+            f"Invalid request: {reason} at `{path.rstrip('`')}`" if path else text, param=param
+        ) from error
+    except msgspec.DecodeError as error:
+        raise InvalidRequestError(f"We could not parse the JSON body of your request: {error}") from error

@@ -1,0 +1,26 @@
+"""One handle on the whole registry, built from the database path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.registry.audit import AuditLog
+from appliance.registry.database import open_database
+from appliance.registry.keys import KeyStore
+from appliance.registry.models import ModelRegistry
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Keys, models and audit log over one SQLite database."""
+
+    keys: KeyStore
+    models: ModelRegistry
+    audit: AuditLog
+
+
+def open_registry(database_path: Path) -> Registry:
+    """Open and migrate the database, then hand out its three stores."""
+    sessions = open_database(database_path)
+    return Registry(KeyStore(sessions), ModelRegistry(sessions), AuditLog(sessions))

@@ -1,0 +1,1 @@
+"""The offline bundle verifier and installer (issue 4)."""

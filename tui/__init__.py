@@ -1,0 +1,1 @@
+"""The Textual admin console (issue 8); a client of the admin API only."""
