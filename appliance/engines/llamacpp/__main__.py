@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -39,20 +40,34 @@ def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
     return config, args.socket
 
 
+class WorkerServer(uvicorn.Server):
+    """uvicorn, but SIGTERM first ends running generations, so shutdown never waits on a long answer."""
+
+    def __init__(self, config: uvicorn.Config, model: LoadedModel) -> None:
+        super().__init__(config)
+        self._model = model
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Signal handler: stop generation, then let uvicorn shut down as usual."""
+        self._model.core.begin_shutdown()
+        super().handle_exit(sig, frame)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Load the model, then serve it on the unix socket until SIGTERM."""
     _die_with_parent()
     config, socket_path = _parse(argv)
     model = LoadedModel(config)
     socket_path.unlink(missing_ok=True)
-    server = uvicorn.Server(
+    server = WorkerServer(
         uvicorn.Config(
             create_worker_app(model),
             uds=str(socket_path),
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=5,
-        )
+        ),
+        model,
     )
     try:
         server.run()

@@ -17,6 +17,8 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
+from appliance.errors import EngineUnavailableError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -59,8 +61,12 @@ class GenerationCore(Protocol):
         """Yield text pieces as they are decoded, then one Finished; closing the iterator cancels the job."""
         ...
 
+    def begin_shutdown(self) -> None:
+        """From now on, running and queued jobs end with EngineUnavailableError; returns at once."""
+        ...
+
     def close(self) -> None:
-        """Stop the core's thread(s); jobs still queued end as cancelled."""
+        """Stop the core's thread(s) and wait for them."""
         ...
 
 
@@ -84,6 +90,7 @@ class SequentialCore:
         self._llm = llm
         self.counters = WorkerCounters()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._shutting_down = threading.Event()
         self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
         self._thread.start()
 
@@ -104,14 +111,22 @@ class SequentialCore:
         finally:
             job.cancelled.set()
 
+    def begin_shutdown(self) -> None:
+        """Stop the running job at its next token and refuse queued ones, so requests end at once."""
+        self._shutting_down.set()
+
     def close(self) -> None:
-        """Ask the thread to stop after its current job and wait for it."""
+        """Stop the thread after its current job and wait for it."""
+        self.begin_shutdown()
         self._jobs.put(None)
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             if job.cancelled.is_set():
+                continue
+            if self._shutting_down.is_set():
+                job.emit(EngineUnavailableError("The engine is shutting down; retry shortly."))
                 continue
             self.counters.generations_started += 1
             try:
@@ -129,7 +144,7 @@ class SequentialCore:
             sampled = len(ids) - prompt_length + 1
             self.counters.tokens_generated += sampled - job.completion_tokens
             job.completion_tokens = sampled
-            return job.cancelled.is_set()
+            return job.cancelled.is_set() or self._shutting_down.is_set()
 
         params = job.params
         finish_reason = "stop"
@@ -150,6 +165,8 @@ class SequentialCore:
             if choice["text"]:
                 job.emit(choice["text"])
             finish_reason = choice["finish_reason"] or finish_reason
+        if self._shutting_down.is_set() and not job.cancelled.is_set():
+            raise EngineUnavailableError("The engine shut down during this generation; retry shortly.")
         if job.cancelled.is_set():
             self.counters.generations_cancelled += 1
             finish_reason = "cancelled"
