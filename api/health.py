@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 from api.state import GatewayState
 from appliance.supervisor import WorkerState
@@ -17,7 +18,7 @@ async def live() -> dict[str, str]:
 
 
 @get("/health/ready")
-async def ready(gateway: GatewayState) -> Response[dict[str, Any]]:
+async def ready(gateway: NamedDependency[GatewayState]) -> Response[dict[str, Any]]:
     """200 when every enabled worker answers, else 503 with each engine's state."""
     workers = gateway.supervisor.workers.values()
     engines = {w.model.name: w.state.value for w in workers}
@@ -27,6 +28,6 @@ async def ready(gateway: GatewayState) -> Response[dict[str, Any]]:
 
 
 @get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
-async def metrics(gateway: GatewayState) -> bytes:
+async def metrics(gateway: NamedDependency[GatewayState]) -> bytes:
     """Prometheus text exposition of the gateway's metrics."""
     return gateway.metrics.render()

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
+from litestar.di import NamedDependency
 
 from api.auth import admin_only
 from api.state import GatewayState
@@ -30,7 +31,9 @@ def _key_object(key: KeyInfo) -> dict[str, Any]:
     }
 
 
-def _audit(request: Request[KeyInfo, Any, Any], gateway: GatewayState, action: str, target: str = "") -> None:
+def _audit(
+    request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], action: str, target: str = ""
+) -> None:
     gateway.registry.audit.record(action, outcome="success", actor_key_id=request.user.id, target=target)
 
 
@@ -41,14 +44,19 @@ class AdminController(Controller):
     guards = [admin_only]  # noqa: RUF012 - Litestar reads this class attribute as configuration
 
     @get("/keys")
-    async def list_keys(self, request: Request[KeyInfo, Any, Any], gateway: GatewayState) -> dict[str, Any]:
+    async def list_keys(
+        self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState]
+    ) -> dict[str, Any]:
         """Every key, revoked ones included; never their secrets."""
         _audit(request, gateway, "keys.list")
         return {"object": "list", "data": [_key_object(k) for k in gateway.registry.keys.list()]}
 
     @post("/keys", status_code=201)
     async def create_key(
-        self, request: Request[KeyInfo, Any, Any], gateway: GatewayState, data: CreateKeyRequest
+        self,
+        request: Request[KeyInfo, Any, Any],
+        gateway: NamedDependency[GatewayState],
+        data: CreateKeyRequest,
     ) -> dict[str, Any]:
         """A new key; the `key` field is the only time its secret is shown."""
         created = gateway.registry.keys.create(data.name, data.role)
@@ -57,7 +65,7 @@ class AdminController(Controller):
 
     @delete("/keys/{key_id:str}", status_code=200)
     async def revoke_key(
-        self, request: Request[KeyInfo, Any, Any], gateway: GatewayState, key_id: str
+        self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], key_id: str
     ) -> dict[str, Any]:
         """Revoke a key; it fails from the next request on."""
         revoked = gateway.registry.keys.revoke(key_id)
@@ -65,7 +73,7 @@ class AdminController(Controller):
         return _key_object(revoked)
 
     @get("/engines")
-    async def list_engines(self, gateway: GatewayState) -> dict[str, Any]:
+    async def list_engines(self, gateway: NamedDependency[GatewayState]) -> dict[str, Any]:
         """Each worker: its model, state, pid and restarts."""
         data = [
             {
@@ -80,7 +88,7 @@ class AdminController(Controller):
         return {"object": "list", "data": data}
 
     @get("/models")
-    async def list_registered_models(self, gateway: GatewayState) -> dict[str, Any]:
+    async def list_registered_models(self, gateway: NamedDependency[GatewayState]) -> dict[str, Any]:
         """The registry's models with what their files say."""
         data = [
             {
@@ -101,7 +109,7 @@ class AdminController(Controller):
 
     @get("/audit")
     async def list_audit(
-        self, request: Request[KeyInfo, Any, Any], gateway: GatewayState, limit: int = 100
+        self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], limit: int = 100
     ) -> dict[str, Any]:
         """The newest audit events first."""
         _audit(request, gateway, "audit.read")

@@ -43,7 +43,11 @@ def _json_response(upstream: httpx.Response) -> Response[bytes]:
 
 
 async def forward(
-    request: Request[Any, Any, Any], gateway: GatewayState, model: ModelInfo, path: str, payload: bytes
+    request: Request[Any, Any, Any],
+    gateway: GatewayState,
+    model: ModelInfo,
+    path: str,
+    payload: bytes,
 ) -> Response[bytes]:
     """POST a non-streamed request to the model's worker and return its JSON as is."""
     request.state.model = model.name
@@ -61,7 +65,11 @@ async def forward(
 
 
 async def forward_stream(
-    request: Request[Any, Any, Any], gateway: GatewayState, model: ModelInfo, path: str, payload: bytes
+    request: Request[Any, Any, Any],
+    gateway: GatewayState,
+    model: ModelInfo,
+    path: str,
+    payload: bytes,
 ) -> Response[bytes] | Stream:
     """POST a streamed request; errors before the first byte keep their status, later ones become events."""
     request.state.model = model.name

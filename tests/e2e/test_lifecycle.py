@@ -32,6 +32,13 @@ def _gone(pid: int, within_s: float) -> bool:
     return False
 
 
+def _describe(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return "gone"
+
+
 def test_ctrl_c_leaves_no_worker_and_no_socket_and_restarts(tmp_path: Path, model_path: Path) -> None:
     """SIGINT: the usual 130 exit, no traceback, the worker gone, its socket removed; serving again works."""
     first = start_appliance(tmp_path / "home", model_path)
@@ -60,6 +67,6 @@ def test_killed_gateway_takes_its_worker_along(tmp_path: Path, model_path: Path)
     worker = _worker_pid(running)
     running.process.send_signal(signal.SIGKILL)
     running.process.wait(timeout=10)
-    assert _gone(worker, within_s=10), "the worker was orphaned"
+    assert _gone(worker, within_s=10), f"the worker was orphaned: {_describe(worker)}\n{running.log}"
     if not _gone(worker, within_s=0):
         os.kill(worker, signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
@@ -97,3 +98,30 @@ def test_models(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         oai.models.retrieve("no-such-model")
     assert caught.value.code == "model_not_found"
+
+
+def test_metrics_count_requests_tokens_and_latency(appliance: RunningAppliance, oai: openai.OpenAI) -> None:
+    """After a streamed chat, /metrics shows its request, its tokens, TTFT and time per output token."""
+    list(
+        oai.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True
+        )
+    )
+    text = httpx.get(f"{appliance.base_url}/metrics", headers=appliance.headers()).text
+    assert 'appliance_requests_total{model="smollm2-135m",route="/v1/chat/completions",status="200"}' in text
+    assert 'appliance_time_to_first_token_seconds_count{model="smollm2-135m"}' in text
+    assert 'appliance_time_per_output_token_seconds_count{model="smollm2-135m"}' in text
+    assert 'appliance_completion_tokens_total{model="smollm2-135m"}' in text
+    assert 'appliance_prompt_tokens_total{model="smollm2-135m"}' in text
+    assert "appliance_requests_in_flight" in text
+
+
+def test_request_id_is_echoed_or_made(appliance: RunningAppliance) -> None:
+    """A caller's sane x-request-id comes back; otherwise each response gets a fresh one."""
+    echoed = httpx.get(
+        f"{appliance.base_url}/v1/models", headers={**appliance.headers(), "x-request-id": "trace-42"}
+    )
+    assert echoed.headers["x-request-id"] == "trace-42"
+    first = httpx.get(f"{appliance.base_url}/health/live").headers["x-request-id"]
+    second = httpx.get(f"{appliance.base_url}/health/live").headers["x-request-id"]
+    assert first != second

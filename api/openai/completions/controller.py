@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, post
+from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from api.openai.proxy import forward, forward_stream
@@ -15,7 +16,7 @@ from appliance.protocol import CompletionRequest, decode_request
 
 @post("/v1/completions", status_code=200)
 async def create_completion(
-    request: Request[Any, Any, Any], gateway: GatewayState
+    request: Request[Any, Any, Any], gateway: NamedDependency[GatewayState]
 ) -> Response[bytes] | Stream:
     """Validate the request, resolve the model, and let its worker answer (streamed or not)."""
     body = decode_request(await request.body(), CompletionRequest)

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, post
+from litestar.di import NamedDependency
 
 from api.openai.proxy import forward
 from api.state import GatewayState
@@ -13,7 +14,9 @@ from appliance.protocol import EmbeddingRequest, decode_request
 
 
 @post("/v1/embeddings", status_code=200)
-async def create_embeddings(request: Request[Any, Any, Any], gateway: GatewayState) -> Response[bytes]:
+async def create_embeddings(
+    request: Request[Any, Any, Any], gateway: NamedDependency[GatewayState]
+) -> Response[bytes]:
     """Validate the request, resolve the model, and let its worker embed the input."""
     body = decode_request(await request.body(), EmbeddingRequest)
     model = gateway.registry.models.resolve(body.model)

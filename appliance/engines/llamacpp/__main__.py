@@ -19,9 +19,13 @@ PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    """Ask the kernel to SIGTERM this worker when its supervisor dies, so no worker is ever orphaned."""
+    """Ask the kernel to kill this worker when its supervisor dies, so no worker is ever orphaned.
+
+    SIGKILL, not SIGTERM: with the gateway gone nobody can use a graceful shutdown, and nothing a worker
+    holds needs flushing; its stale socket is removed by the next supervisor before it starts a worker.
+    """
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the supervisor died before the request took effect
         sys.exit(1)
 
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         server.run()
     finally:
         socket_path.unlink(missing_ok=True)
+        model.close()
 
 
 if __name__ == "__main__":

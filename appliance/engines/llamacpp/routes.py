@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from litestar import Litestar, Request, Response, get, post
+from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from appliance.engines.llamacpp.core import SamplingParams
@@ -58,7 +59,9 @@ async def _complete(
 
 
 @post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[Any, Any, Any], model: LoadedModel) -> Response[Any] | Stream:
+async def chat_completions(
+    request: Request[Any, Any, Any], model: NamedDependency[LoadedModel]
+) -> Response[Any] | Stream:
     """Render the messages with the model's chat template, then generate."""
     body = decode_request(await request.body(), ChatCompletionRequest)
     prompt = model.chat_template.render([{"role": m.role, "content": m.text()} for m in body.messages])
@@ -78,7 +81,9 @@ def _prompt_tokens(model: LoadedModel, prompt: str | list[str | int]) -> list[in
 
 
 @post("/v1/completions", status_code=200)
-async def completions(request: Request[Any, Any, Any], model: LoadedModel) -> Response[Any] | Stream:
+async def completions(
+    request: Request[Any, Any, Any], model: NamedDependency[LoadedModel]
+) -> Response[Any] | Stream:
     """Generate from a raw prompt."""
     body = decode_request(await request.body(), CompletionRequest)
     if body.echo:
@@ -94,7 +99,7 @@ def _embedding_inputs(raw: str | list[Any]) -> list[str]:
 
 
 @post("/v1/embeddings", status_code=200)
-async def embeddings(request: Request[Any, Any, Any], model: LoadedModel) -> dict[str, Any]:
+async def embeddings(request: Request[Any, Any, Any], model: NamedDependency[LoadedModel]) -> dict[str, Any]:
     """Mean-pooled, normalised embeddings of each input text."""
     body = decode_request(await request.body(), EmbeddingRequest)
     texts = _embedding_inputs(body.input)
@@ -121,13 +126,13 @@ async def embeddings(request: Request[Any, Any, Any], model: LoadedModel) -> dic
 
 
 @get("/health")
-async def health(model: LoadedModel) -> dict[str, Any]:
+async def health(model: NamedDependency[LoadedModel]) -> dict[str, Any]:
     """Ready: the model is loaded and the routes answer."""
     return {"status": "ok", "model": model.config.name, "context_length": model.context_length}
 
 
 @get("/metrics", media_type="text/plain; version=0.0.4")
-async def metrics(model: LoadedModel) -> str:
+async def metrics(model: NamedDependency[LoadedModel]) -> str:
     """The worker's own counters in Prometheus text format."""
     counters = model.core.counters
     lines = [
@@ -144,7 +149,7 @@ def _error_response(_request: Request[Any, Any, Any], error: ApplianceError) -> 
 
 
 def create_worker_app(model: LoadedModel) -> Litestar:
-    """The worker's ASGI app around one loaded model."""
+    """The worker's ASGI app around one loaded model; the model's owner closes it, not the app."""
 
     async def provide_model() -> LoadedModel:
         return model
@@ -153,7 +158,6 @@ def create_worker_app(model: LoadedModel) -> Litestar:
         route_handlers=[chat_completions, completions, embeddings, health, metrics],
         dependencies={"model": provide_model},
         exception_handlers={ApplianceError: _error_response},
-        on_shutdown=[model.close],
         openapi_config=None,
         request_max_body_size=None,
     )
