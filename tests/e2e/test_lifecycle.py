@@ -67,6 +67,8 @@ def test_killed_gateway_takes_its_worker_along(tmp_path: Path, model_path: Path)
     worker = _worker_pid(running)
     running.process.send_signal(signal.SIGKILL)
     running.process.wait(timeout=10)
-    assert _gone(worker, within_s=10), f"the worker was orphaned: {_describe(worker)}\n{running.log}"
-    if not _gone(worker, within_s=0):
-        os.kill(worker, signal.SIGKILL)
+    try:
+        assert _gone(worker, within_s=10), f"the worker was orphaned: {_describe(worker)}\n{running.log}"
+    finally:
+        if not _gone(worker, within_s=0):
+            os.kill(worker, signal.SIGKILL)

@@ -57,12 +57,22 @@ class WorkerServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def _already_exiting(_signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM or SIGINT once uvicorn has stopped watching: the worker is already on its way out.
+
+    uvicorn re-raises the signal that stopped it with the handler it found; with this one, the re-raise
+    (and any late duplicate) lets the cleanup below finish instead of killing the process half-way.
+    """
+
+
 def main(argv: list[str] | None = None) -> None:
     """Load the model, then serve it on the unix socket until SIGTERM."""
     _die_with_parent()
     config, socket_path = _parse(argv)
     model = LoadedModel(config)
     socket_path.unlink(missing_ok=True)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _already_exiting)
     server = WorkerServer(
         uvicorn.Config(
             create_worker_app(model),

@@ -90,7 +90,9 @@ class SequentialCore:
         self._llm = llm
         self.counters = WorkerCounters()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._shutting_down = threading.Event()
+        # A plain flag, not a threading.Event: it is set from a signal handler, where taking the Event's
+        # lock can deadlock against the very frame the signal interrupted.
+        self._shutting_down = False
         self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
         self._thread.start()
 
@@ -112,8 +114,11 @@ class SequentialCore:
             job.cancelled.set()
 
     def begin_shutdown(self) -> None:
-        """Stop the running job at its next token and refuse queued ones, so requests end at once."""
-        self._shutting_down.set()
+        """Stop the running job at its next token and refuse queued ones, so requests end at once.
+
+        Safe to call from a signal handler: it only sets a flag.
+        """
+        self._shutting_down = True
 
     def close(self) -> None:
         """Stop the thread after its current job and wait for it."""
@@ -125,7 +130,7 @@ class SequentialCore:
         while (job := self._jobs.get()) is not None:
             if job.cancelled.is_set():
                 continue
-            if self._shutting_down.is_set():
+            if self._shutting_down:
                 job.emit(EngineUnavailableError("The engine is shutting down; retry shortly."))
                 continue
             self.counters.generations_started += 1
@@ -144,7 +149,7 @@ class SequentialCore:
             sampled = len(ids) - prompt_length + 1
             self.counters.tokens_generated += sampled - job.completion_tokens
             job.completion_tokens = sampled
-            return job.cancelled.is_set() or self._shutting_down.is_set()
+            return job.cancelled.is_set() or self._shutting_down
 
         params = job.params
         finish_reason = "stop"
@@ -165,7 +170,7 @@ class SequentialCore:
             if choice["text"]:
                 job.emit(choice["text"])
             finish_reason = choice["finish_reason"] or finish_reason
-        if self._shutting_down.is_set() and not job.cancelled.is_set():
+        if self._shutting_down and not job.cancelled.is_set():
             raise EngineUnavailableError("The engine shut down during this generation; retry shortly.")
         if job.cancelled.is_set():
             self.counters.generations_cancelled += 1
