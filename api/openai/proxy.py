@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -13,10 +13,11 @@ from litestar.response import Stream
 
 from api.state import GatewayState
 from appliance.errors import EngineUnavailableError, appliance_error_body
-from appliance.protocol import Usage
+from appliance.protocol import EmbeddingRequest, SamplingRequest, Usage
 from appliance.registry.models import ModelInfo
 from appliance.supervisor import Worker, WorkerState
 
+ModelRequest = TypeVar("ModelRequest", SamplingRequest, EmbeddingRequest)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 USAGE_COMMENT = ": usage "
 """The worker ends each stream with this SSE comment carrying usage; it is read here and not forwarded."""
@@ -40,6 +41,22 @@ def _unavailable(model: ModelInfo, error: httpx.HTTPError) -> EngineUnavailableE
 
 def _json_response(upstream: httpx.Response) -> Response[bytes]:
     return Response(upstream.content, status_code=upstream.status_code, media_type="application/json")
+
+
+def encode_for_worker(gateway: GatewayState, body: ModelRequest) -> tuple[ModelInfo, bytes]:
+    """Resolve the request's model (404 if unknown) and re-encode the body naming it canonically."""
+    model = gateway.registry.models.resolve(body.model)
+    return model, msgspec.json.encode(msgspec.structs.replace(body, model=model.name))
+
+
+async def forward_generation(
+    request: Request[Any, Any, Any], gateway: GatewayState, body: SamplingRequest, path: str
+) -> Response[bytes] | Stream:
+    """Send a chat or text completion to its model's worker, streamed or not as the client asked."""
+    model, payload = encode_for_worker(gateway, body)
+    if body.stream:
+        return await forward_stream(request, gateway, model, path, payload)
+    return await forward(request, gateway, model, path, payload)
 
 
 async def forward(

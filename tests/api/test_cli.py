@@ -7,8 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gguf
-import numpy as np
+from tests.gguf_files import write_tiny_gguf
 
 APPLIANCE = Path(sys.executable).parent / "appliance"
 
@@ -130,19 +129,6 @@ def test_keys_revoke_unknown_is_one_error_line() -> None:
     assert "deadbeef0000" in line
 
 
-def _tiny_gguf(path: Path) -> Path:
-    """A small valid GGUF without a chat template, quick to read."""
-    writer = gguf.GGUFWriter(path, arch="llama")
-    writer.add_context_length(256)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def test_models_add_real_model_then_list_and_clashes(model_path: Path, tmp_path: Path) -> None:
     """The real model added as `m` alias `a` is listed with both; reusing either exits 1 with one line."""
     added = _run("models", "add", str(model_path), "--name", "m", "--alias", "a")
@@ -158,7 +144,7 @@ def test_models_add_real_model_then_list_and_clashes(model_path: Path, tmp_path:
     assert len(rows) == 2
     assert rows[1].split() == ["m", "a", "llama", "Q4_1", "98.4", "8192", "enabled"]
 
-    tiny = _tiny_gguf(tmp_path / "tiny.gguf")
+    tiny = write_tiny_gguf(tmp_path / "tiny.gguf")
     line = _assert_one_error_line(_run("models", "add", str(tiny), "--name", "m"))
     assert "'m'" in line
     line = _assert_one_error_line(_run("models", "add", str(tiny), "--name", "other", "--alias", "a"))

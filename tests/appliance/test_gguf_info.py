@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 
 from appliance.errors import ModelFileError
 from appliance.gguf_info import GgufInfo, read_gguf_info
+from tests.gguf_files import write_tiny_gguf
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +50,7 @@ def test_real_model_sha256_matches_hashlib(model_info: GgufInfo, model_path: Pat
 
 def test_tiny_gguf_without_chat_template(tmp_path: Path) -> None:
     """A minimal GGUF written with the gguf package parses, and has no chat template."""
-    path = tmp_path / "tiny.gguf"
-    writer = gguf.GGUFWriter(path, arch="llama")
-    writer.add_context_length(256)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")
 
     info = read_gguf_info(path)
     assert info.architecture == "llama"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.response import Stream
 
-from api.openai.proxy import forward, forward_stream
+from api.openai.proxy import forward_generation
 from api.state import GatewayState
 from appliance.protocol import ChatCompletionRequest, decode_request
 
@@ -20,8 +19,4 @@ async def create_chat_completion(
 ) -> Response[bytes] | Stream:
     """Validate the request, resolve the model, and let its worker answer (streamed or not)."""
     body = decode_request(await request.body(), ChatCompletionRequest)
-    model = gateway.registry.models.resolve(body.model)
-    payload = msgspec.json.encode(msgspec.structs.replace(body, model=model.name))
-    if body.stream:
-        return await forward_stream(request, gateway, model, "/v1/chat/completions", payload)
-    return await forward(request, gateway, model, "/v1/chat/completions", payload)
+    return await forward_generation(request, gateway, body, "/v1/chat/completions")

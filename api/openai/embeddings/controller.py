@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 
-from api.openai.proxy import forward
+from api.openai.proxy import encode_for_worker, forward
 from api.state import GatewayState
 from appliance.protocol import EmbeddingRequest, decode_request
 
@@ -19,6 +18,5 @@ async def create_embeddings(
 ) -> Response[bytes]:
     """Validate the request, resolve the model, and let its worker embed the input."""
     body = decode_request(await request.body(), EmbeddingRequest)
-    model = gateway.registry.models.resolve(body.model)
-    payload = msgspec.json.encode(msgspec.structs.replace(body, model=model.name))
+    model, payload = encode_for_worker(gateway, body)
     return await forward(request, gateway, model, "/v1/embeddings", payload)
