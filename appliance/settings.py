@@ -36,7 +36,11 @@ class WorkerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     threads: int = 0
     """Generation threads per worker; 0 means one per physical core."""
     context_length: int = 4096
-    """Context window per worker, capped by the model's own trained context."""
+    """Context window per worker, capped by the model's own trained context; the slots share it."""
+    parallel: int = 0
+    """Sequences a llama.cpp worker decodes together (slots); 0 picks from cores and context."""
+    queue_depth: int = 64
+    """Requests that may wait for a free slot; one more is answered 429 with Retry-After."""
     startup_timeout_s: float = 120.0
     """How long a worker may take to load its model before it counts as failed."""
     restart_backoff_s: float = 0.5
@@ -120,6 +124,8 @@ request_timeout_s = 600.0
 [workers]
 threads = 0              # 0 = one per physical core
 context_length = 4096
+parallel = 0             # slots per llama.cpp worker; 0 = chosen from cores and context
+queue_depth = 64         # requests waiting for a slot before 429
 startup_timeout_s = 120.0
 restart_backoff_s = 0.5
 restart_backoff_max_s = 30.0

@@ -100,6 +100,10 @@ class Supervisor:
             str(min(workers.context_length, model.context_length)),
             "--threads",
             str(workers.threads or physical_cores()),
+            "--parallel",
+            str(workers.parallel),
+            "--queue-depth",
+            str(workers.queue_depth),
         ]
         if model.chat_template_override is not None:
             template_file = self._settings.run_dir / f"{model.name}.chat_template.jinja"

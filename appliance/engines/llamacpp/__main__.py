@@ -37,10 +37,20 @@ def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
     parser.add_argument("--socket", type=Path, required=True, help="unix socket to serve on")
     parser.add_argument("--context-length", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--parallel", type=int, default=0, help="slots; 0 = chosen from cores and context")
+    parser.add_argument("--queue-depth", type=int, default=64, help="requests that may wait for a slot")
     parser.add_argument("--chat-template-file", type=Path, help="template to use instead of the GGUF's")
     args = parser.parse_args(argv)
     template = args.chat_template_file.read_text(encoding="utf-8") if args.chat_template_file else None
-    config = WorkerConfig(args.model, args.name, args.context_length, args.threads, template)
+    config = WorkerConfig(
+        args.model,
+        args.name,
+        args.context_length,
+        args.threads,
+        template,
+        parallel=args.parallel,
+        queue_depth=args.queue_depth,
+    )
     return config, args.socket
 
 

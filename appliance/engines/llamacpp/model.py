@@ -24,6 +24,8 @@ class WorkerConfig:
     context_length: int
     threads: int
     chat_template_override: str | None = None
+    parallel: int = 0
+    queue_depth: int = 64
 
 
 class Embedder:
