@@ -10,7 +10,7 @@ from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
-from appliance.errors import ApplianceError, EngineUnavailableError, appliance_error_body, error_body
+from appliance.errors import ApplianceError, appliance_error_body, error_body
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,8 @@ _CODES_BY_STATUS = {
 
 
 def appliance_error_response(_request: Request[Any, Any, Any], error: ApplianceError) -> Response[Any]:
-    """An ApplianceError as its own status and body; unavailable engines also say when to retry."""
-    headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, EngineUnavailableError) else None
+    """An ApplianceError as its own status and body, with Retry-After where the error has one."""
+    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
     return Response(appliance_error_body(error), status_code=error.status_code, headers=headers)
 
 

@@ -9,6 +9,8 @@ class ApplianceError(Exception):
     status_code: int = 500
     error_type: str = "server_error"
     code: str | None = None
+    retry_after_s: int | None = None
+    """When set, the response carries `Retry-After` with this many seconds."""
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -95,6 +97,15 @@ class EngineUnavailableError(ApplianceError):
     status_code = 503
     error_type = "server_error"
     code = "engine_unavailable"
+    retry_after_s = 1
+
+
+class QueueFullError(ApplianceError):
+    """Every slot is busy and the bounded wait queue is full: come back shortly."""
+
+    status_code = 429
+    error_type = "rate_limit_exceeded"
+    code = "queue_full"
     retry_after_s = 1
 
 

@@ -43,8 +43,24 @@ class ChatMessage(msgspec.Struct, kw_only=True):
         return "".join(part.text or "" for part in self.content if part.type == "text")
 
 
+class JsonSchemaFormat(msgspec.Struct, kw_only=True):
+    """`response_format.json_schema`: a named JSON Schema the output must satisfy."""
+
+    name: str = "output"
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(msgspec.Struct, kw_only=True):
+    """`response_format`: free text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class SamplingRequest(msgspec.Struct, kw_only=True):
-    """Fields that chat and text completions share."""
+    """Fields that chat and text completions share (top_k, min_p, repetition_penalty as in vLLM)."""
 
     model: ModelName
     max_tokens: TokenCount | None = None
@@ -58,6 +74,11 @@ class SamplingRequest(msgspec.Struct, kw_only=True):
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    top_k: Annotated[int, Meta(ge=0)] | None = None
+    min_p: Probability | None = None
+    repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
+    logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
+    response_format: ResponseFormat | None = None
 
     @property
     def stop_list(self) -> list[str]:
@@ -106,20 +127,30 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
     user: str | None = None
 
 
-class Usage(msgspec.Struct, kw_only=True):
+class PromptTokensDetails(msgspec.Struct, kw_only=True):
+    """How many prompt tokens were served from the prefix cache."""
+
+    cached_tokens: int = 0
+
+
+class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Token counts of one response."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
-    """Usage with the total filled in."""
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> Usage:
+    """Usage with the total filled in; `cached_tokens` adds prompt_tokens_details."""
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=None
+        if cached_tokens is None
+        else PromptTokensDetails(cached_tokens=cached_tokens),
     )
 
 

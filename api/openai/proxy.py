@@ -40,7 +40,12 @@ def _unavailable(model: ModelInfo, error: httpx.HTTPError) -> EngineUnavailableE
 
 
 def _json_response(upstream: httpx.Response) -> Response[bytes]:
-    return Response(upstream.content, status_code=upstream.status_code, media_type="application/json")
+    """The worker's JSON answer as is; a Retry-After it sent (queue full, shutting down) goes along."""
+    retry_after = upstream.headers.get("retry-after")
+    headers = {"Retry-After": retry_after} if retry_after else None
+    return Response(
+        upstream.content, status_code=upstream.status_code, media_type="application/json", headers=headers
+    )
 
 
 def encode_for_worker(gateway: GatewayState, body: ModelRequest) -> tuple[ModelInfo, bytes]:

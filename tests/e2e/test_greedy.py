@@ -17,7 +17,8 @@ MAX_TOKENS = 48
 @pytest.fixture(scope="module")
 def reference(model_path: Path) -> Iterator[Any]:
     """llama-cpp-python's own `Llama` on the same file with the same context, in this process."""
-    llm = llama_cpp.Llama(str(model_path), n_ctx=CONTEXT_LENGTH, n_threads=2, verbose=False)
+    # flash_attn as the worker has it (llama.cpp picks flash attention by default; llama-cpp-python does not)
+    llm = llama_cpp.Llama(str(model_path), n_ctx=CONTEXT_LENGTH, n_threads=2, verbose=False, flash_attn=True)
     yield llm
     llm.close()
 

@@ -10,9 +10,21 @@ from typing import Any
 
 import llama_cpp
 
+from appliance.engines.llamacpp.batching import BatchingCore
 from appliance.engines.llamacpp.chat_template import ChatTemplate
-from appliance.engines.llamacpp.core import GenerationCore, SequentialCore
-from appliance.errors import ContextLengthExceededError
+from appliance.engines.llamacpp.core import GenerationCore
+from appliance.engines.llamacpp.native import ContextShape, NativeContext, NativeModel
+from appliance.errors import ContextLengthExceededError, InvalidRequestError
+
+SLOT_TOKENS = 1024
+"""Context per slot when the number of slots is chosen automatically."""
+BATCH_TOKENS = 512
+"""Tokens per decode call: every running sequence's next token plus chunks of pending prompts."""
+
+
+def default_parallel(context_length: int, threads: int) -> int:
+    """Slots from cores and context: about 1k tokens each, at most four per core."""
+    return max(1, min(4 * max(threads, 1), context_length // SLOT_TOKENS))
 
 
 @dataclass(frozen=True)
@@ -72,34 +84,33 @@ class LoadedModel:
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self._llm = llama_cpp.Llama(
-            str(config.model_path),
-            n_ctx=config.context_length,
-            n_threads=config.threads,
-            n_threads_batch=config.threads,
-            verbose=False,
-        )
-        template = config.chat_template_override or self._llm.metadata.get("tokenizer.chat_template")
+        self.native = NativeModel(config.model_path)
+        parallel = config.parallel or default_parallel(config.context_length, config.threads)
+        shape = ContextShape(config.context_length, parallel, BATCH_TOKENS, config.threads)
+        context = NativeContext(self.native, shape)
+        self.parallel = parallel
+        template = config.chat_template_override or self.native.chat_template()
         self.chat_template = ChatTemplate(
             template,
-            bos_token=self._token_text(self._llm.token_bos()),
-            eos_token=self._token_text(self._llm.token_eos()),
+            bos_token=self._token_text(self.native.bos),
+            eos_token=self._token_text(self.native.eos),
         )
-        self.core: GenerationCore = SequentialCore(self._llm)
+        self.batching = BatchingCore(self.native, context, parallel, config.queue_depth)
+        self.core: GenerationCore = self.batching
         self.embedder = Embedder(config)
 
     def _token_text(self, token: int) -> str:
-        return "" if token < 0 else self._llm.detokenize([token], special=True).decode("utf-8", "replace")
+        return "" if token < 0 else self.native.token_text(token, special=True).decode("utf-8", "replace")
 
     @property
     def context_length(self) -> int:
-        """Tokens that fit in one sequence."""
-        return int(self._llm.n_ctx())
+        """Tokens that fit in one sequence (one slot's share of the context)."""
+        return self.batching.slot_context
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of a prompt exactly as llama-cpp-python's own completion path makes them."""
-        bos = [self._llm.token_bos()] if self._llm._model.add_bos_token() else []
-        return bos + list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        bos = [self.native.bos] if self.native.adds_bos else []
+        return bos + self.native.tokenize(text, add_bos=False)
 
     def check_fits(self, prompt_tokens: list[int], max_tokens: int | None, param: str) -> int:
         """The number of tokens the completion may use; a prompt that leaves no room is a 400."""
@@ -112,11 +123,16 @@ class LoadedModel:
             )
         return room if max_tokens is None else min(max_tokens, room)
 
+    def check_tokens(self, tokens: list[int], param: str) -> None:
+        """Token ids from a request (prompt ids, logit_bias keys) must exist in the vocabulary."""
+        if any(not 0 <= token < self.native.n_vocab for token in tokens):
+            raise InvalidRequestError(f"{param} names a token id outside the vocabulary", param=param)
+
     def count_tokens(self, text: str) -> int:
         """How many tokens `text` takes (for the embeddings' context check)."""
-        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+        return len(self.native.tokenize(text, add_bos=True))
 
     def close(self) -> None:
-        """Stop generation and embedding threads."""
-        self.core.close()
+        """Stop generation and embedding threads and free the model."""
         self.embedder.close()
+        self.core.close()

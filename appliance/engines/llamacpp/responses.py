@@ -61,7 +61,7 @@ class CompletionShape:
             "model": self.model,
             "system_fingerprint": None,
             "choices": [choice],
-            "usage": usage(end.prompt_tokens, end.completion_tokens),
+            "usage": usage(end.prompt_tokens, end.completion_tokens, end.cached_tokens),
         }
 
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -108,7 +108,7 @@ async def stream_events(
                 yield sse(
                     shape.chunk([shape.delta(None if shape.chat else "", event.finish_reason)], **extra)
                 )
-                totals = usage(event.prompt_tokens, event.completion_tokens)
+                totals = usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
                 if include_usage:
                     yield sse(shape.chunk([], usage=totals))
                 yield USAGE_COMMENT + _encode(totals) + b"\n\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import msgspec
 import numpy as np
 from litestar import Litestar, Request, Response, get, post
 from litestar.di import NamedDependency
@@ -13,6 +14,7 @@ from litestar.response import Stream
 from appliance.engines.llamacpp.core import SamplingParams
 from appliance.engines.llamacpp.model import LoadedModel
 from appliance.engines.llamacpp.responses import CompletionShape, collect, stream_events
+from appliance.engines.llamacpp.sampling import grammar_for
 from appliance.errors import (
     ApplianceError,
     ContextLengthExceededError,
@@ -31,24 +33,44 @@ from appliance.protocol import (
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _sampling(request: SamplingRequest, max_tokens: int) -> SamplingParams:
+def _logit_bias(model: LoadedModel, raw: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    if not raw:
+        return ()
+    try:
+        pairs = tuple((int(token), bias) for token, bias in raw.items())
+    except ValueError as error:
+        raise InvalidRequestError("logit_bias keys must be token ids", param="logit_bias") from error
+    model.check_tokens([token for token, _ in pairs], "logit_bias")
+    return pairs
+
+
+def _sampling(model: LoadedModel, request: SamplingRequest, max_tokens: int) -> SamplingParams:
     if request.n not in (None, 1):
         raise InvalidRequestError("Only n=1 is supported by this engine.", param="n")
+    defaults = SamplingParams(max_tokens=max_tokens)
+    response_format = msgspec.to_builtins(request.response_format) if request.response_format else None
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=1.0 if request.temperature is None else request.temperature,
-        top_p=1.0 if request.top_p is None else request.top_p,
+        temperature=defaults.temperature if request.temperature is None else request.temperature,
+        top_p=defaults.top_p if request.top_p is None else request.top_p,
+        top_k=defaults.top_k if request.top_k is None else request.top_k,
+        min_p=defaults.min_p if request.min_p is None else request.min_p,
         stop=tuple(request.stop_list),
         seed=request.seed,
         presence_penalty=request.presence_penalty or 0.0,
         frequency_penalty=request.frequency_penalty or 0.0,
+        repetition_penalty=request.repetition_penalty or 1.0,
+        logit_bias=_logit_bias(model, request.logit_bias),
+        grammar=grammar_for(response_format),
     )
 
 
 async def _complete(
     model: LoadedModel, request: SamplingRequest, tokens: list[int], limit: int | None, *, chat: bool
 ) -> Response[Any] | Stream:
-    params = _sampling(request, model.check_fits(tokens, limit, param="messages" if chat else "prompt"))
+    params = _sampling(
+        model, request, model.check_fits(tokens, limit, param="messages" if chat else "prompt")
+    )
     shape = CompletionShape(model.config.name, chat=chat)
     events = model.core.generate(tokens, params)
     if request.stream:
@@ -72,7 +94,9 @@ def _prompt_tokens(model: LoadedModel, prompt: str | list[str | int]) -> list[in
     if isinstance(prompt, str):
         return model.tokenize(prompt)
     if all(isinstance(item, int) for item in prompt) and prompt:
-        return [int(item) for item in prompt]
+        tokens = [int(item) for item in prompt]
+        model.check_tokens(tokens, "prompt")
+        return tokens
     if len(prompt) == 1 and isinstance(prompt[0], str):
         return model.tokenize(prompt[0])
     raise InvalidRequestError(
@@ -128,7 +152,12 @@ async def embeddings(request: Request[Any, Any, Any], model: NamedDependency[Loa
 @get("/health")
 async def health(model: NamedDependency[LoadedModel]) -> dict[str, Any]:
     """Ready: the model is loaded and the routes answer."""
-    return {"status": "ok", "model": model.config.name, "context_length": model.context_length}
+    return {
+        "status": "ok",
+        "model": model.config.name,
+        "context_length": model.context_length,
+        "slots": model.parallel,
+    }
 
 
 @get("/metrics", media_type="text/plain; version=0.0.4")
@@ -140,12 +169,17 @@ async def metrics(model: NamedDependency[LoadedModel]) -> str:
         f"appliance_worker_generations_started_total {counters.generations_started}",
         f"appliance_worker_generations_finished_total {counters.generations_finished}",
         f"appliance_worker_generations_cancelled_total {counters.generations_cancelled}",
+        f"appliance_worker_prompt_tokens_cached_total {counters.prompt_tokens_cached}",
+        f"appliance_worker_decode_steps_total {counters.decode_steps}",
+        f"appliance_worker_decode_failures_total {counters.decode_failures}",
+        f"appliance_worker_slots {model.parallel}",
     ]
     return "\n".join(lines) + "\n"
 
 
 def _error_response(_request: Request[Any, Any, Any], error: ApplianceError) -> Response[Any]:
-    return Response(appliance_error_body(error), status_code=error.status_code)
+    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+    return Response(appliance_error_body(error), status_code=error.status_code, headers=headers)
 
 
 def create_worker_app(model: LoadedModel) -> Litestar:

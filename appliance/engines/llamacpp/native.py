@@ -1,0 +1,115 @@
+"""The GGUF model and its decoding context through llama.cpp's C API (llama-cpp-python's low-level layer).
+
+Only the scheduler thread touches the context; tokenizing only reads the vocabulary, which llama.cpp's
+own server also does from its HTTP threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from appliance.errors import EngineError, ModelFileError
+
+PIECE_BUFFER = 256
+"""Bytes for one token's text; llama.cpp's longest pieces are far shorter."""
+
+# llama.cpp logs every load step at INFO through llama-cpp-python's logger; errors are all we want.
+logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True)
+class ContextShape:
+    """How the decoding context is sized: total cells, slots sharing them, tokens per decode call."""
+
+    context_length: int
+    parallel: int
+    batch_tokens: int
+    threads: int
+
+
+class NativeModel:
+    """A loaded GGUF model: vocabulary, tokenizer, token texts and its embedded chat template."""
+
+    def __init__(self, path: Path) -> None:
+        params = llama_cpp.llama_model_default_params()
+        self.model: Any = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self.model:
+            raise ModelFileError(f"{path}: llama.cpp could not load this model")
+        self.vocab: Any = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
+        self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
+        self.adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.trained_context = int(llama_cpp.llama_model_n_ctx_train(self.model))
+        self._piece = ctypes.create_string_buffer(PIECE_BUFFER)
+
+    def chat_template(self) -> str | None:
+        """The template stored in the GGUF header, if any."""
+        raw = llama_cpp.llama_model_chat_template(self.model, None)
+        return raw.decode("utf-8") if raw else None
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        """Tokens of `text`, special tokens parsed (chat templates write them as text)."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        tokens = (llama_cpp.llama_token * capacity)()
+        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_bos, True)
+        if count < 0:  # the buffer was too small; llama.cpp says how many it needs
+            capacity = -count
+            tokens = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_bos, True)
+        return list(tokens[:count])
+
+    def token_text(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes one token stands for (may be part of a UTF-8 character). Scheduler thread only."""
+        size = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, PIECE_BUFFER, 0, special)
+        return self._piece.raw[: max(size, 0)]
+
+    def is_end_of_generation(self, token: int) -> bool:
+        """EOS, end-of-turn and the other tokens after which a model has finished."""
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        """Free the model's memory."""
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+
+class NativeContext:
+    """A decoding context whose cells are split evenly among `parallel` sequences (one per slot)."""
+
+    def __init__(self, model: NativeModel, shape: ContextShape) -> None:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = shape.context_length
+        params.n_batch = shape.batch_tokens
+        params.n_ubatch = min(shape.batch_tokens, 512)
+        params.n_seq_max = shape.parallel
+        params.n_threads = shape.threads
+        params.n_threads_batch = shape.threads
+        params.kv_unified = False  # each slot gets its own share of the cells, as llama-server's -np does
+        params.no_perf = True
+        self.ctx: Any = llama_cpp.llama_init_from_model(model.model, params)
+        if not self.ctx:
+            raise EngineError("llama.cpp could not create a context of this size")
+        self.memory: Any = llama_cpp.llama_get_memory(self.ctx)
+        self.slot_context = int(llama_cpp.llama_n_ctx_seq(self.ctx))
+        self.batch = llama_cpp.llama_batch_init(shape.batch_tokens, 0, 1)
+        self.batch_capacity = shape.batch_tokens
+
+    def forget(self, seq: int, from_position: int = 0) -> bool:
+        """Drop a sequence's cells from `from_position` on; False if the model cannot cut partially."""
+        return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq, from_position, -1))
+
+    def close(self) -> None:
+        """Free the batch and the context."""
+        if self.ctx:
+            llama_cpp.llama_batch_free(self.batch)
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
