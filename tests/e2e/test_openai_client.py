@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -125,3 +128,37 @@ def test_request_id_is_echoed_or_made(appliance: RunningAppliance) -> None:
     first = httpx.get(f"{appliance.base_url}/health/live").headers["x-request-id"]
     second = httpx.get(f"{appliance.base_url}/health/live").headers["x-request-id"]
     assert first != second
+
+
+def test_json_schema_response_format(oai: openai.OpenAI) -> None:
+    """response_format json_schema: the reply parses and has the required fields of the right types."""
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    reply = oai.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "Give a city and its population as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+        max_tokens=80,
+        temperature=0,
+    )
+    jsonschema.validate(json.loads(reply.choices[0].message.content or ""), schema)
+
+
+def test_repeated_prefix_reports_cached_tokens(oai: openai.OpenAI) -> None:
+    """A second request sharing a long system prompt reports cached prompt tokens in usage."""
+    system = {
+        "role": "system",
+        "content": "You answer questions about geography, briefly and precisely. " * 20,
+    }
+    for question in ("Where is Lima?", "Where is Oslo?"):
+        reply = oai.chat.completions.create(
+            model="default", messages=[system, {"role": "user", "content": question}], max_tokens=4
+        )
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens_details is not None
+    assert reply.usage.prompt_tokens_details.cached_tokens is not None
+    assert reply.usage.prompt_tokens_details.cached_tokens > 200

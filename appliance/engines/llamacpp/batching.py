@@ -103,7 +103,10 @@ class BatchingCore:
         with self._lock:
             if self._shutting_down:
                 raise EngineUnavailableError("The engine is shutting down; retry shortly.")
-            if len(self._waiting) >= self._queue_depth:
+            # Requests about to take a free slot are not waiting for one; the scheduler may not have
+            # admitted them yet, so they count against the free slots, not against the queue.
+            free_slots = sum(slot.request is None for slot in self._slots)
+            if len(self._waiting) >= self._queue_depth + free_slots:
                 raise QueueFullError("Every slot is busy and the wait queue is full; retry shortly.")
             self._waiting.append(request)
         self._wake.set()

@@ -1,0 +1,181 @@
+"""The batching scheduler on the real model: concurrency, cancellation, prefix reuse, limits, grammars."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from appliance.engines.llamacpp.core import Finished, SamplingParams
+from appliance.engines.llamacpp.model import LoadedModel, WorkerConfig
+from appliance.engines.llamacpp.sampling import grammar_for
+from appliance.engines.llamacpp.text_stream import TextStream
+from appliance.errors import QueueFullError
+
+SLOTS = 8
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village,",
+    "def fibonacci(n):",
+    "The three laws of robotics are",
+    "My favourite recipe for pancakes:",
+    "In 1969, the first person to walk on the moon",
+    "Photosynthesis is the process by which",
+    "A haiku about the sea:",
+]
+
+
+@pytest.fixture(scope="module")
+def model(model_path: Path) -> Iterator[LoadedModel]:
+    """The real model with eight slots of 512 tokens each."""
+    loaded = LoadedModel(
+        WorkerConfig(model_path, "m", context_length=SLOTS * 512, threads=2, parallel=SLOTS, queue_depth=16)
+    )
+    yield loaded
+    loaded.close()
+
+
+async def _run(model: LoadedModel, prompt: str, params: SamplingParams) -> tuple[list[str], Finished]:
+    pieces: list[str] = []
+    async for event in model.core.generate(model.tokenize(prompt), params):
+        if isinstance(event, Finished):
+            return pieces, event
+        pieces.append(event)
+    raise AssertionError("no Finished event")
+
+
+GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
+
+
+async def test_concurrent_greedy_equals_one_at_a_time(model: LoadedModel) -> None:
+    """Eight greedy requests decoded together give the same text as each alone (first 16 pieces at least)."""
+    alone = [await _run(model, prompt, GREEDY) for prompt in PROMPTS]
+    together = await asyncio.gather(*(_run(model, prompt, GREEDY) for prompt in PROMPTS))
+    for (solo_pieces, solo_end), (batch_pieces, batch_end) in zip(alone, together, strict=True):
+        assert batch_pieces[:16] == solo_pieces[:16]
+        assert batch_end.prompt_tokens == solo_end.prompt_tokens
+    assert model.batching.counters.decode_steps > 0
+
+
+async def test_cancelling_half_leaves_the_rest_exact_and_frees_slots(model: LoadedModel) -> None:
+    """Half of sixteen streams leave after a few pieces; the others end with exactly max_tokens tokens."""
+    params = SamplingParams(max_tokens=32, temperature=0.8, seed=3)
+    before = model.batching.counters.generations_cancelled
+
+    async def leave_early(prompt: str) -> None:
+        stream: AsyncIterator[str | Finished] = model.core.generate(model.tokenize(prompt), params)
+        received = 0
+        async for _event in stream:
+            received += 1
+            if received == 4:
+                break
+        await stream.aclose()  # type: ignore[attr-defined]
+
+    prompts = [PROMPTS[i % len(PROMPTS)] + " Tell me more." for i in range(16)]
+    outcomes = await asyncio.gather(
+        *(leave_early(p) if i % 2 else _run(model, p, params) for i, p in enumerate(prompts))
+    )
+    finished = [outcome for outcome in outcomes if outcome is not None]
+    assert len(finished) == 8
+    for pieces, end in finished:
+        assert end.finish_reason in {"length", "stop"}
+        if end.finish_reason == "length":
+            assert end.completion_tokens == 32
+            assert pieces
+    await asyncio.sleep(0.2)
+    assert model.batching.counters.generations_cancelled >= before + 8
+    # every slot is free again: a full round of new requests all finish
+    again = await asyncio.gather(*(_run(model, p, GREEDY) for p in PROMPTS))
+    assert all(end.finish_reason in {"length", "stop"} for _, end in again)
+
+
+async def test_shared_system_prompt_is_served_from_cache(model: LoadedModel) -> None:
+    """A second request with the same 500-token prefix reports those tokens as cached."""
+    system = "You are a careful assistant. " * 80
+    first_tokens = model.tokenize(system + "Question one: what is two plus two?")
+    assert 450 < len(first_tokens) < 512
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+    first = [e async for e in model.core.generate(first_tokens, params)][-1]
+    second_tokens = model.tokenize(system + "Question two: name a colour.")
+    second = [e async for e in model.core.generate(second_tokens, params)][-1]
+    assert isinstance(first, Finished)
+    assert isinstance(second, Finished)
+    shared = next(i for i, (a, b) in enumerate(zip(first_tokens, second_tokens, strict=False)) if a != b)
+    assert second.cached_tokens == shared
+    assert shared > 400
+
+
+async def test_full_queue_is_refused_with_queue_full(model_path: Path) -> None:
+    """With both slots busy and the queue (depth 2) full, one more request is refused at once."""
+    small = LoadedModel(
+        WorkerConfig(model_path, "q", context_length=512, threads=2, parallel=2, queue_depth=2)
+    )
+    try:
+        params = SamplingParams(max_tokens=64, temperature=0.0)
+        running = [asyncio.create_task(_run(small, p, params)) for p in PROMPTS[:2]]
+        while small.batching.counters.generations_started < 2:  # noqa: ASYNC110 - polls a counter the scheduler thread bumps
+            await asyncio.sleep(0.01)
+        running += [asyncio.create_task(_run(small, p, params)) for p in PROMPTS[2:4]]
+        await asyncio.sleep(0.01)  # the two new requests are now waiting: the queue is full
+        with pytest.raises(QueueFullError):
+            await _run(small, "one too many", params)
+        results = await asyncio.gather(*running)
+        assert len(results) == 4
+    finally:
+        small.close()
+
+
+async def test_json_schema_output_validates(model: LoadedModel) -> None:
+    """Output constrained by a JSON schema's grammar parses and validates against the schema."""
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    grammar = grammar_for({"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
+    params = SamplingParams(max_tokens=64, temperature=0.0, grammar=grammar)
+    pieces, end = await _run(model, "A person described as JSON:", params)
+    assert end.finish_reason == "stop"
+    jsonschema.validate(json.loads("".join(pieces)), schema)
+
+
+async def test_json_object_output_parses(model: LoadedModel) -> None:
+    """response_format json_object gives text that parses as a JSON object."""
+    params = SamplingParams(max_tokens=96, temperature=0.0, grammar=grammar_for({"type": "json_object"}))
+    pieces, end = await _run(model, "Describe a cat as a JSON object:", params)
+    assert end.finish_reason == "stop"
+    assert isinstance(json.loads("".join(pieces)), dict)
+
+
+async def test_stop_string_spanning_tokens_never_leaks(model: LoadedModel) -> None:
+    """A stop string made of several tokens ends the text before it; no part of it is streamed."""
+    free, _ = await _run(model, "Count: 1, 2, 3, 4, 5, 6, 7,", SamplingParams(max_tokens=20, temperature=0.0))
+    text = "".join(free)
+    assert " 9," in text
+    stop = " 9,"
+    pieces, end = await _run(
+        model, "Count: 1, 2, 3, 4, 5, 6, 7,", SamplingParams(max_tokens=20, temperature=0.0, stop=(stop,))
+    )
+    assert end.finish_reason == "stop"
+    assert "".join(pieces) == text[: text.index(stop)]
+    assert not any(" 9" in piece for piece in pieces)
+
+
+def test_multibyte_characters_are_never_split(model: LoadedModel) -> None:
+    """Characters whose bytes span several tokens come out whole, through the same path as generation."""
+    text = "Crème brûlée, 寿司 and 🎉🚀 for everyone."
+    tokens = model.native.tokenize(text, add_bos=False)
+    pieces_of_bytes = [model.native.token_text(token) for token in tokens]
+    assert any(
+        piece.decode("utf-8", "replace") != piece.decode("utf-8", "ignore") for piece in pieces_of_bytes
+    ), "the text should have tokens that end inside a character"
+    stream = TextStream(())
+    released = [stream.feed(piece) for piece in pieces_of_bytes]
+    released.append(stream.flush())
+    assert all("\ufffd" not in piece for piece in released)
+    assert "".join(released) == text
