@@ -150,13 +150,12 @@ def test_json_schema_response_format(oai: openai.OpenAI) -> None:
 
 def test_repeated_prefix_reports_cached_tokens(oai: openai.OpenAI) -> None:
     """A second request sharing a long system prompt reports cached prompt tokens in usage."""
-    system = {
-        "role": "system",
-        "content": "You answer questions about geography, briefly and precisely. " * 20,
-    }
+    system = "You answer questions about geography, briefly and precisely. " * 20
     for question in ("Where is Lima?", "Where is Oslo?"):
         reply = oai.chat.completions.create(
-            model="default", messages=[system, {"role": "user", "content": question}], max_tokens=4
+            model="default",
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+            max_tokens=4,
         )
     assert reply.usage is not None
     assert reply.usage.prompt_tokens_details is not None
