@@ -21,17 +21,22 @@ from api.openai.completions.controller import create_completion
 from api.openai.embeddings.controller import create_embeddings
 from api.openai.models.controller import list_models, retrieve_model
 from api.state import GatewayState
+from appliance.hardware import detect_hardware, load_nvml
 from appliance.registry.registry import Registry
 from appliance.settings import Settings
-from appliance.supervisor import Supervisor
+from appliance.supervisor import Supervisor, serving_plan
 
 
 def create_app(settings: Settings, registry: Registry) -> Litestar:
     """The gateway for one appliance home; workers start in the lifespan and stop with it."""
-    metrics_ = GatewayMetrics()
+    nvml = load_nvml()
+    hardware = detect_hardware(nvml)
+    models = registry.models.enabled()
+    metrics_ = GatewayMetrics(nvml if hardware.gpus else None)
     supervisor = Supervisor(
         settings,
-        registry.models.enabled(),
+        models,
+        serving_plan(settings, models, hardware),
         on_restart=lambda name: metrics_.worker_restarts.labels(name).inc(),
     )
     gateway = GatewayState(settings, registry, supervisor, metrics_)

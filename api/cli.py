@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import msgspec
 import typer
 
 from appliance.errors import ApplianceError
 from appliance.gguf_info import read_gguf_info
+from appliance.hardware import Hardware, detect_hardware, load_nvml
+from appliance.planner import GIB, ModelSpec, Plan, make_plan, spec_from_model
 from appliance.registry.keys import CreatedKey, Role
 from appliance.registry.registry import Registry, open_registry
 from appliance.settings import Settings, home_from_environment, load_settings, write_default_settings
@@ -114,6 +117,90 @@ def models_list() -> None:
             f"{m.name:20}  {aliases:16}  {m.architecture:10}  {m.quantization:8}  {size:8.1f}  "
             f"{m.context_length:6}  {m.status}"
         )
+
+
+def _read_json(path: Path, kind: type[Any], what: str) -> Any:
+    """Decode a JSON file into `kind`, or raise ApplianceError naming the file and the problem."""
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=kind)
+    except OSError as error:
+        raise ApplianceError(f"{path}: cannot read ({error.strerror})") from error
+    except msgspec.MsgspecError as error:
+        raise ApplianceError(f"{path}: not a valid {what} ({error})") from error
+
+
+PLAN_COLUMNS = "{:20}  {:8}  {:30}  {:>2}  {:10}  {:>6}  {:>8}  {:>8}  {:4}  {}"
+
+
+def _machine_lines(hardware: Hardware) -> list[str]:
+    """The machine a plan was made for, one line per CPU and GPU."""
+    cpu = hardware.cpu
+    vector = "AVX-512" if cpu.avx512 else "AVX2" if cpu.avx2 else "no AVX2"
+    ram = cpu.ram_total_mib / 1024
+    lines = [f"CPU: {cpu.model}, {cpu.physical_cores} physical cores, {ram:.1f} GiB RAM, {vector}"]
+    for gpu in hardware.gpus:
+        major, minor = gpu.compute_capability
+        mig = ""
+        if gpu.mig_enabled:
+            mig = f", MIG: {', '.join(m.profile for m in gpu.mig_instances) or 'no instances'}"
+        memory = f"{gpu.memory_total_mib / 1024:.1f} GiB ({gpu.free_mib / 1024:.1f} free)"
+        lines.append(f"GPU {gpu.index}: {gpu.name}, {memory}, compute capability {major}.{minor}{mig}")
+    if hardware.gpus:
+        lines.append(f"driver {hardware.driver_version or '?'}, CUDA {hardware.cuda_version or '?'}")
+    return lines
+
+
+def _plan_table(plan: Plan) -> str:
+    """The plan as a table, preceded by the machine it was made for."""
+    lines = [*_machine_lines(plan.hardware), *(f"note: {note}" for note in plan.notes), ""]
+    header = ("MODEL", "ENGINE", "WHERE", "TP", "QUANT", "CTX", "NEED GiB", "HAVE GiB", "FITS", "WHY")
+    lines.append(PLAN_COLUMNS.format(*header))
+    for m in plan.models:
+        lines.append(
+            PLAN_COLUMNS.format(
+                m.name,
+                m.engine,
+                ", ".join(m.devices) or "-",
+                m.tensor_parallel_size or "-",
+                m.quantization or "-",
+                m.context_length,
+                f"{m.needed_bytes / GIB:.1f}",
+                f"{m.available_bytes / GIB:.1f}",
+                "yes" if m.fits else "no",
+                m.reason,
+            )
+        )
+    if not plan.models:
+        lines.append("(no models: register one with `appliance models add`, or pass --models FILE.json)")
+    return "\n".join(lines)
+
+
+@app.command()
+def plan(
+    hardware: Annotated[
+        Path | None, typer.Option(help="plan for the machine this JSON file describes instead of this one")
+    ] = None,
+    models: Annotated[
+        Path | None,
+        typer.Option(help="plan for the models this JSON list describes instead of the registry's"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
+) -> None:
+    """Show which engine serves each model, where, with how much memory, and why."""
+    settings, registry = _open()
+    if models is not None:
+        specs: list[ModelSpec] = _read_json(models, list[ModelSpec], "model list")
+    else:
+        specs = [spec_from_model(m) for m in registry.models.enabled()]
+    if hardware is not None:
+        # Sizing a machine to buy: assume the GPU bundle (vLLM) will be installed on it.
+        made = make_plan(_read_json(hardware, Hardware, "hardware description"), specs, settings)
+    else:
+        from appliance.engines.vllm.launch import installed_vllm_version, vllm_problem
+
+        problem = vllm_problem(installed_vllm_version())
+        made = make_plan(detect_hardware(load_nvml()), specs, settings, vllm_problem=problem)
+    typer.echo(msgspec.json.format(msgspec.json.encode(made)).decode() if as_json else _plan_table(made))
 
 
 def _print_examples(settings: Settings, key: str) -> None:

@@ -2,17 +2,81 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from appliance.hardware import read_gpu_telemetry
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 PER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
 
 
-class GatewayMetrics:
-    """Every metric the gateway exports, created once per app."""
+class NvmlCollector(Collector):
+    """GPU utilisation, memory, temperature and power, read from NVML at each scrape."""
 
-    def __init__(self) -> None:
+    def __init__(self, nvml: Any) -> None:
+        self._nvml = nvml
+
+    def collect(self) -> Iterator[Metric]:
+        """One gauge family per quantity, one sample per GPU (labelled by index and name)."""
+        labels = ["gpu", "name"]
+        families = {
+            "utilization_ratio": GaugeMetricFamily(
+                "appliance_gpu_utilization_ratio", "Share of time the GPU was busy", labels=labels
+            ),
+            "memory_used_bytes": GaugeMetricFamily(
+                "appliance_gpu_memory_used_bytes", "GPU memory in use", labels=labels
+            ),
+            "memory_total_bytes": GaugeMetricFamily(
+                "appliance_gpu_memory_total_bytes", "GPU memory installed", labels=labels
+            ),
+            "temperature_celsius": GaugeMetricFamily(
+                "appliance_gpu_temperature_celsius", "GPU die temperature", labels=labels
+            ),
+            "power_watts": GaugeMetricFamily("appliance_gpu_power_watts", "GPU power draw", labels=labels),
+        }
+        for gpu in read_gpu_telemetry(self._nvml):
+            for field, family in families.items():
+                family.add_metric([str(gpu.index), gpu.name], float(getattr(gpu, field)))
+        yield from families.values()
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def merge_exposition(texts: Iterable[str]) -> bytes:
+    """One Prometheus exposition from several (the gateway's and its vLLM workers'): families of the same
+    name are joined, since a scraper refuses a family that appears twice."""
+    merged: dict[str, Metric] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name in merged:
+                merged[family.name].samples.extend(family.samples)
+            else:
+                merged[family.name] = family
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(merged.values()))
+    return generate_latest(registry)
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports, created once per app; GPU gauges only when NVML sees a GPU."""
+
+    def __init__(self, nvml: Any | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        if nvml is not None:
+            nvml.nvmlInit()  # reference-counted by NVML; kept open for the scrapes of this gateway
+            self.registry.register(NvmlCollector(nvml))
         self.requests = Counter(
             "appliance_requests",
             "Requests by route, status and model",
@@ -54,6 +118,8 @@ class GatewayMetrics:
         self.prompt_tokens.labels(model).inc(prompt_tokens)
         self.completion_tokens.labels(model).inc(completion_tokens)
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition of all metrics."""
-        return generate_latest(self.registry)
+    def render(self, worker_texts: Iterable[str] = ()) -> bytes:
+        """The Prometheus text exposition of all metrics, with the workers' own metrics merged in."""
+        own = generate_latest(self.registry)
+        extra = list(worker_texts)
+        return merge_exposition([own.decode(), *extra]) if extra else own

@@ -51,12 +51,24 @@ class WorkerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """How long a worker gets to exit after SIGTERM before it is killed."""
 
 
+class GpuSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How vLLM workers use NVIDIA GPUs (ignored on a machine without one)."""
+
+    memory_utilization: float = 0.90
+    """Share of each GPU's memory a vLLM worker may take for weights, activations and KV cache."""
+    max_num_seqs: int = 16
+    """Sequences a vLLM worker runs at once; the planner reserves KV cache for this many full contexts."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV cache of a shared prompt prefix (system prompts) across requests."""
+
+
 class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """What `settings.toml` may hold: its sections, each optional."""
 
     server: ServerSettings = ServerSettings()
     limits: LimitSettings = LimitSettings()
     workers: WorkerSettings = WorkerSettings()
+    gpu: GpuSettings = GpuSettings()
 
 
 class Settings(SettingsFile, frozen=True, kw_only=True):
@@ -107,7 +119,7 @@ def load_settings(home: Path) -> Settings:
         found = msgspec.toml.decode(raw, type=SettingsFile)
     except msgspec.MsgspecError as error:
         raise SettingsError(_one_line_reason(path, error)) from error
-    return Settings(server=found.server, limits=found.limits, workers=found.workers, home=home)
+    return Settings(server=found.server, limits=found.limits, workers=found.workers, gpu=found.gpu, home=home)
 
 
 DEFAULT_SETTINGS_TEXT = """\
@@ -130,6 +142,11 @@ startup_timeout_s = 120.0
 restart_backoff_s = 0.5
 restart_backoff_max_s = 30.0
 stop_timeout_s = 10.0
+
+[gpu]
+memory_utilization = 0.90     # share of each GPU a vLLM worker may take
+max_num_seqs = 16             # sequences per vLLM worker; KV cache is planned for this many contexts
+enable_prefix_caching = true
 """
 
 

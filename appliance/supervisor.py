@@ -1,4 +1,8 @@
-"""Starts a worker per enabled model, watches it, restarts it with backoff, and stops them all."""
+"""Starts a worker per planned model, watches it, restarts it with backoff, and stops them all.
+
+Engines are registered, not switched on: the plan names each model's engine kind, and ENGINE_KINDS maps that
+name to the module that knows the kind's command, environment and readiness probe.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +11,35 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 
 import httpx
 
-from appliance.hardware import physical_cores
+from appliance.engines.kind import EngineKind, Launch
+from appliance.engines.llamacpp_launch import LLAMACPP
+from appliance.engines.vllm.launch import VLLM, installed_vllm_version, vllm_problem
+from appliance.hardware import Hardware
+from appliance.planner import Plan, make_plan, spec_from_model
 from appliance.registry.models import ModelInfo
-from appliance.settings import Settings, atomic_write_text
+from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
 
-OFFLINE_ENVIRONMENT = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-}
-PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
+ENGINE_KINDS: Mapping[str, EngineKind] = MappingProxyType({kind.name: kind for kind in (LLAMACPP, VLLM)})
 HEALTH_POLL_S = 0.1
 STABLE_RUN_S = 60.0
 """A worker that ran this long before dying is restarted after the shortest backoff again."""
+
+
+def serving_plan(settings: Settings, models: list[ModelInfo], hardware: Hardware) -> Plan:
+    """The plan for serving registered `models` on `hardware` with the engines installed here."""
+    specs = [spec_from_model(model) for model in models]
+    return make_plan(hardware, specs, settings, vllm_problem=vllm_problem(installed_vllm_version()))
 
 
 class WorkerState(StrEnum):
@@ -47,8 +55,8 @@ class WorkerState(StrEnum):
 class Worker:
     """One supervised worker process and the client that talks to it over its unix socket."""
 
-    model: ModelInfo
-    socket_path: Path
+    launch: Launch
+    kind: EngineKind
     client: httpx.AsyncClient
     state: WorkerState = WorkerState.STARTING
     pid: int | None = None
@@ -56,19 +64,26 @@ class Worker:
     last_exit: str = ""
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def model(self) -> ModelInfo:
+        """The registry entry this worker serves."""
+        return self.launch.model
 
-def worker_environment() -> dict[str, str]:
-    """The parent's environment without proxies, plus the variables that keep ML libraries offline."""
-    environment = {key: value for key, value in os.environ.items() if key.lower() not in PROXY_VARIABLES}
-    environment.update(OFFLINE_ENVIRONMENT)
-    return environment
+    @property
+    def socket_path(self) -> Path:
+        """The unix socket the worker listens on."""
+        return self.launch.socket_path
 
 
 class Supervisor:
-    """Owns the worker processes of the enabled models for the lifetime of `appliance serve`."""
+    """Owns the worker processes of the models the plan fits, for the lifetime of `appliance serve`."""
 
     def __init__(
-        self, settings: Settings, models: list[ModelInfo], on_restart: Callable[[str], None] | None = None
+        self,
+        settings: Settings,
+        models: list[ModelInfo],
+        plan: Plan,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         self._settings = settings
         self._on_restart = on_restart
@@ -77,39 +92,34 @@ class Supervisor:
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         run_dir = settings.run_dir
         self.workers: dict[str, Worker] = {}
+        self.not_started: dict[str, str] = {}
+        """Models the plan did not start, with the planner's reason."""
+        planned = {entry.name: entry for entry in plan.models}
         for model in models:
+            entry = planned.get(model.name)
+            kind = ENGINE_KINDS.get(entry.engine) if entry is not None else None
+            if entry is None or not entry.fits or kind is None:
+                self.not_started[model.name] = entry.reason if entry is not None else "not in the plan"
+                log.warning("not starting %s: %s", model.name, self.not_started[model.name])
+                continue
             socket_path = run_dir / f"{model.name}.sock"
             transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
             timeout = httpx.Timeout(settings.limits.request_timeout_s, connect=5.0)
             client = httpx.AsyncClient(transport=transport, base_url="http://worker", timeout=timeout)
-            self.workers[model.name] = Worker(model, socket_path, client)
+            launch = Launch(model=model, plan=entry, socket_path=socket_path, settings=settings)
+            self.workers[model.name] = Worker(launch, kind, client)
 
-    def _command(self, worker: Worker) -> list[str]:
-        model, workers = worker.model, self._settings.workers
-        command = [
-            sys.executable,
-            "-m",
-            "appliance.engines.llamacpp",
-            "--model",
-            str(model.path),
-            "--name",
-            model.name,
-            "--socket",
-            str(worker.socket_path),
-            "--context-length",
-            str(min(workers.context_length, model.context_length)),
-            "--threads",
-            str(workers.threads or physical_cores()),
-            "--parallel",
-            str(workers.parallel),
-            "--queue-depth",
-            str(workers.queue_depth),
-        ]
-        if model.chat_template_override is not None:
-            template_file = self._settings.run_dir / f"{model.name}.chat_template.jinja"
-            atomic_write_text(template_file, model.chat_template_override)
-            command += ["--chat-template-file", str(template_file)]
-        return command
+    async def worker_metrics(self) -> list[str]:
+        """The Prometheus text of every ready worker whose kind exports metrics (vLLM)."""
+        texts = []
+        for worker in self.workers.values():
+            if worker.kind.metrics_path is None or worker.state is not WorkerState.READY:
+                continue
+            with contextlib.suppress(httpx.HTTPError):
+                answer = await worker.client.get(worker.kind.metrics_path, timeout=2.0)
+                if answer.status_code == 200:
+                    texts.append(answer.text)
+        return texts
 
     async def start(self) -> None:
         """Start every worker and wait until each is ready or has failed its first start."""
@@ -127,7 +137,9 @@ class Supervisor:
             started = time.monotonic()
             worker.socket_path.unlink(missing_ok=True)
             process = await asyncio.create_subprocess_exec(
-                *self._command(worker), env=worker_environment(), start_new_session=True
+                *worker.kind.command(worker.launch),
+                env=worker.kind.environment(worker.launch),
+                start_new_session=True,
             )
             self._processes[worker.model.name] = process
             worker.pid = process.pid
@@ -155,12 +167,12 @@ class Supervisor:
             backoff = min(backoff * 2, self._settings.workers.restart_backoff_max_s)
 
     async def _wait_ready(self, worker: Worker, exited: asyncio.Task[int]) -> bool:
-        """Poll the worker's /health until it answers, it exits, or the start-up time runs out."""
+        """Probe the worker's readiness until it answers, it exits, or the start-up time runs out."""
         deadline = time.monotonic() + self._settings.workers.startup_timeout_s
         while time.monotonic() < deadline and not exited.done():
             if worker.socket_path.exists():
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await worker.client.get("/health", timeout=2.0)).status_code == 200:
+                    if await worker.kind.is_ready(worker.client, worker.launch):
                         return True
             await asyncio.sleep(HEALTH_POLL_S)
         if not exited.done():

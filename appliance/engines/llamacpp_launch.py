@@ -1,0 +1,53 @@
+"""How the supervisor starts our llama.cpp worker (`python -m appliance.engines.llamacpp`)."""
+
+from __future__ import annotations
+
+import sys
+
+import httpx
+
+from appliance.engines.kind import EngineKind, Launch, worker_environment
+from appliance.hardware import physical_cores
+from appliance.settings import atomic_write_text
+
+
+def llamacpp_command(launch: Launch) -> list[str]:
+    """The worker's argv; a chat template override is written next to its socket first."""
+    model, workers = launch.model, launch.settings.workers
+    command = [
+        sys.executable,
+        "-m",
+        "appliance.engines.llamacpp",
+        "--model",
+        str(model.path),
+        "--name",
+        model.name,
+        "--socket",
+        str(launch.socket_path),
+        "--context-length",
+        str(min(workers.context_length, model.context_length)),
+        "--threads",
+        str(workers.threads or physical_cores()),
+        "--parallel",
+        str(workers.parallel),
+        "--queue-depth",
+        str(workers.queue_depth),
+    ]
+    if model.chat_template_override is not None:
+        template_file = launch.settings.run_dir / f"{model.name}.chat_template.jinja"
+        atomic_write_text(template_file, model.chat_template_override)
+        command += ["--chat-template-file", str(template_file)]
+    return command
+
+
+async def llamacpp_is_ready(client: httpx.AsyncClient, _launch: Launch) -> bool:
+    """The worker answers /health only once its model is loaded."""
+    return (await client.get("/health", timeout=2.0)).status_code == 200
+
+
+LLAMACPP = EngineKind(
+    name="llamacpp",
+    command=llamacpp_command,
+    environment=lambda _launch: worker_environment(),
+    is_ready=llamacpp_is_ready,
+)

@@ -1,0 +1,328 @@
+"""From the hardware and the models, a plan: which engine serves each model, where, and whether it fits.
+
+The rules follow the serving engines' own guidance:
+- an AWQ model goes to vLLM on a GPU of compute capability >= 7.5 (AWQ's floor in vLLM) that has room for its
+  weights plus the KV cache of `max_num_seqs` full contexts; from 8.0 on, vLLM's Marlin AWQ kernel is used;
+  a model too large for one GPU is split with tensor parallelism over 2, 4 or 8 whole GPUs (never over MIG
+  instances, which NCCL cannot join);
+- a GGUF model goes to llama.cpp on the CPU, with one thread per physical core, if RAM holds it;
+- several descriptions with the same name are variants of one model: the first AWQ variant that fits a GPU
+  wins, else the first GGUF variant that fits the CPU; a model that fits nowhere is reported and not started.
+Each GPU or MIG instance serves at most one model, so vLLM's memory share never competes with another's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from appliance.hardware import MIB, Gpu, Hardware
+from appliance.registry.models import ModelInfo
+from appliance.settings import Settings
+
+GIB = 1024 * MIB
+VLLM_MIN_CAPABILITY = (7, 5)
+MARLIN_MIN_CAPABILITY = (8, 0)
+TENSOR_PARALLEL_SIZES = (2, 4, 8)
+KV_BYTES_PER_VALUE = 2
+"""Both engines keep the KV cache in fp16 by default."""
+VLLM_OVERHEAD_BYTES = 2 * GIB
+"""Per GPU: CUDA context, activations and CUDA graphs of a vLLM worker, a rule of thumb with headroom."""
+LLAMACPP_OVERHEAD_BYTES = 512 * MIB
+"""Compute buffers and the Python worker around llama.cpp."""
+KV_PER_TOKEN_AT_8B = 128 * 1024
+KV_SCALING_EXPONENT = 0.42
+"""Without the architecture, KV bytes per token ~ 128 KiB x (parameters / 8e9) ** 0.42: fitted to the fp16
+caches of Llama-3-8B (128 KiB), Llama-3-70B (320 KiB) and SmolLM2-135M (22.5 KiB), all grouped-query
+attention models; older full multi-head models (Llama-2) need up to 4x more."""
+BITS_PER_WEIGHT = {
+    "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_1": 6.0, "Q5_K_M": 5.69,
+    "Q5_0": 5.5, "Q5_K_S": 5.54, "Q4_1": 5.0, "Q4_K_M": 4.85, "Q4_K_S": 4.58, "Q4_0": 4.5,
+    "IQ4_NL": 4.5, "IQ4_XS": 4.25, "Q3_K_L": 4.27, "Q3_K_M": 3.91, "Q3_K_S": 3.5, "Q2_K": 3.35, "AWQ": 4.25,
+}  # fmt: skip
+"""Average bits per weight of llama.cpp's quantizations (llama.cpp's quantize table), to estimate size."""
+DEFAULT_BITS_PER_WEIGHT = 4.5
+
+
+class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What the planner needs to know about a model: its format, size and shape."""
+
+    name: str
+    format: str
+    """`gguf` (llama.cpp) or `awq` (vLLM)."""
+    parameters: int
+    quantization: str
+    context_length: int
+    size_bytes: int
+    """Size of the weights on disk, which is what they take in memory."""
+    path: str = ""
+    layers: int | None = None
+    kv_heads: int | None = None
+    head_dim: int | None = None
+
+    def kv_bytes_per_token(self) -> int:
+        """Exact from the shape where known (2 x layers x kv_heads x head_dim x 2 bytes), else estimated."""
+        if self.layers and self.kv_heads and self.head_dim:
+            return 2 * self.layers * self.kv_heads * self.head_dim * KV_BYTES_PER_VALUE
+        return int(KV_PER_TOKEN_AT_8B * (max(self.parameters, 1) / 8e9) ** KV_SCALING_EXPONENT)
+
+
+class ModelPlan(msgspec.Struct, frozen=True):
+    """The plan for one model: engine, devices, memory budget, and why."""
+
+    name: str
+    engine: str
+    """`vllm`, `llamacpp`, or `none` when it fits nowhere."""
+    fits: bool
+    reason: str
+    format: str = ""
+    path: str = ""
+    devices: tuple[str, ...] = ()
+    cuda_visible_devices: str = ""
+    tensor_parallel_size: int = 0
+    quantization: str = ""
+    context_length: int = 0
+    concurrency: int = 0
+    threads: int = 0
+    gpu_memory_utilization: float = 0.0
+    weights_bytes: int = 0
+    kv_cache_bytes: int = 0
+    overhead_bytes: int = 0
+    available_bytes: int = 0
+    """What the chosen devices offer together (for a model that fits nowhere: the best offer found)."""
+
+    @property
+    def needed_bytes(self) -> int:
+        """Weights plus KV cache plus engine overhead, over all its devices."""
+        return self.weights_bytes + self.kv_cache_bytes + self.overhead_bytes
+
+
+class Plan(msgspec.Struct, frozen=True):
+    """Per model, what runs where; `notes` say what about the machine shaped the plan."""
+
+    hardware: Hardware
+    models: tuple[ModelPlan, ...]
+    notes: tuple[str, ...] = ()
+
+    def fitting(self) -> dict[str, ModelPlan]:
+        """The models that will be started, by name."""
+        return {m.name: m for m in self.models if m.fits}
+
+
+def estimate_parameters(size_bytes: int, quantization: str) -> int:
+    """Parameter count from the weights' size and the quantization's average bits per weight."""
+    bits = BITS_PER_WEIGHT.get(quantization.upper(), DEFAULT_BITS_PER_WEIGHT)
+    return int(size_bytes * 8 / bits)
+
+
+def spec_from_model(model: ModelInfo) -> ModelSpec:
+    """A registry model as the planner sees it (its parameter count estimated from size and quantization)."""
+    return ModelSpec(
+        name=model.name,
+        format=model.format,
+        parameters=estimate_parameters(model.size_bytes, model.quantization),
+        quantization=model.quantization,
+        context_length=model.context_length,
+        size_bytes=model.size_bytes,
+        path=str(model.path),
+    )
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A GPU or MIG instance that can hold one vLLM worker."""
+
+    label: str
+    visible: str
+    """Its CUDA_VISIBLE_DEVICES entry: the GPU index, or the MIG instance's UUID."""
+    total_bytes: int
+    free_bytes: int
+    capability: tuple[int, int]
+    whole_gpu: bool
+
+    def share(self, utilization: float) -> float:
+        """The `--gpu-memory-utilization` vLLM may ask for here: the setting, or less where other processes
+        hold memory (vLLM refuses to start when less than its share is free), in whole percent."""
+        return min(utilization, math.floor(self.free_bytes / self.total_bytes * 100) / 100)
+
+    def budget(self, utilization: float) -> int:
+        """The bytes that share gives."""
+        return int(self.total_bytes * self.share(utilization))
+
+
+def _gib(size: int) -> str:
+    return f"{size / GIB:.1f} GiB"
+
+
+def _targets(gpus: Iterable[Gpu]) -> list[_Target]:
+    targets = []
+    for gpu in gpus:
+        if not gpu.mig_enabled:
+            targets.append(
+                _Target(
+                    f"GPU {gpu.index} ({gpu.name})", str(gpu.index), gpu.memory_total_mib * MIB,
+                    gpu.free_mib * MIB, gpu.compute_capability, whole_gpu=True,
+                )
+            )  # fmt: skip
+            continue
+        for slot, mig in enumerate(gpu.mig_instances):
+            free = mig.memory_total_mib if mig.memory_free_mib is None else mig.memory_free_mib
+            targets.append(
+                _Target(
+                    f"GPU {gpu.index} MIG {mig.profile}", mig.uuid or f"MIG-{gpu.index}-{slot}",
+                    mig.memory_total_mib * MIB, free * MIB, gpu.compute_capability, whole_gpu=False,
+                )
+            )  # fmt: skip
+    return targets
+
+
+class _Planner:
+    """Places models one by one, remembering which GPUs and how much RAM earlier models took."""
+
+    def __init__(self, hardware: Hardware, settings: Settings, vllm_problem: str) -> None:
+        self.hardware = hardware
+        self.settings = settings
+        self.vllm_problem = vllm_problem
+        self.free_targets = _targets(hardware.gpus)
+        self.ram_left = hardware.cpu.ram_available_bytes
+
+    def context(self, spec: ModelSpec) -> int:
+        return min(self.settings.workers.context_length, spec.context_length)
+
+    def place(self, variants: Sequence[ModelSpec]) -> ModelPlan:
+        """The first variant that fits (AWQ on a GPU before GGUF on the CPU), else why none does."""
+        failures: list[ModelPlan] = []
+        ordered = [v for v in variants if v.format == "awq"] + [v for v in variants if v.format != "awq"]
+        for spec in ordered:
+            if spec.format == "awq":
+                attempt = self.on_gpu(spec)
+            elif spec.format == "gguf":
+                attempt = self.on_cpu(spec)
+            else:
+                attempt = ModelPlan(spec.name, "none", False, f"unknown model format {spec.format!r}")
+            if attempt.fits and failures:
+                skipped = "; ".join(f"{f.format or '?'} variant: {f.reason}" for f in failures)
+                return msgspec.structs.replace(attempt, reason=f"{attempt.reason} ({skipped})")
+            if attempt.fits:
+                return attempt
+            failures.append(attempt)
+        reason = "; ".join(f"{f.format or '?'}: {f.reason}" for f in failures)
+        return msgspec.structs.replace(failures[0], engine="none", reason=f"fits nowhere ({reason})")
+
+    def on_gpu(self, spec: ModelSpec) -> ModelPlan:
+        concurrency = self.settings.gpu.max_num_seqs
+        context = self.context(spec)
+        base = ModelPlan(
+            spec.name, "vllm", False, "", format=spec.format, path=spec.path, context_length=context,
+            concurrency=concurrency, weights_bytes=spec.size_bytes,
+            kv_cache_bytes=spec.kv_bytes_per_token() * context * concurrency,
+        )  # fmt: skip
+        if not self.hardware.gpus:
+            return msgspec.structs.replace(
+                base, reason=self.hardware.gpu_note or "no NVIDIA GPU on this machine"
+            )
+        capable = [t for t in self.free_targets if t.capability >= VLLM_MIN_CAPABILITY]
+        if not capable:
+            found = ", ".join(
+                sorted({f"{g.name} ({'.'.join(map(str, g.compute_capability))})" for g in self.hardware.gpus})
+            )
+            if any(t.capability >= VLLM_MIN_CAPABILITY for t in _targets(self.hardware.gpus)):
+                return msgspec.structs.replace(base, reason="every capable GPU already serves a model")
+            return msgspec.structs.replace(
+                base, reason=f"vLLM's AWQ needs compute capability >= 7.5; found {found}"
+            )
+        utilization = self.settings.gpu.memory_utilization
+        best_offer = 0
+        for size in (1, *TENSOR_PARALLEL_SIZES):
+            pool = capable if size == 1 else [t for t in capable if t.whole_gpu]
+            if len(pool) < size:
+                break
+            need = math.ceil((base.weights_bytes + base.kv_cache_bytes) / size) + VLLM_OVERHEAD_BYTES
+            by_budget = sorted(pool, key=lambda t: t.budget(utilization))
+            best_offer = max(best_offer, by_budget[-1].budget(utilization))
+            if size == 1:
+                # The smallest that holds it (best fit), leaving the big ones for big models.
+                chosen = [t for t in by_budget if t.budget(utilization) >= need][:1]
+            else:
+                # The roomiest, since the fullest member decides.
+                chosen = by_budget[-size:]
+            share = min((t.share(utilization) for t in chosen), default=0.0)
+            if chosen and min(int(t.total_bytes * share) for t in chosen) >= need:
+                return self.take_gpus(base, chosen, share)
+        per_gpu = base.weights_bytes + base.kv_cache_bytes + VLLM_OVERHEAD_BYTES
+        return msgspec.structs.replace(
+            base,
+            overhead_bytes=VLLM_OVERHEAD_BYTES,
+            available_bytes=best_offer,
+            reason=(
+                f"needs {_gib(per_gpu)} (weights {_gib(base.weights_bytes)}, KV cache "
+                f"{_gib(base.kv_cache_bytes)} for {concurrency} x {context} tokens, overhead "
+                f"{_gib(VLLM_OVERHEAD_BYTES)}); the most a free GPU offers is {_gib(best_offer)} "
+                f"(up to {utilization:.0%} of its memory, and no more than is free)"
+            ),
+        )
+
+    def take_gpus(self, base: ModelPlan, chosen: list[_Target], share: float) -> ModelPlan:
+        size = len(chosen)
+        marlin = all(t.capability >= MARLIN_MIN_CAPABILITY for t in chosen)
+        if self.vllm_problem:
+            return msgspec.structs.replace(base, reason=self.vllm_problem)
+        for target in chosen:
+            self.free_targets.remove(target)
+        kernel = "Marlin AWQ kernel" if marlin else "AWQ kernel (no Marlin below compute capability 8.0)"
+        split = f"tensor-parallel over {size} GPUs" if size > 1 else "one device"
+        return msgspec.structs.replace(
+            base,
+            fits=True,
+            reason=f"GPU with compute capability >= 7.5 and room for weights and KV cache; {split}; {kernel}",
+            devices=tuple(t.label for t in chosen),
+            cuda_visible_devices=",".join(t.visible for t in chosen),
+            tensor_parallel_size=size,
+            quantization="awq_marlin" if marlin else "awq",
+            gpu_memory_utilization=share,
+            overhead_bytes=VLLM_OVERHEAD_BYTES * size,
+            available_bytes=sum(int(t.total_bytes * share) for t in chosen),
+        )
+
+    def on_cpu(self, spec: ModelSpec) -> ModelPlan:
+        context = self.context(spec)
+        threads = self.settings.workers.threads or self.hardware.cpu.physical_cores
+        # llama.cpp's slots share one context window, so the cache is one context whatever the slots.
+        plan = ModelPlan(
+            spec.name, "llamacpp", False, "", format=spec.format, path=spec.path, devices=("CPU",),
+            quantization=spec.quantization, context_length=context, concurrency=1, threads=threads,
+            weights_bytes=spec.size_bytes, kv_cache_bytes=spec.kv_bytes_per_token() * context,
+            overhead_bytes=LLAMACPP_OVERHEAD_BYTES, available_bytes=self.ram_left,
+        )  # fmt: skip
+        if self.hardware.cpu.ram_total_mib and plan.needed_bytes > self.ram_left:
+            return msgspec.structs.replace(
+                plan,
+                reason=f"needs {_gib(plan.needed_bytes)} of RAM; {_gib(self.ram_left)} is left for models",
+            )
+        self.ram_left -= plan.needed_bytes
+        why = "GGUF on the CPU"
+        if not self.hardware.gpus:
+            why = f"{self.hardware.gpu_note or 'no NVIDIA GPU'}; GGUF on the CPU"
+        return msgspec.structs.replace(plan, fits=True, reason=f"{why}, {threads} threads (physical cores)")
+
+
+def make_plan(
+    hardware: Hardware, models: Sequence[ModelSpec], settings: Settings, *, vllm_problem: str = ""
+) -> Plan:
+    """Plan `models` on `hardware`; `vllm_problem` says why vLLM cannot run here ('' = it can)."""
+    groups: dict[str, list[ModelSpec]] = {}
+    for spec in models:
+        groups.setdefault(spec.name, []).append(spec)
+    planner = _Planner(hardware, settings, vllm_problem)
+    # The largest models pick their GPUs first, so a small one does not take the only big GPU.
+    placed = {
+        name: planner.place(variants)
+        for name, variants in sorted(groups.items(), key=lambda item: -max(v.size_bytes for v in item[1]))
+    }
+    notes = [hardware.gpu_note] if hardware.gpu_note else []
+    if vllm_problem and hardware.gpus:
+        notes.append(vllm_problem)
+    return Plan(hardware=hardware, models=tuple(placed[name] for name in groups), notes=tuple(notes))
