@@ -36,7 +36,7 @@ class WorkerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     threads: int = 0
     """Generation threads per worker; 0 means one per physical core."""
     context_length: int = 4096
-    """Context window per worker, capped by the model's own trained context; the slots share it."""
+    """Context of a llama.cpp worker, shared evenly by its slots (each share at most the trained context)."""
     parallel: int = 0
     """Sequences a llama.cpp worker decodes together (slots); 0 picks from cores and context."""
     queue_depth: int = 64

@@ -25,7 +25,8 @@ def llamacpp_command(launch: Launch) -> list[str]:
         "--socket",
         str(launch.socket_path),
         "--context-length",
-        str(min(workers.context_length, model.context_length)),
+        # The whole context; the worker keeps each slot's share within the model's trained context.
+        str(workers.context_length),
         "--threads",
         str(workers.threads or physical_cores()),
         "--parallel",

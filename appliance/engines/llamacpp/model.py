@@ -86,7 +86,9 @@ class LoadedModel:
         self.config = config
         self.native = NativeModel(config.model_path)
         parallel = config.parallel or default_parallel(config.context_length, config.threads)
-        shape = ContextShape(config.context_length, parallel, BATCH_TOKENS, config.threads)
+        # No slot may hold more than the model was trained for, so the pool is at most that per slot.
+        total = min(config.context_length, self.native.trained_context * parallel)
+        shape = ContextShape(total, parallel, BATCH_TOKENS, config.threads)
         context = NativeContext(self.native, shape)
         self.parallel = parallel
         template = config.chat_template_override or self.native.chat_template()
