@@ -91,9 +91,24 @@ cmd_test() {
   "$VENV/bin/pytest" "$@"
 }
 
+# Bundles for disconnected servers (installer/build.py): `bundle --profile cpu|gpu [--key PATH] [--version N]`
+# writes dist/appliance-<profile>-<version>.bundle; `keygen [--out DIR]` writes a signing key pair
+# outside the repository (default ~/.config/appliance/keys/, private key mode 0600).
+cmd_bundle() {
+  setup
+  "$PY" -m installer.build bundle "$@"
+}
+
+cmd_keygen() {
+  setup_venv
+  "$PY" -m installer.build keygen "$@"
+}
+
 case "${1:-}" in
   serve) shift; cmd_serve "$@" ;;
   test) shift; cmd_test "$@" ;;
   setup) setup ;;
-  *) echo "usage: ./build.sh serve|test|setup" >&2; exit 2 ;;
+  bundle) shift; cmd_bundle "$@" ;;
+  keygen) shift; cmd_keygen "$@" ;;
+  *) echo "usage: ./build.sh serve|test|setup|bundle|keygen" >&2; exit 2 ;;
 esac

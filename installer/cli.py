@@ -1,0 +1,157 @@
+"""`python3 -m installer verify|install|status|rollback|trust`: the admin's side of the offline bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from installer.crypto import default_verifier, load_public_key
+from installer.errors import InstallerError, InstallStepError, StateError, UsageError
+from installer.install import Options, install, rollback, verify
+from installer.manifest import format_time
+from installer.state import Prefix
+
+DEFAULT_PREFIX = Path("/opt/appliance")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="installer", description="Verify and install appliance bundles offline."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_prefix(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "--prefix", type=Path, default=DEFAULT_PREFIX, help="install prefix (default %(default)s)"
+        )
+        return sub
+
+    for name in ("verify", "install"):
+        sub = with_prefix(commands.add_parser(name, help=f"{name} a bundle"))
+        sub.add_argument("bundle", type=Path)
+        sub.add_argument(
+            "--trust", type=Path, action="append", default=[], help="first install: a public key to pin"
+        )
+        sub.add_argument(
+            "--allow-downgrade", action="store_true", help="accept a version not higher (audited)"
+        )
+    install_cmd = commands.choices["install"]
+    install_cmd.add_argument("--python", help="interpreter for the appliance's venv (must match the bundle)")
+    install_cmd.add_argument("--systemd", action="store_true", help="write and check a hardened unit")
+    install_cmd.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
+    install_cmd.add_argument("--allow-ip", action="append", default=[], help="CIDR clients may come from")
+    status = with_prefix(
+        commands.add_parser("status", help="installed versions, current, keys, last outcome")
+    )
+    status.add_argument("--json", action="store_true")
+    with_prefix(commands.add_parser("rollback", help="make the previous version current"))
+    trust = commands.add_parser("trust", help="list, pin or revoke signing keys")
+    trust_commands = trust.add_subparsers(dest="trust_command", required=True)
+    with_prefix(trust_commands.add_parser("list"))
+    with_prefix(trust_commands.add_parser("add")).add_argument("key", type=Path)
+    with_prefix(trust_commands.add_parser("revoke")).add_argument("key_id")
+    return parser
+
+
+def _status(prefix: Prefix, as_json: bool) -> None:
+    state = prefix.load()
+    current = prefix.current()
+    if as_json:
+        document = json.loads(state.to_bytes())
+        document["current"] = current
+        print(json.dumps(document, indent=2, sort_keys=True))
+        return
+    print(f"prefix:  {prefix.root}\ncurrent: {current if current is not None else 'none'}")
+    for v in sorted(state.installed, key=lambda v: v.version):
+        mark = "*" if v.version == current else " "
+        print(
+            f" {mark} version {v.version}  {v.profile}  "
+            f"installed {format_time(v.installed_at)}  key {v.key_id[:16]}"
+        )
+    print(f"trusted keys (version {state.trust.version}):")
+    for key in state.trust.keys.values():
+        print(f"   {key.fingerprint}")
+    for key_id in sorted(state.trust.revoked):
+        print(f"   revoked {key_id}")
+    last = state.history[-1] if state.history else None
+    outcome = (
+        f"{last['action']} {last['outcome']}: {last['detail']} at {format_time(last['at'])}"
+        if last
+        else "none"
+    )
+    print(f"last outcome: {outcome}")
+
+
+def _trust(prefix: Prefix, args: argparse.Namespace) -> None:
+    if not prefix.exists():
+        raise StateError(f"no install state in {prefix.root}: pin keys with the first install's --trust")
+    with prefix.locked():
+        state = prefix.load()
+        if args.trust_command == "add":
+            key = load_public_key(args.key.read_text())
+            if key.key_id in state.trust.revoked:
+                raise UsageError(f"key {key.key_id[:16]} is revoked and cannot be trusted again")
+            state.trust = state.trust.with_keys([key])
+            state.record("trust.add", "success", key.key_id)
+            _say(f"trusting key {key.fingerprint}")
+        elif args.trust_command == "revoke":
+            if args.key_id not in state.trust.keys:
+                raise UsageError(f"no trusted key has id {args.key_id}")
+            if len(state.trust.keys) == 1:
+                raise UsageError("refusing to revoke the last trusted key: pin its successor first")
+            state.trust = state.trust.with_revoked(args.key_id)
+            state.record("trust.revoke", "success", args.key_id)
+            _say(f"revoked key {args.key_id}")
+        else:
+            for key in state.trust.keys.values():
+                print(f"{key.key_id}  {key.fingerprint}")
+            return
+        prefix.save(state)
+
+
+def run(argv: Sequence[str]) -> int:
+    """Run one command; an InstallerError becomes one line on stderr and its class's exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command in ("verify", "install"):
+            options = Options(
+                bundle=args.bundle,
+                prefix=args.prefix,
+                trust_files=tuple(args.trust),
+                allow_downgrade=args.allow_downgrade,
+                python=getattr(args, "python", None),
+                unit_dir=args.unit_dir if getattr(args, "systemd", False) else None,
+                allow_ips=tuple(getattr(args, "allow_ip", ())),
+            )
+            verifier = default_verifier()
+            if args.command == "verify":
+                started = time.monotonic()
+                manifest = verify(options, verifier, _say).manifest
+                _say(f"verified with {verifier.name} in {time.monotonic() - started:.1f}s")
+            else:
+                manifest = install(options, verifier, _say)
+            print(f"{args.command}: ok: {manifest.name} {manifest.profile} version {manifest.version}")
+        elif args.command == "status":
+            _status(Prefix(args.prefix), args.json)
+        elif args.command == "rollback":
+            rollback(args.prefix, _say)
+        else:
+            _trust(Prefix(args.prefix), args)
+    except InstallerError as error:
+        kind = "failed" if isinstance(error, (InstallStepError, StateError)) else "refused"
+        _say(f"installer: {kind}: {error.message}")
+        return error.exit_code
+    return 0
+
+
+def main() -> None:
+    """Console entry."""
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,339 @@
+"""Offline install into a prefix: verify, extract, venv, pip, home, migrations, models, planner, switch.
+
+Order matters for crash safety (kill -9 at any point must leave the previous version current):
+the bundle is verified completely before anything is written; the new version is built in its own
+folder; state.json lists it only once it is complete; `current` is switched last with one rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from installer.bundlefile import VerifiedBundle, read_bundle
+from installer.crypto import Verifier, load_public_key
+from installer.errors import InstallerError, InstallStepError, StateError, TargetError, UsageError
+from installer.limits import Limits
+from installer.manifest import Manifest, Target
+from installer.state import InstalledVersion, InstallState, Prefix, atomic_write
+from installer.systemd import check_unit, unit_text
+from installer.trust import TrustedKeys
+
+Report = Callable[[str], None]
+STEP_TIMEOUT_S = 3600
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the admin asked for on the command line."""
+
+    bundle: Path
+    prefix: Path
+    trust_files: tuple[Path, ...] = ()
+    allow_downgrade: bool = False
+    python: str | None = None
+    unit_dir: Path | None = None  # None: no systemd unit
+    allow_ips: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+
+
+def initial_trust(prefix: Prefix, state: InstallState, trust_files: tuple[Path, ...]) -> TrustedKeys:
+    """The keys to verify with: the pinned ones, or on a first install the ones given with --trust."""
+    if prefix.exists():
+        if trust_files:
+            raise UsageError("--trust is only for a first install; use `installer trust add` to pin a key")
+        return state.trust
+    if not trust_files:
+        raise UsageError("first install: pin the signing key(s) with --trust PATH.pub")
+    try:
+        return TrustedKeys().with_keys([load_public_key(p.read_text()) for p in trust_files])
+    except OSError as error:
+        raise UsageError(f"cannot read a --trust key: {error.strerror}: {error.filename}") from None
+
+
+def verify(options: Options, verifier: Verifier, report: Report) -> VerifiedBundle:
+    """Verify a bundle against the prefix's state without writing anything."""
+    prefix = Prefix(options.prefix)
+    state = prefix.load()
+    trust = initial_trust(prefix, state, options.trust_files)
+    if not prefix.exists():
+        for key in trust.keys.values():
+            report(f"trusting key {key.fingerprint} (compare it with the one you were given)")
+    return read_bundle(
+        options.bundle,
+        trust,
+        now=int(time.time()),
+        installed_version=prefix.current(),
+        allow_downgrade=options.allow_downgrade,
+        verifier=verifier,
+        limits=options.limits,
+    )
+
+
+def _python_for(target: Target, wanted: str | None) -> str:
+    """An interpreter matching the bundle's target; the wheels are built for exactly that Python."""
+    candidate = wanted or shutil.which(f"python{target.python}") or sys.executable
+    probe = (
+        "import sys,sysconfig;print(f'{sys.version_info[0]}.{sys.version_info[1]}',sysconfig.get_platform())"
+    )
+    try:
+        done = subprocess.run([candidate, "-I", "-c", probe], capture_output=True, text=True, timeout=60)
+    except OSError:
+        raise TargetError(f"cannot run Python {candidate!r} for the appliance's venv") from None
+    found = done.stdout.split()
+    platform = found[1].replace("-", "_").replace(".", "_") if len(found) == 2 else "?"
+    if done.returncode != 0 or found[:1] != [target.python] or platform != target.platform:
+        raise TargetError(
+            f"bundle targets Python {target.python} on {target.platform}; {candidate} is "
+            f"{' on '.join(found) or 'unusable'} (pass --python)"
+        )
+    return candidate
+
+
+def _clean_env(home: Path | None = None) -> dict[str, str]:
+    # pip must see only the bundle: no config files, no index or find-links from the environment.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))}
+    env |= {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    if home is not None:
+        env["APPLIANCE_HOME"] = str(home)
+    return env
+
+
+def _run(step: str, argv: list[str], env: dict[str, str]) -> str:
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise InstallStepError(f"{step} failed: {error}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise InstallStepError(f"{step} failed (exit {done.returncode}): {last}")
+    return done.stdout
+
+
+def _store_model(prefix: Prefix, source: Path, sha256: str) -> Path:
+    """Put a verified weights file into PREFIX/models/<sha256>/ (shared by versions, never changed)."""
+    target = prefix.models / sha256 / source.name
+    if target.is_file() and target.stat().st_size == source.stat().st_size:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.parent / f".{source.name}.{os.getpid()}.tmp"
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)  # same filesystem: no copy of gigabytes
+    except OSError:
+        shutil.copyfile(source, temp)
+    os.replace(temp, target)
+    return target
+
+
+def _import_models(
+    prefix: Prefix, manifest: Manifest, root: Path, env: dict[str, str], report: Report
+) -> None:
+    # There is no encrypted model store yet (another issue): "importing" a model means registering it in
+    # the new version's registry with the installed `appliance models add`, from the shared weights folder.
+    appliance = str(root / "venv" / "bin" / "appliance")
+    registered = {
+        line.split()[0]
+        for line in _run("models list", [appliance, "models", "list"], env).splitlines()[1:]
+        if line.strip()
+    }
+    for member in manifest.members:
+        if member.role != "model" or not member.path.endswith("/registry.json"):
+            continue
+        meta = json.loads((root / "bundle" / member.path).read_text(encoding="utf-8"))
+        name, weights = str(meta["name"]), f"{member.path.rsplit('/', 1)[0]}/{meta['file']}"
+        if meta.get("format", "gguf") != "gguf":
+            report(f"model {name}: format {meta.get('format')} has no registry support yet; weights kept")
+            continue
+        if name in registered:
+            report(f"model {name}: already registered (carried over with the data)")
+            continue
+        weights_member = manifest.member(weights)
+        if weights_member is None:
+            raise InstallStepError(f"model {name}: its registry.json names {weights!r}, not in the manifest")
+        stored = _store_model(prefix, root / "bundle" / weights, weights_member.sha256)
+        aliases = [a for alias in meta.get("aliases", []) for a in ("--alias", str(alias))]
+        _run(
+            f"register model {name}", [appliance, "models", "add", str(stored), "--name", name, *aliases], env
+        )
+        report(f"model {name}: registered")
+
+
+def _prepare_home(prefix: Prefix, root: Path) -> Path:
+    """The new version's data: a copy of the current version's, so rollback returns to matching data."""
+    home = root / "home"
+    current = prefix.current()
+    previous = prefix.version_dir(current) / "home" if current is not None else None
+    if previous is not None and previous.is_dir():
+        shutil.copytree(
+            previous, home, symlinks=True, ignore=shutil.ignore_patterns("run", "*.sock", "*.log")
+        )
+    else:
+        home.mkdir(mode=0o700)
+        config = root / "bundle" / "config" / "settings.toml"
+        if config.is_file():
+            shutil.copyfile(config, home / "settings.toml")
+    return home
+
+
+def _build_version(
+    prefix: Prefix, manifest: Manifest, root: Path, options: Options, python: str, report: Report
+) -> None:
+    report("step: venv")
+    _run("venv", [python, "-m", "venv", str(root / "venv")], _clean_env())
+    report("step: pip")
+    pip = [
+        str(root / "venv" / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "--no-index",
+        "--only-binary",
+        ":all:",
+    ]
+    pip += ["--no-cache-dir", "--find-links", str(root / "bundle" / "wheels"), *manifest.requirements]
+    _run("pip install", pip, _clean_env())
+    report("step: home")
+    env = _clean_env(_prepare_home(prefix, root))
+    appliance = str(root / "venv" / "bin" / "appliance")
+    report("step: migrations")
+    _run("database migrations", [appliance, "init"], env)  # `init` opens the registry, which migrates it
+    report("step: models")
+    _import_models(prefix, manifest, root, env, report)
+    report("step: planner")
+    # The hardware planner is another issue; run it only when the installed version has `appliance plan`.
+    probe = subprocess.run(
+        [appliance, "plan", "--help"], env=env, capture_output=True, timeout=120, check=False
+    )
+    if probe.returncode == 0:
+        plan = _run("hardware planner", [appliance, "plan", "--json"], env)
+        atomic_write(Path(env["APPLIANCE_HOME"]) / "plan.json", plan.encode("utf-8"), mode=0o600)
+        report("planner: plan written to home/plan.json")
+    else:
+        report("planner: this version has no `appliance plan`; nothing planned")
+    if options.unit_dir is not None:
+        report("step: systemd")
+        check = root / "appliance-check.service"
+        check.write_text(unit_text(prefix.root, root, options.allow_ips, manifest.profile == "gpu"))
+        report(check_unit(check))
+        check.unlink()
+
+
+def _check_space(root: Path, manifest: Manifest) -> None:
+    """Refuse, before writing anything, an install the disk cannot hold (members, and as much again)."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    need = sum(m.size for m in manifest.members) * 2  # the extracted bundle plus the venv it installs
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise InstallStepError(f"not enough space in {root}: need {need / 1e9:.1f} GB, {free / 1e9:.1f} free")
+
+
+def install(options: Options, verifier: Verifier, report: Report) -> Manifest:
+    """Install a bundle; on any failure the previous version stays current and the new folder goes."""
+    prefix = Prefix(options.prefix)
+    verified = verify(options, verifier, report)  # pass 1: nothing written before this passes
+    manifest = verified.manifest
+    python = _python_for(manifest.target, options.python)
+    _check_space(prefix.root, manifest)
+    with prefix.locked():
+        state = prefix.load()
+        before = prefix.current()
+        trust = initial_trust(prefix, state, options.trust_files)
+        for gone in prefix.remove_debris(state):
+            report(f"removed debris of an interrupted install: {gone}")
+        if any(v.version == manifest.version for v in state.installed):
+            # Reinstalling a version that is not current (after a rollback): rebuild it from scratch.
+            state.installed = [v for v in state.installed if v.version != manifest.version]
+            prefix.save(state)
+        root = prefix.version_dir(manifest.version)
+        shutil.rmtree(root, ignore_errors=True)
+        try:
+            try:
+                _install_version(prefix, state, verified, options, verifier, python, before, trust, report)
+            except OSError as error:  # a full disk or a permission: one line, like every other failure
+                raise InstallStepError(f"install failed: {error}") from None
+        except BaseException as error:
+            shutil.rmtree(root, ignore_errors=True)
+            if isinstance(error, InstallerError):
+                # From disk, not memory: the in-memory state may already list the version that failed.
+                on_disk = prefix.load()
+                on_disk.record("install", "failed", f"version {manifest.version}: {error.message}")
+                prefix.save(on_disk)
+            raise
+        # The version is complete and listed in state.json; only now does `current` move to it.
+        prefix.switch_current(manifest.version)
+    return manifest
+
+
+def _install_version(
+    prefix: Prefix,
+    state: InstallState,
+    verified: VerifiedBundle,
+    options: Options,
+    verifier: Verifier,
+    python: str,
+    before: int | None,
+    trust: TrustedKeys,
+    report: Report,
+) -> None:
+    """Build the version folder and record it as complete in state.json (not yet current)."""
+    manifest = verified.manifest
+    root = prefix.version_dir(manifest.version)
+    prefix.versions.mkdir(parents=True, exist_ok=True)
+    root.mkdir()
+    report("step: extract")
+    # Pass 2 verifies again while writing: the file may have changed since pass 1.
+    again = read_bundle(
+        options.bundle,
+        trust,
+        now=int(time.time()),
+        installed_version=before,
+        allow_downgrade=options.allow_downgrade,
+        verifier=verifier,
+        limits=options.limits,
+        extract_to=root / "bundle",
+    )
+    if again.manifest != manifest:
+        raise StateError("bundle changed while it was being installed")
+    _build_version(prefix, manifest, root, options, python, report)
+    report("step: commit")
+    if options.unit_dir is not None:
+        unit = unit_text(prefix.root, prefix.current_link, options.allow_ips, manifest.profile == "gpu")
+        atomic_write(options.unit_dir / "appliance.service", unit.encode())
+    if verified.trust_update is not None:
+        trust = trust.rotated(verified.trust_update)
+        report(f"trusted keys updated to version {trust.version}")
+    state.trust = trust
+    state.installed.append(
+        InstalledVersion(manifest.version, manifest.profile, manifest.key_id, int(time.time()))
+    )
+    downgrade = (
+        " (downgrade allowed by the admin)" if before is not None and manifest.version <= before else ""
+    )
+    state.record("install", "success", f"version {manifest.version}, previous {before}{downgrade}")
+    prefix.save(state)
+
+
+def rollback(prefix_root: Path, report: Report) -> int:
+    """Make the newest installed version below the current one current again."""
+    prefix = Prefix(prefix_root)
+    with prefix.locked():
+        state = prefix.load()
+        current = prefix.current()
+        older = sorted(v.version for v in state.installed if current is None or v.version < current)
+        if current is None or not older:
+            raise StateError(f"nothing to roll back to (current: {current})")
+        prefix.switch_current(older[-1])
+        state.record("rollback", "success", f"version {current} -> {older[-1]}")
+        prefix.save(state)
+    report(f"current is now version {older[-1]} (was {current})")
+    return older[-1]

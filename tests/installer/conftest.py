@@ -1,0 +1,33 @@
+"""Keys generated per session, and a prefix where version 1 is installed (without pip, for speed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from installer.crypto import load_public_key
+from installer.pack import generate_key_pair
+from installer.state import InstalledVersion, InstallState, Prefix
+from installer.trust import TrustedKeys
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Three Ed25519 key pairs: `a` (trusted), `b` (for rotation) and `evil` (never trusted)."""
+    folder = tmp_path_factory.mktemp("keys")
+    return {name: generate_key_pair(folder, name) for name in ("a", "b", "evil")}
+
+
+@pytest.fixture
+def installed_prefix(tmp_path: Path, keys: dict[str, tuple[Path, Path]]) -> Path:
+    """A prefix whose state trusts key `a` and whose current version is 1."""
+    prefix = Prefix(tmp_path / "prefix")
+    (prefix.version_dir(1) / "home").mkdir(parents=True)
+    (prefix.version_dir(1) / "home" / "settings.toml").write_text("# version 1\n")
+    trust = TrustedKeys().with_keys([load_public_key(keys["a"][1].read_text())])
+    state = InstallState(trust, [InstalledVersion(1, "cpu", "0" * 64, 0)])
+    state.record("install", "success", "version 1")
+    prefix.save(state)
+    prefix.switch_current(1)
+    return prefix.root

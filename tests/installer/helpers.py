@@ -1,0 +1,175 @@
+"""Small signed bundles, a fake appliance wheel, an offline installer runner and prefix snapshots."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from installer.manifest import Target
+from installer.pack import BundleSpec, Source, describe, write_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+DAY = 86_400
+HOST_TARGET = Target(
+    f"{sys.version_info[0]}.{sys.version_info[1]}",
+    __import__("sysconfig").get_platform().replace("-", "_").replace(".", "_"),
+)
+UNSHARE = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0
+
+# Runs inside the child: proves the network is absent (an empty netns has no route, so a UDP connect fails
+# at once with ENETUNREACH and sends nothing), optionally proves `cryptography` is unimportable, then runs
+# the installer exactly as `python3 -m installer` would.
+_BOOT = """
+import socket, sys
+sys.path.insert(0, {repo!r})
+if {offline!r}:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("1.1.1.1", 53))
+    except OSError:
+        pass
+    else:
+        sys.exit("test harness: the network is reachable inside unshare -n")
+if {no_crypto!r}:
+    try:
+        import cryptography
+    except ImportError:
+        pass
+    else:
+        sys.exit("test harness: cryptography is importable")
+from installer.cli import run
+sys.exit(run(sys.argv[1:]))
+"""
+
+
+def run_installer(
+    *args: str, no_crypto: bool = False, tmpdir: Path | None = None, source: Path = REPO
+) -> subprocess.CompletedProcess[str]:
+    """`python -m installer ARGS` (from the tree or an installer.pyz) in a fresh network namespace."""
+    python = [sys.executable, "-I", "-S"] if no_crypto else [sys.executable]
+    boot = _BOOT.format(repo=str(source), offline=UNSHARE, no_crypto=no_crypto)
+    argv = [*(["unshare", "-n"] if UNSHARE else []), *python, "-c", boot, *args]
+    env = dict(os.environ)
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=600)
+
+
+def fake_wheel(folder: Path, version: int) -> Path:
+    """A tiny real wheel whose `appliance` script answers the installer's commands and `serve`."""
+    dist = f"fakeappliance-{version}.0"
+    module = f'''"""Stands in for the appliance in installer tests."""
+import os, pathlib, sys
+def main():
+    home = pathlib.Path(os.environ["APPLIANCE_HOME"])
+    args = sys.argv[1:]
+    if args[:1] == ["init"]:
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "registry.txt").touch()
+    elif args[:2] == ["models", "list"]:
+        print("NAME")
+        print((home / "registry.txt").read_text(), end="")
+    elif args[:2] == ["models", "add"]:
+        with (home / "registry.txt").open("a") as out:
+            out.write(args[args.index("--name") + 1] + " " + args[2] + "\\n")
+    elif args[:1] == ["serve"]:
+        print("serving version {version}")
+    else:
+        sys.exit(2)
+'''
+    metadata = f"Metadata-Version: 2.1\nName: fakeappliance\nVersion: {version}.0\n"
+    files = {
+        "fakeappliance.py": module.encode(),
+        f"{dist}.dist-info/METADATA": metadata.encode(),
+        f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist}.dist-info/entry_points.txt": b"[console_scripts]\nappliance = fakeappliance:main\n",
+    }
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append(f"{dist}.dist-info/RECORD,,")
+    files[f"{dist}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    path = folder / f"fakeappliance-{version}.0-py3-none-any.whl"
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+@dataclass
+class Recipe:
+    """What a test bundle holds; `files` maps bundle paths to (role, content)."""
+
+    version: int = 1
+    expires_in: int = 30 * DAY
+    fake_app: bool = True
+    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+
+
+def make_bundle(work: Path, key: Path, recipe: Recipe, name: str = "b") -> Path:
+    """Write a small signed bundle under `work` and return its path."""
+    stage = work / f"{name}-src"
+    sources: list[Source] = []
+    requirements: tuple[str, ...] = ()
+    if recipe.fake_app:
+        wheel = fake_wheel(stage / "wheels", recipe.version)
+        sources.append(Source(f"wheels/{wheel.name}", "wheel", wheel))
+        requirements = ("fakeappliance",)
+        model = b'{"name": "tiny", "aliases": ["default"], "file": "tiny.gguf", "format": "gguf"}'
+        defaults = {
+            "models/tiny/tiny.gguf": ("model", b"GGUF tiny " * 50),
+            "models/tiny/registry.json": ("model", model),
+        }
+        recipe.files = {**defaults, **recipe.files}
+    for path, (role, data) in recipe.files.items():
+        file = stage / "files" / path
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(data)
+        sources.append(Source(path, role, file))
+    now = int(time.time())
+    created = min(now, now + recipe.expires_in - DAY)
+    spec = BundleSpec(
+        "appliance", "cpu", recipe.version, created, now + recipe.expires_in, HOST_TARGET, requirements
+    )
+    out = work / f"{name}.bundle"
+    write_bundle(out, spec, sources, key, describe(sources))
+    return out
+
+
+def rewrite(bundle: Path, out: Path, edit: object) -> Path:
+    """Copy a bundle through tarfile, letting `edit(members)` change the list of (TarInfo, bytes)."""
+    with tarfile.open(bundle) as archive:
+        members = [(m, archive.extractfile(m).read() if m.isfile() else b"") for m in archive.getmembers()]  # type: ignore[union-attr]
+    members = edit(members)  # type: ignore[operator]
+    with tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as archive:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            archive.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return out
+
+
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    """Every path under `root` with its content or link target, for byte-for-byte comparisons."""
+    seen: dict[str, bytes | str] = {}
+    if not root.exists():
+        return seen
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            seen[rel] = "-> " + os.readlink(path)
+        elif path.is_file():
+            seen[rel] = path.read_bytes()
+        else:
+            seen[rel] = "dir"
+    return seen
