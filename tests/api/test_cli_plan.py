@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.api.console import run_appliance
 from tests.appliance.model_specs import FIXTURES
 from tests.gguf_files import write_tiny_gguf
 
-APPLIANCE = Path(sys.executable).parent / "appliance"
 MODELS = [
     {
         "name": "llama-3.1-70b", "format": "awq", "parameters": 70_600_000_000, "quantization": "AWQ",
@@ -24,24 +21,12 @@ MODELS = [
 ]  # fmt: skip
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    """The installed console script against the test's APPLIANCE_HOME."""
-    return subprocess.run(
-        [str(APPLIANCE), *args],
-        env=os.environ | {"NO_COLOR": "1", "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_plan_for_a_described_machine_as_json(tmp_path: Path) -> None:
     """Sizing before buying: the 70B goes tensor-parallel over two A100s, the 7B GGUF to the CPU."""
     models = tmp_path / "models.json"
     models.write_text(json.dumps(MODELS))
     hardware = FIXTURES / "a100_40gb_x2.json"
-    result = _run("plan", "--hardware", str(hardware), "--models", str(models), "--json")
+    result = run_appliance("plan", "--hardware", str(hardware), "--models", str(models), "--json")
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     by_name = {m["name"]: m for m in plan["models"]}
@@ -54,9 +39,9 @@ def test_plan_for_a_described_machine_as_json(tmp_path: Path) -> None:
 def test_plan_table_for_this_machine_registered_model(tmp_path: Path) -> None:
     """A registered GGUF is planned on this machine; the table names engine, fit and the reason."""
     model = write_tiny_gguf(tmp_path / "tiny.gguf")
-    added = _run("models", "add", str(model), "--name", "tiny")
+    added = run_appliance("models", "add", str(model), "--name", "tiny")
     assert added.returncode == 0, added.stderr
-    result = _run("plan")
+    result = run_appliance("plan")
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()[-2:]
     assert header.split()[:3] == ["MODEL", "ENGINE", "WHERE"]
@@ -69,7 +54,7 @@ def test_bad_hardware_file_is_one_error_line(tmp_path: Path) -> None:
     """A hardware description with a wrong field is one `error:` line naming the file, no traceback."""
     described = tmp_path / "box.json"
     described.write_text('{"gpus": [{"index": 0}]}')
-    result = _run("plan", "--hardware", str(described))
+    result = run_appliance("plan", "--hardware", str(described))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.splitlines()
