@@ -19,7 +19,7 @@ from appliance.supervisor import Worker, WorkerState
 
 ModelRequest = TypeVar("ModelRequest", SamplingRequest, EmbeddingRequest)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-USAGE_COMMENT = ": usage "
+USAGE_COMMENT = b": usage "
 """The worker ends each stream with this SSE comment carrying usage; it is read here and not forwarded."""
 
 
@@ -112,32 +112,46 @@ async def forward_stream(
     )
 
 
+def _split_usage(events: bytes) -> tuple[bytes, bytes | None]:
+    """Take the worker's usage comment out of a run of complete SSE events: (events to forward, its JSON)."""
+    if events.startswith(USAGE_COMMENT):
+        at = 0
+    else:
+        found = events.find(b"\n\n" + USAGE_COMMENT)  # a comment starts an event, never inside a data line
+        if found < 0:
+            return events, None
+        at = found + 2
+    end = events.index(b"\n\n", at)
+    return events[:at] + events[end + 2 :], events[at + len(USAGE_COMMENT) : end]
+
+
 async def _relay(
     gateway: GatewayState, model: ModelInfo, upstream: httpx.Response, started: float
 ) -> AsyncIterator[bytes]:
-    """Pass the worker's events through one by one; closing this (client gone) closes the worker stream."""
+    """Pass the worker's events through as they arrive, whole events only, without parsing them; closing
+    this (client gone) closes the worker stream, which cancels the generation there."""
     metrics = gateway.metrics
     first_token_at: float | None = None
-    event: list[str] = []
+    pending = b""
     try:
-        async for line in upstream.aiter_lines():
-            if line:
-                event.append(line)
+        async for chunk in upstream.aiter_raw():
+            pending += chunk
+            end = pending.rfind(b"\n\n")
+            if end < 0:
                 continue
-            if not event:
-                continue
-            if event[0].startswith(USAGE_COMMENT):
-                totals = msgspec.json.decode(event[0][len(USAGE_COMMENT) :], type=Usage)
+            events, pending = pending[: end + 2], pending[end + 2 :]
+            events, usage_json = _split_usage(events)
+            if events:
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                    metrics.time_to_first_token.labels(model.name).observe(first_token_at - started)
+                yield events
+            if usage_json is not None:
+                totals = msgspec.json.decode(usage_json, type=Usage)
                 metrics.record_usage(model.name, totals.prompt_tokens, totals.completion_tokens)
                 if first_token_at is not None and totals.completion_tokens > 1:
                     per_token = (time.perf_counter() - first_token_at) / (totals.completion_tokens - 1)
                     metrics.time_per_output_token.labels(model.name).observe(per_token)
-            else:
-                if first_token_at is None:
-                    first_token_at = time.perf_counter()
-                    metrics.time_to_first_token.labels(model.name).observe(first_token_at - started)
-                yield ("\n".join(event) + "\n\n").encode()
-            event = []
     except httpx.HTTPError as error:
         body = appliance_error_body(_unavailable(model, error))
         yield b"data: " + msgspec.json.encode(body) + b"\n\ndata: [DONE]\n\n"

@@ -76,6 +76,14 @@ class CompletionShape:
             **extra,
         }
 
+    def content_event(self, **extra: Any) -> Callable[[str], bytes]:
+        """A fast maker of the SSE event for one text piece: the chunk is encoded once around a marker,
+        and each piece is spliced in, so the token loop encodes a string, not a whole chunk."""
+        marker = "\x00piece\x00"
+        encoded = sse(self.chunk([self.delta(marker, None)], **extra))
+        before, after = encoded.split(_encode(marker))
+        return lambda text: before + _encode(text) + after
+
     def delta(self, text: str | None, finish_reason: str | None, *, first: bool = False) -> dict[str, Any]:
         """The choice of one chunk: a delta for chat, a text piece for completions."""
         if not self.chat:
@@ -97,6 +105,7 @@ async def stream_events(
 ) -> AsyncIterator[bytes]:
     """The SSE stream of a generation, in OpenAI's chunk shapes, ending with `data: [DONE]`."""
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
+    content_event = shape.content_event(**extra)
     first = True
     try:
         async for event in events:
@@ -113,7 +122,7 @@ async def stream_events(
                     yield sse(shape.chunk([], usage=totals))
                 yield USAGE_COMMENT + _encode(totals) + b"\n\n"
                 break
-            yield sse(shape.chunk([shape.delta(event, None)], **extra))
+            yield content_event(event)
     except ApplianceError as error:
         yield sse(appliance_error_body(error))
     except Exception as error:  # noqa: BLE001 - after the headers are sent, an error can only be an event
