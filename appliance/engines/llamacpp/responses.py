@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -12,6 +13,8 @@ import msgspec
 from appliance.engines.llamacpp.core import Finished
 from appliance.errors import ApplianceError, EngineError, appliance_error_body
 from appliance.protocol import usage
+
+log = logging.getLogger(__name__)
 
 USAGE_COMMENT = b": usage "
 """Every stream ends with this SSE comment carrying the usage; the gateway reads it for metrics, drops it."""
@@ -101,7 +104,6 @@ async def stream_events(
     events: AsyncIterator[str | Finished],
     *,
     include_usage: bool,
-    on_error: Callable[[BaseException], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE stream of a generation, in OpenAI's chunk shapes, ending with `data: [DONE]`."""
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
@@ -125,8 +127,7 @@ async def stream_events(
             yield content_event(event)
     except ApplianceError as error:
         yield sse(appliance_error_body(error))
-    except Exception as error:  # noqa: BLE001 - after the headers are sent, an error can only be an event
-        if on_error is not None:
-            on_error(error)
+    except Exception as error:
+        log.exception("generation failed after the stream began", exc_info=error)
         yield sse(appliance_error_body(EngineError(f"generation failed: {error}")))
     yield b"data: [DONE]\n\n"
