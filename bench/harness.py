@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import tempfile
@@ -204,16 +205,60 @@ def _terminate(signum: int, _frame: Any) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
-def run_servers(names: list[str], setup: Setup, load: Load, concurrency: list[int]) -> list[Figures]:
-    """Benchmark each named server in turn, alone on the machine, at every concurrency."""
+def run_servers(
+    names: list[str], setup: Setup, load: Load, concurrency: list[int], rounds: int = 1
+) -> list[Figures]:
+    """Benchmark the named servers at every concurrency; one figure per server and concurrency.
+
+    With one round each server runs alone on the machine, one after another. With more, all of them are
+    started together (an idle server costs nothing) and every round measures each concurrency on each server
+    back to back, the order rotating per round, so that a slow minute of a shared machine hits every server
+    alike; each figure is then the round with the median tok/s.
+    """
     signal.signal(signal.SIGTERM, _terminate)
     figures: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp_name:
-        for name in names:
-            print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
-            with SERVERS[name](setup, Path(tmp_name)) as target:
-                figures += asyncio.run(bench(target, load, concurrency))
-    return figures
+        if rounds <= 1:
+            for name in names:
+                print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
+                with SERVERS[name](setup, Path(tmp_name)) as target:
+                    figures += asyncio.run(bench(target, load, concurrency))
+            return figures
+        with contextlib.ExitStack() as stack:
+            targets = []
+            for name in names:
+                print(f"starting {name} ...", file=sys.stderr, flush=True)
+                targets.append(stack.enter_context(SERVERS[name](setup, Path(tmp_name))))
+            return asyncio.run(_interleaved(targets, load, concurrency, rounds))
+
+
+async def _interleaved(
+    targets: list[Target], load: Load, concurrency: list[int], rounds: int
+) -> list[Figures]:
+    timeout = httpx.Timeout(connect=10.0, read=load.read_timeout, write=10.0, pool=load.batch_timeout)
+    limits = httpx.Limits(max_connections=max(concurrency) + 1)
+    measured: dict[tuple[str, int], list[Figures]] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(timeout=timeout, limits=limits))
+            for _ in targets
+        ]
+        for round_index in range(rounds):
+            for conc in concurrency:
+                order = list(range(len(targets)))
+                shift = round_index % len(order)
+                for i in order[shift:] + order[:shift]:
+                    print(
+                        f"round {round_index + 1}/{rounds}: {targets[i].name} c={conc}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    batch = await run_batch(clients[i], targets[i], load, conc)
+                    print(
+                        f"  {batch.tok_per_s:.1f} tok/s, TPOT p50 {batch.tpot_p50_ms:.2f} ms", file=sys.stderr
+                    )
+                    measured.setdefault((targets[i].name, conc), []).append(batch)
+    return [sorted(runs, key=lambda f: f.tok_per_s)[len(runs) // 2] for runs in measured.values()]
 
 
 def ratios(figures: list[Figures], ours: str, base: str) -> dict[int, float]:
