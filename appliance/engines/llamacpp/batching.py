@@ -25,6 +25,9 @@ from appliance.engines.llamacpp.text_stream import TextStream
 from appliance.errors import ApplianceError, EngineError, EngineUnavailableError, QueueFullError
 
 Event = str | Finished | BaseException
+BOUNDARY_SLACK = 4
+"""Cells a slot may lose and still be reused in place: the next turn of a conversation re-tokenises the end
+of the previous answer, which may not match the tokens generated there."""
 
 
 @dataclass(eq=False)
@@ -36,8 +39,11 @@ class _Request:
     cancelled: bool = False
     """Set by the event loop when the client leaves; a plain flag, read by the scheduler each step."""
 
-    def emit(self, event: Event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+def _deliver(outbox: list[tuple[_Request, Event]]) -> None:
+    """On the event loop: hand a step's events to their requests."""
+    for request, event in outbox:
+        request.events.put_nowait(event)
 
 
 @dataclass(eq=False)
@@ -47,6 +53,7 @@ class _Slot:
     """Tokens whose cells this sequence holds, in position order (kept after a request for prefix reuse)."""
     request: _Request | None = None
     sampler: Any = None
+    """The request's llama.cpp sampler chain; None for plain greedy, which is an argmax over the logits."""
     text: TextStream = field(default_factory=lambda: TextStream(()))
     prefill_at: int = 0
     next_token: int | None = None
@@ -83,6 +90,8 @@ class BatchingCore:
         self._slots = [_Slot(seq) for seq in range(parallel)]
         self._queue_depth = queue_depth
         self._waiting: deque[_Request] = deque()
+        self._outbox: list[tuple[_Request, Event]] = []
+        """Events of this step, handed to the event loop in one call when the step ends."""
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._shutting_down = False
@@ -151,6 +160,20 @@ class BatchingCore:
                 self._wake.clear()
                 continue
             self._step(active)
+            self._send_outbox()
+
+    def _emit(self, request: _Request, event: Event) -> None:
+        self._outbox.append((request, event))
+
+    def _send_outbox(self) -> None:
+        # One wake-up of the event loop per step, not one per token.
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        loops = {request.loop for request, _ in outbox}
+        for loop in loops:
+            mine = outbox if len(loops) == 1 else [item for item in outbox if item[0].loop is loop]
+            loop.call_soon_threadsafe(_deliver, mine)
 
     def _admit(self) -> None:
         with self._lock:
@@ -161,21 +184,44 @@ class BatchingCore:
                 request = self._waiting.popleft()
                 if request.cancelled:
                     continue
-                best = max(free, key=lambda s: (_common_prefix(s.cells, request.prompt), -s.released_at))
-                self._start(best, request)
+                self._start(self._place(free, request.prompt), request)
+        self._send_outbox()
 
-    def _start(self, slot: _Slot, request: _Request) -> None:
-        # Reuse the cells of the longest common prefix, but always evaluate at least the last prompt token:
-        # its logits give the first completion token.
-        keep = min(_common_prefix(slot.cells, request.prompt), len(request.prompt) - 1)
+    def _place(self, free: list[_Slot], prompt: list[int]) -> _Slot:
+        """The free slot for `prompt`, its cells already holding the longest prefix any slot has.
+
+        Always leaves at least the last prompt token to evaluate: its logits give the first completion token.
+        A free slot holding the prefix is reused in place when that loses nothing worth keeping: it holds
+        this very prompt (the same request again: what follows is only its old answer), or nothing beyond
+        the prefix but a few tokens (the next turn of a conversation, re-tokenised at the old answer's end).
+        Otherwise the least recently used free slot takes the request and the prefix's cells are copied from
+        the slot that holds them, busy or not (llama-server keeps a prompt cache in host memory for this), so
+        a slot's cached conversation survives a request that only shares its system prompt.
+        """
+        limit = len(prompt) - 1
+        holder = max(self._slots, key=lambda s: (_common_prefix(s.cells, prompt), s.request is None))
+        shared = min(_common_prefix(holder.cells, prompt), limit)
+        loses_little = shared == limit or len(holder.cells) - shared <= BOUNDARY_SLACK
+        in_place = holder.request is None and (loses_little or not self._model.can_share_cells)
+        slot = holder if in_place else min(free, key=lambda s: s.released_at)
+        keep = shared if slot is holder else min(_common_prefix(slot.cells, prompt), limit)
         if not self._context.forget(slot.seq, keep):
             keep = 0
             self._context.forget(slot.seq, 0)
         del slot.cells[keep:]
+        if keep < shared and self._model.can_share_cells:
+            self._context.forget(slot.seq, 0)
+            self._context.share(holder.seq, slot.seq, shared)
+            slot.cells[:] = holder.cells[:shared]
+        return slot
+
+    def _start(self, slot: _Slot, request: _Request) -> None:
+        keep = len(slot.cells)
         try:
-            slot.sampler = build_sampler(request.params, self._model.vocab, self._model.n_vocab)
+            if not request.params.plain_greedy:
+                slot.sampler = build_sampler(request.params, self._model.vocab, self._model.n_vocab)
         except ApplianceError as error:
-            request.emit(error)
+            self._emit(request, error)
             return
         slot.request = request
         slot.text = TextStream(request.params.stop)
@@ -242,16 +288,28 @@ class BatchingCore:
         return bool(llama_cpp.llama_decode(self._context.ctx, batch) == 0)
 
     def _after_decode(self, work: list[_Work]) -> None:
-        index = 0
+        outputs = sum(part.logits for part in work)
+        greedy: Any = None
+        if any(part.logits and part.slot.sampler is None for part in work):
+            # Every plain-greedy sequence's next token in one vectorised argmax over this step's logits.
+            greedy = self._context.logits(outputs).argmax(axis=1)
+        index = row = 0
         for part in work:
             slot = part.slot
             slot.cells.extend(part.tokens)
             index += len(part.tokens)
             if slot.next_token is None:
                 slot.prefill_at += len(part.tokens)
-            if part.logits and slot.request is not None:
-                token = llama_cpp.llama_sampler_sample(slot.sampler, self._context.ctx, index - 1)
-                self._on_token(slot, slot.request, int(token))
+            if part.logits:
+                if slot.request is not None:
+                    if slot.sampler is None:
+                        token = int(greedy[row])
+                    else:
+                        token = int(
+                            llama_cpp.llama_sampler_sample(slot.sampler, self._context.ctx, index - 1)
+                        )
+                    self._on_token(slot, slot.request, token)
+                row += 1
 
     def _on_token(self, slot: _Slot, request: _Request, token: int) -> None:
         self.counters.tokens_generated += 1
@@ -261,7 +319,7 @@ class BatchingCore:
         slot.generated += 1
         text = slot.text.feed(self._model.token_text(token))
         if text:
-            request.emit(text)
+            self._emit(request, text)
         if slot.text.stopped:
             self._finish(slot, "stop")
         elif slot.generated >= request.params.max_tokens or len(slot.cells) + 1 >= self.slot_context:
@@ -278,14 +336,14 @@ class BatchingCore:
         else:
             tail = slot.text.flush()
             if tail:
-                request.emit(tail)
-            request.emit(Finished(reason, len(request.prompt), slot.generated, slot.cached))
+                self._emit(request, tail)
+            self._emit(request, Finished(reason, len(request.prompt), slot.generated, slot.cached))
             self.counters.generations_finished += 1
         self._release(slot)
 
     def _fail(self, slot: _Slot, error: ApplianceError) -> None:
         if slot.request is not None:
-            slot.request.emit(error)
+            self._emit(slot.request, error)
         self._context.forget(slot.seq, 0)
         slot.cells.clear()
         self._release(slot)
@@ -305,7 +363,8 @@ class BatchingCore:
         with self._lock:
             waiting, self._waiting = list(self._waiting), deque()
         for request in waiting:
-            request.emit(error)
+            self._emit(request, error)
         for slot in self._slots:
             if slot.request is not None:
                 self._fail(slot, error)
+        self._send_outbox()

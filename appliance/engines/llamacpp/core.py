@@ -31,6 +31,18 @@ class SamplingParams:
     grammar: str | None = None
     """GBNF that the output must match (structured output), or None."""
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Temperature 0 with nothing that reshapes the logits: the next token is simply the highest logit."""
+        return (
+            self.temperature <= 0.0
+            and self.grammar is None
+            and not self.logit_bias
+            and self.repetition_penalty == 1.0
+            and not self.presence_penalty
+            and not self.frequency_penalty
+        )
+
 
 @dataclass(frozen=True)
 class Finished:

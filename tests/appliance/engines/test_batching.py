@@ -129,6 +129,37 @@ async def test_shared_system_prompt_is_served_from_cache(model: LoadedModel) -> 
     assert shared > 400
 
 
+async def test_a_prompt_sharing_only_the_system_prompt_copies_it_and_keeps_the_other_cached(
+    model_path: Path,
+) -> None:
+    """A new question under a cached system prompt takes a fresh slot with a copy of the system prompt's
+    cells, so the slot holding the first conversation keeps it; the copied cells give the same tokens as a
+    prompt computed from scratch."""
+    system = "You are a careful assistant who answers in one short sentence. " * 6
+    first, second = system + "Question: what is the capital of France?", system + "Question: name a colour."
+
+    def load() -> LoadedModel:
+        return LoadedModel(WorkerConfig(model_path, "c", context_length=4 * 512, threads=2, parallel=4))
+
+    fresh = load()
+    try:
+        expected, _ = await _run(fresh, second, GREEDY)
+    finally:
+        fresh.close()
+    warm = load()
+    try:
+        first_tokens, second_tokens = warm.tokenize(first), warm.tokenize(second)
+        shared = next(i for i, (a, b) in enumerate(zip(first_tokens, second_tokens, strict=False)) if a != b)
+        await _run(warm, first, GREEDY)
+        got, end = await _run(warm, second, GREEDY)
+        assert end.cached_tokens == shared
+        assert got[:8] == expected[:8]
+        _, again = await _run(warm, first, GREEDY)
+        assert again.cached_tokens == len(first_tokens) - 1
+    finally:
+        warm.close()
+
+
 async def test_full_queue_is_refused_with_queue_full(model_path: Path) -> None:
     """With both slots busy and the queue (depth 2) full, one more request is refused at once."""
     small = LoadedModel(
