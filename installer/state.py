@@ -76,6 +76,10 @@ class InstallState:
         entry = {"at": int(time.time()), "action": action, "outcome": outcome, "detail": detail}
         self.history = [*self.history, entry][-HISTORY_KEPT:]
 
+    def highest_version(self) -> int | None:
+        """The highest version ever installed here (rollback protection holds bundles to at least this)."""
+        return max((v.version for v in self.installed), default=None)
+
     def to_bytes(self) -> bytes:
         """The state file's content."""
         document = {

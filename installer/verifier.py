@@ -52,6 +52,7 @@ def verify_manifest(
     allow_downgrade: bool,
     verifier: Verifier,
     limits: Limits,
+    highest_version: int | None = None,
 ) -> Manifest:
     """Verify a manifest and return it; raise an InstallerError subclass on the first broken rule.
 
@@ -61,7 +62,9 @@ def verify_manifest(
     - the key the manifest names is refused if revoked, refused if not trusted, and used only if trusted;
     - nothing the manifest says (expiry, version, members) is believed before its signature verifies;
     - an expired manifest (`now` at or after `expires`) is refused;
-    - the version must be higher than `installed_version`, unless `allow_downgrade` is set by the admin;
+    - the version must be higher than `installed_version` (the current one) and not lower than
+      `highest_version` (the highest ever installed: after an admin's rollback only that version or a newer
+      one may come back, never an older bundle), unless `allow_downgrade` is set by the admin;
     - member paths are relative, of safe components, unique, and each in its role's folder.
     """
     manifest = parse_manifest(manifest_data, limits)
@@ -79,6 +82,10 @@ def verify_manifest(
     if installed_version is not None and manifest.version <= installed_version and not allow_downgrade:
         raise DowngradeError(
             f"bundle version {manifest.version} is not higher than installed version {installed_version}"
+        )
+    if highest_version is not None and manifest.version < highest_version and not allow_downgrade:
+        raise DowngradeError(
+            f"bundle version {manifest.version} is older than version {highest_version}, installed before"
         )
     return manifest
 

@@ -80,6 +80,23 @@ def test_rollback_then_same_version_again(v1: Path, tmp_path: Path, keys: Keys) 
     assert run_installer("rollback", "--prefix", str(v1)).returncode == errors.StateError.exit_code
 
 
+def test_after_a_rollback_an_older_bundle_than_ever_installed_is_refused(
+    v1: Path, tmp_path: Path, keys: Keys
+) -> None:
+    """Install 3, roll back to 1: a signed bundle of version 2 is older than 3, so it is refused unless the
+    admin allows a downgrade (rollback protection holds against the highest version, not just the current)."""
+    assert _install(v1, make_bundle(tmp_path / "w3", keys["a"][0], Recipe(version=3))).returncode == 0
+    assert run_installer("rollback", "--prefix", str(v1)).returncode == 0
+    before = snapshot(v1)
+    older = make_bundle(tmp_path / "w2", keys["a"][0], Recipe(version=2))
+    done = _install(v1, older)
+    assert done.returncode == errors.DowngradeError.exit_code
+    assert "older than version 3" in done.stderr
+    assert snapshot(v1) == before
+    assert _install(v1, older, "--allow-downgrade").returncode == 0
+    assert _serves(v1) == "serving version 2"
+
+
 def test_failed_step_leaves_previous_version(v1: Path, tmp_path: Path, keys: Keys) -> None:
     """A pip failure (no appliance wheel in the bundle) keeps version 1 current, removes version 2."""
     bundle = make_bundle(tmp_path / "w2", keys["a"][0], Recipe(version=2, fake_app=False))
