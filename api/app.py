@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,20 +11,30 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 
+from api.admin.console import ConsoleController
 from api.admin.controller import AdminController
+from api.admin.egress import egress_report
+from api.admin.routes import RoutesController
+from api.admin.store import StoreController
 from api.auth import PUBLIC_PATHS, ApiKeyAuthentication
 from api.errors import EXCEPTION_HANDLERS
 from api.health import live, metrics, ready
+from api.limits import RequestLimits
 from api.metrics import GatewayMetrics
 from api.observability import in_flight_middleware, request_id_and_count_hook
 from api.openai.chat.controller import create_chat_completion
 from api.openai.completions.controller import create_completion
 from api.openai.embeddings.controller import create_embeddings
 from api.openai.models.controller import list_models, retrieve_model
+from api.openapi import document_on_startup, openapi_config
 from api.state import GatewayState
+from appliance.chain import Chains
 from appliance.hardware import detect_hardware, load_nvml
+from appliance.probe import probe_forever
 from appliance.registry.registry import Registry
 from appliance.settings import Settings
+from appliance.store.loading import sealed_model_source
+from appliance.store.store import ModelStore
 from appliance.supervisor import Supervisor, serving_plan
 
 
@@ -32,25 +43,38 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
     nvml = load_nvml()
     hardware = detect_hardware(nvml)
     models = registry.models.enabled()
+    store = ModelStore(settings.home, registry)
+    if settings.store.require_encrypted:
+        store.require_encrypted(models)
     metrics_ = GatewayMetrics(nvml if hardware.gpus else None)
     supervisor = Supervisor(
         settings,
         models,
         serving_plan(settings, models, hardware),
         on_restart=lambda name: metrics_.worker_restarts.labels(name).inc(),
+        model_source=sealed_model_source(store),
     )
-    gateway = GatewayState(settings, registry, supervisor, metrics_)
+    gateway = GatewayState(settings, registry, supervisor, metrics_, Chains(settings, registry))
+    limits = RequestLimits(settings.limits)
 
     @asynccontextmanager
     async def run_workers(_app: Litestar) -> AsyncIterator[None]:
         await supervisor.start()
+        probing = asyncio.create_task(
+            probe_forever(supervisor, gateway.chains, settings.fallback, metrics_.fallback.probe_done)
+        )
         try:
             yield
         finally:
+            probing.cancel()
+            await asyncio.gather(probing, return_exceptions=True)
             await supervisor.stop()
 
     async def provide_gateway() -> GatewayState:
         return gateway
+
+    async def provide_limits() -> RequestLimits:
+        return limits
 
     return Litestar(
         route_handlers=[
@@ -63,9 +87,13 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
             ready,
             metrics,
             AdminController,
+            RoutesController,
+            ConsoleController,
+            StoreController,
+            egress_report,
         ],
         state=State({"gateway": gateway}),
-        dependencies={"gateway": Provide(provide_gateway)},
+        dependencies={"gateway": Provide(provide_gateway), "limits": Provide(provide_limits)},
         middleware=[
             in_flight_middleware(metrics_),
             DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS),
@@ -73,6 +101,7 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[request_id_and_count_hook(metrics_)],
         lifespan=[run_workers],
-        request_max_body_size=settings.limits.max_body_bytes,
-        openapi_config=None,
+        request_max_body_size=settings.limits.largest_body_bytes,
+        openapi_config=openapi_config(),
+        on_startup=[document_on_startup],
     )

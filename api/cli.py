@@ -10,6 +10,9 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
+from api.cli_store import register_store_commands
+from api.doctor import doctor
+from appliance.egress import GUARDED_LOOP, install_command_guard
 from appliance.errors import ApplianceError
 from appliance.gguf_info import read_gguf_info
 from appliance.hardware import Hardware, detect_hardware, load_nvml
@@ -23,6 +26,8 @@ keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API k
 models_app = typer.Typer(no_args_is_help=True, help="Register and list models.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+register_store_commands(app, models_app)
+app.command()(doctor)
 
 
 def _open() -> tuple[Settings, Registry]:
@@ -271,14 +276,35 @@ def serve(
             log_level="info",
             access_log=False,
             timeout_graceful_shutdown=int(settings.workers.stop_timeout_s),
+            loop=GUARDED_LOOP,  # uvloop connects below the `socket` module; this shows its peers to the guard
         )
     )
     server.run()
 
 
+@app.command()
+def tui(
+    url: Annotated[
+        str | None, typer.Option(help="the gateway (default: this home's [server] address)")
+    ] = None,
+    key_file: Annotated[Path | None, typer.Option(help="file holding an admin key")] = None,
+) -> None:
+    """The admin console (keys also from APPLIANCE_ADMIN_KEY or a prompt); it uses the admin API only."""
+    from tui.launch import ConsoleStartError, run_console
+
+    if url is None:
+        server = load_settings(home_from_environment()).server
+        url = f"http://{server.host}:{server.port}"
+    try:
+        run_console(url, key_file)
+    except ConsoleStartError as error:
+        raise ApplianceError(str(error)) from error
+
+
 def main() -> None:
     """Console-script entry: an ApplianceError is one line on stderr and exit status 1, not a traceback."""
     try:
+        install_command_guard(home_from_environment())  # before any command can touch a socket
         app()
     except ApplianceError as error:
         typer.echo(f"error: {error.message}", err=True)

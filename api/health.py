@@ -7,8 +7,8 @@ from typing import Any
 from litestar import Response, get
 from litestar.di import NamedDependency
 
+from api.chain_health import readiness
 from api.state import GatewayState
-from appliance.supervisor import WorkerState
 
 
 @get("/health/live")
@@ -19,14 +19,11 @@ async def live() -> dict[str, str]:
 
 @get("/health/ready")
 async def ready(gateway: NamedDependency[GatewayState]) -> Response[dict[str, Any]]:
-    """200 when every planned worker answers, else 503 with each engine's state."""
-    workers = gateway.supervisor.workers.values()
-    engines = {w.model.name: w.state.value for w in workers}
-    is_ready = bool(engines) and all(w.state is WorkerState.READY for w in workers)
-    body: dict[str, Any] = {"status": "ready" if is_ready else "not_ready", "engines": engines}
+    """200 when every route (or, without routes, every planned worker) serves, else 503; see readiness()."""
+    body, status = readiness(gateway)
     if gateway.supervisor.not_started:
         body["not_started"] = dict(gateway.supervisor.not_started)
-    return Response(body, status_code=200 if is_ready else 503)
+    return Response(body, status_code=status)
 
 
 @get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -10,6 +10,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from api.fallback_metrics import FallbackMetrics
 from appliance.hardware import read_gpu_telemetry
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -112,6 +113,7 @@ class GatewayMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.fallback = FallbackMetrics(self.registry)
 
     def record_usage(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Count the tokens of one finished response."""

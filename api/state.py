@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from api.metrics import GatewayMetrics
+from appliance.chain import Chains
 from appliance.registry.registry import Registry
 from appliance.settings import Settings
 from appliance.supervisor import Supervisor
@@ -18,3 +19,4 @@ class GatewayState:
     registry: Registry
     supervisor: Supervisor
     metrics: GatewayMetrics
+    chains: Chains

@@ -109,12 +109,72 @@ class QueueFullError(ApplianceError):
     retry_after_s = 1
 
 
+class RateLimitError(ApplianceError):
+    """The key used up its requests or tokens per minute; `Retry-After` says when there is room again."""
+
+    status_code = 429
+    error_type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTooLargeError(ApplianceError):
+    """The body is larger than the key's limit."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(ApplianceError):
+    """The body is not sent as `application/json`."""
+
+    status_code = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class ClientClosedRequestError(ApplianceError):
+    """The client hung up before its non-streamed answer was ready (nobody reads this answer)."""
+
+    status_code = 499
+    error_type = "invalid_request_error"
+    code = "client_closed_request"
+
+
+class RequestTimeoutError(ApplianceError):
+    """The request ran past its time limit; its generation was cancelled."""
+
+    status_code = 504
+    error_type = "server_error"
+    code = "request_timeout"
+
+
 class EngineError(ApplianceError):
     """The worker answered with an error the gateway cannot attribute to the request."""
 
     status_code = 502
     error_type = "server_error"
     code = "engine_error"
+
+
+class StoreIntegrityError(ApplianceError):
+    """An encrypted model file or its wrapped key failed authentication: tampered, truncated, wrong key."""
+
+    status_code = 422
+    error_type = "invalid_request_error"
+    code = "store_integrity_error"
+
+
+class EgressBlockedError(ApplianceError):
+    """A process of the appliance tried to reach something that is not loopback, a unix socket or allowed."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "egress_blocked"
 
 
 def error_body(

@@ -59,8 +59,9 @@ class ResponseFormat(msgspec.Struct, kw_only=True):
     json_schema: JsonSchemaFormat | None = None
 
 
-class SamplingRequest(msgspec.Struct, kw_only=True):
-    """Fields that chat and text completions share (top_k, min_p, repetition_penalty as in vLLM)."""
+class SamplingRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Fields that chat and text completions share (top_k, min_p, repetition_penalty as in vLLM); an
+    unknown field is refused (400), as OpenAI does, rather than silently ignored."""
 
     model: ModelName
     max_tokens: TokenCount | None = None
@@ -74,7 +75,7 @@ class SamplingRequest(msgspec.Struct, kw_only=True):
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    top_k: Annotated[int, Meta(ge=0)] | None = None
+    top_k: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None  # engines take a C int: refuse, never wrap
     min_p: Probability | None = None
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
     logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
@@ -117,7 +118,7 @@ class CompletionRequest(SamplingRequest, kw_only=True):
         return 16 if self.max_tokens is None else self.max_tokens
 
 
-class EmbeddingRequest(msgspec.Struct, kw_only=True):
+class EmbeddingRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /v1/embeddings: a string, a list of strings, token ids, or a list of token id lists."""
 
     model: ModelName
@@ -169,5 +170,6 @@ def decode_request(body: bytes, request_type: type[T]) -> T:
         raise InvalidRequestError(
             f"Invalid request: {reason} at `{path.rstrip('`')}`" if path else text, param=param
         ) from error
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+        # Invalid UTF-8 and absurdly deep nesting surface as these, not as DecodeError.
         raise InvalidRequestError(f"We could not parse the JSON body of your request: {error}") from error

@@ -21,13 +21,57 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     port: int = 8080
 
 
+class KeyLimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Per-key overrides, `[limits.keys."<key name>"]`: each unset value falls back to `[limits]`."""
+
+    max_body_bytes: int | None = None
+    max_messages: int | None = None
+    max_tokens: int | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    request_timeout_s: float | None = None
+
+
 class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Request limits the gateway enforces before any engine sees the request."""
+    """Request limits the gateway enforces before any engine sees the request (see api/limits.py).
+
+    max_tokens is refused, not clamped: a request asking for more than `max_tokens` gets 400 (param
+    `max_tokens`), so a client never silently gets less than it asked for; a request that names no
+    max_tokens is given `max_tokens`. Below the limit the worker still clamps to the room left in the
+    context, as llama.cpp does. The prompt is counted exactly by the worker: longer than its context is 400
+    `context_length_exceeded`. The tokens-per-minute bucket is charged, as OpenAI does, at admission with an
+    estimate: (characters of the prompt + 3) // 4 plus max_tokens.
+    """
 
     max_body_bytes: int = 1_048_576
     """Largest request body accepted; larger bodies get 413."""
+    max_messages: int = 256
+    """Most messages one chat request may carry; more is 400."""
+    max_tokens: int = 4096
+    """Largest max_tokens (or max_completion_tokens) a request may ask for; more is 400."""
+    requests_per_minute: int = 0
+    """Requests per minute per key (a token bucket of this size); 0 = unlimited. Over it: 429."""
+    tokens_per_minute: int = 0
+    """Estimated tokens per minute per key (a token bucket of this size); 0 = unlimited. Over it: 429."""
     request_timeout_s: float = 600.0
-    """Longest a single request may wait on its engine."""
+    """Longest a single request may take, streamed or not; past it the request ends with 504 and its
+    generation is cancelled."""
+    keys: dict[str, KeyLimitSettings] = {}
+    """Overrides by key name."""
+
+    def for_key(self, key_name: str) -> LimitSettings:
+        """The limits that apply to the key named `key_name` (its overrides over the defaults)."""
+        found = self.keys.get(key_name)
+        if found is None:
+            return self
+        overrides = {f: v for f in found.__struct_fields__ if (v := getattr(found, f)) is not None}
+        return msgspec.structs.replace(self, **overrides)
+
+    @property
+    def largest_body_bytes(self) -> int:
+        """The largest body any key may send: what the HTTP layer lets through before a key is known."""
+        per_key = (k.max_body_bytes for k in self.keys.values() if k.max_body_bytes is not None)
+        return max([self.max_body_bytes, *per_key])
 
 
 class WorkerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -62,6 +106,49 @@ class GpuSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Reuse the KV cache of a shared prompt prefix (system prompts) across requests."""
 
 
+class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The encrypted model store (appliance/store)."""
+
+    require_encrypted: bool = False
+    """Production: `appliance serve` refuses a model that is not in the encrypted store."""
+
+
+class RouteSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One public model name served by an ordered chain of registered models (`[routes.NAME]`)."""
+
+    links: tuple[str, ...] = ()
+    """Registered model names, tried in this order."""
+    canned: str | None = None
+    """Text answered when every link failed; unset means an exhausted chain answers 503."""
+
+
+class FallbackSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Circuit breakers, failover and the deep health probe of the fallback chain."""
+
+    failure_threshold: int = 3
+    """Consecutive failed requests that open a link's circuit."""
+    cooldown_s: float = 30.0
+    """How long an open circuit stays open before one trial request may pass (half-open)."""
+    first_token_timeout_s: float = 60.0
+    """A streamed request with no event from its engine in this time fails over to the next link."""
+    probe_interval_s: float = 15.0
+    """Seconds between two deep probes (a real tiny inference) of every engine."""
+    probe_timeout_s: float = 30.0
+    """A probe that takes longer counts as failed and opens the circuit."""
+    probe_max_tokens: int = 2
+    """Tokens a probe generates."""
+    retry_after_s: int = 5
+    """`Retry-After` of the 503 an exhausted chain without a canned answer gives."""
+
+
+class EgressSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where the appliance's processes may connect besides loopback and unix sockets (appliance/egress.py)."""
+
+    allow: tuple[str, ...] = ()
+    """Enclave networks (CIDR or address) and host names; a name only permits its look-up, so list its
+    address too. Empty: nothing leaves the machine."""
+
+
 class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """What `settings.toml` may hold: its sections, each optional."""
 
@@ -69,6 +156,10 @@ class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     limits: LimitSettings = LimitSettings()
     workers: WorkerSettings = WorkerSettings()
     gpu: GpuSettings = GpuSettings()
+    fallback: FallbackSettings = FallbackSettings()
+    routes: dict[str, RouteSettings] = msgspec.field(default_factory=dict)
+    store: StoreSettings = StoreSettings()
+    egress: EgressSettings = EgressSettings()
 
 
 class Settings(SettingsFile, frozen=True, kw_only=True):
@@ -119,7 +210,17 @@ def load_settings(home: Path) -> Settings:
         found = msgspec.toml.decode(raw, type=SettingsFile)
     except msgspec.MsgspecError as error:
         raise SettingsError(_one_line_reason(path, error)) from error
-    return Settings(server=found.server, limits=found.limits, workers=found.workers, gpu=found.gpu, home=home)
+    return Settings(
+        server=found.server,
+        limits=found.limits,
+        workers=found.workers,
+        gpu=found.gpu,
+        fallback=found.fallback,
+        routes=found.routes,
+        store=found.store,
+        egress=found.egress,
+        home=home,
+    )
 
 
 DEFAULT_SETTINGS_TEXT = """\
@@ -131,7 +232,14 @@ port = 8080
 
 [limits]
 max_body_bytes = 1048576
+max_messages = 256
+max_tokens = 4096          # a request asking for more is refused (400), not clamped
+requests_per_minute = 0    # per key; 0 = unlimited
+tokens_per_minute = 0      # per key, estimated at admission; 0 = unlimited
 request_timeout_s = 600.0
+# Per-key overrides, by key name:
+# [limits.keys."reporting"]
+# requests_per_minute = 60
 
 [workers]
 threads = 0              # 0 = one per physical core
@@ -147,6 +255,12 @@ stop_timeout_s = 10.0
 memory_utilization = 0.90     # share of each GPU a vLLM worker may take
 max_num_seqs = 16             # sequences per vLLM worker; KV cache is planned for this many contexts
 enable_prefix_caching = true
+
+[store]
+require_encrypted = false     # true: serve only models imported into the encrypted store
+
+[egress]
+allow = []                    # enclave CIDRs or host names this appliance may reach; empty = loopback only
 """
 
 

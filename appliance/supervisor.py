@@ -23,10 +23,12 @@ import httpx
 from appliance.engines.kind import EngineKind, Launch
 from appliance.engines.llamacpp_launch import LLAMACPP
 from appliance.engines.vllm.launch import VLLM, installed_vllm_version, vllm_problem
+from appliance.errors import ApplianceError
 from appliance.hardware import Hardware
 from appliance.planner import Plan, make_plan, spec_from_model
 from appliance.registry.models import ModelInfo
 from appliance.settings import Settings
+from appliance.store.loading import ModelSource, plain_model
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,10 @@ class Supervisor:
         models: list[ModelInfo],
         plan: Plan,
         on_restart: Callable[[str], None] | None = None,
+        model_source: ModelSource = plain_model,
     ) -> None:
         self._settings = settings
+        self._model_source = model_source
         self._on_restart = on_restart
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -136,11 +140,20 @@ class Supervisor:
         while not self._stopping:
             started = time.monotonic()
             worker.socket_path.unlink(missing_ok=True)
-            process = await asyncio.create_subprocess_exec(
-                *worker.kind.command(worker.launch),
-                env=worker.kind.environment(worker.launch),
-                start_new_session=True,
-            )
+            try:
+                async with self._model_source(worker.launch) as (launch, fds):
+                    process = await asyncio.create_subprocess_exec(
+                        *worker.kind.command(launch),
+                        env=worker.kind.environment(launch),
+                        start_new_session=True,
+                        pass_fds=fds,
+                    )
+            except ApplianceError as error:  # the store cannot open the model: locked, wrong key, tampered
+                log.error("cannot start worker %s: %s", worker.model.name, error.message)
+                worker.last_exit = error.message
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._settings.workers.restart_backoff_max_s)
+                continue
             self._processes[worker.model.name] = process
             worker.pid = process.pid
             worker.state = WorkerState.STARTING

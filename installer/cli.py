@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from installer.crypto import default_verifier, load_public_key
-from installer.errors import InstallerError, InstallStepError, StateError, UsageError
+from installer.egress import AllowList, install_guard, stderr_audit
+from installer.errors import EgressRefusedError, InstallerError, InstallStepError, StateError, UsageError
 from installer.install import Options, install, rollback, verify
 from installer.manifest import format_time
 from installer.state import Prefix
@@ -119,6 +120,8 @@ def _trust(prefix: Prefix, args: argparse.Namespace) -> None:
 
 def run(argv: Sequence[str]) -> int:
     """Run one command; an InstallerError becomes one line on stderr and its class's exit code."""
+    # The tripwire first: an offline install never needs the network, so any attempt is a bug to stop.
+    install_guard(AllowList(), stderr_audit("installer"), EgressRefusedError)
     args = _parser().parse_args(argv)
     try:
         if args.command in ("verify", "install"):

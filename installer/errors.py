@@ -95,3 +95,9 @@ class CryptoUnavailableError(InstallerError):
     """Neither the `cryptography` package nor an Ed25519-capable `openssl` is available on the host."""
 
     exit_code = 70
+
+
+class EgressRefusedError(InstallerError):
+    """The installer tried to reach the network; the egress guard (installer/egress.py) refused."""
+
+    exit_code = 80

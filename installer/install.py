@@ -19,6 +19,7 @@ from pathlib import Path
 
 from installer.bundlefile import VerifiedBundle, read_bundle
 from installer.crypto import Verifier, load_public_key
+from installer.egress import offline_environment
 from installer.errors import InstallerError, InstallStepError, StateError, TargetError, UsageError
 from installer.limits import Limits
 from installer.manifest import Manifest, Target
@@ -100,7 +101,7 @@ def _python_for(target: Target, wanted: str | None) -> str:
 
 def _clean_env(home: Path | None = None) -> dict[str, str]:
     # pip must see only the bundle: no config files, no index or find-links from the environment.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))}
+    env = {k: v for k, v in offline_environment(os.environ).items() if not k.startswith(("PIP_", "PYTHON"))}
     env |= {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     if home is not None:
         env["APPLIANCE_HOME"] = str(home)

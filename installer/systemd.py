@@ -42,13 +42,18 @@ ProtectKernelLogs=yes
 ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
-RestrictNamespaces=yes
+# Workers enter a private network namespace (appliance/egress.py); with no capabilities that takes a user
+# namespace mapping the service's own uid. Every other kind of namespace stays forbidden.
+RestrictNamespaces=user net
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
 SystemCallArchitectures=native
 CapabilityBoundingSet=
 AmbientCapabilities=
+# The wall behind the in-process egress tripwire: no packet sockets, and IP only to loopback, the client
+# networks and enclave peers given with --allow-ip; the kernel drops everything else. `appliance doctor`
+# warns when an [egress] allow network is missing here (the wall would drop what the tripwire allows).
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 IPAddressDeny=any
 IPAddressAllow={allowed}

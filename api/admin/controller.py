@@ -31,6 +31,20 @@ def _key_object(key: KeyInfo) -> dict[str, Any]:
     }
 
 
+def engine_objects(gateway: GatewayState) -> list[dict[str, Any]]:
+    """Each worker as the admin API shows it: its model, state, pid, restarts and last exit."""
+    return [
+        {
+            "model": w.model.name,
+            "state": w.state.value,
+            "pid": w.pid,
+            "restarts": w.restarts,
+            "last_exit": w.last_exit,
+        }
+        for w in gateway.supervisor.workers.values()
+    ]
+
+
 def _audit(
     request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], action: str, target: str = ""
 ) -> None:
@@ -75,17 +89,7 @@ class AdminController(Controller):
     @get("/engines")
     async def list_engines(self, gateway: NamedDependency[GatewayState]) -> dict[str, Any]:
         """Each worker: its model, state, pid and restarts."""
-        data = [
-            {
-                "model": w.model.name,
-                "state": w.state.value,
-                "pid": w.pid,
-                "restarts": w.restarts,
-                "last_exit": w.last_exit,
-            }
-            for w in gateway.supervisor.workers.values()
-        ]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": engine_objects(gateway)}
 
     @get("/models")
     async def list_registered_models(self, gateway: NamedDependency[GatewayState]) -> dict[str, Any]:

@@ -12,23 +12,13 @@ import httpx
 from appliance.planner import ModelPlan
 from appliance.registry.models import ModelInfo
 from appliance.settings import Settings
-
-OFFLINE_ENVIRONMENT = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-}
-"""Variables that stop ML libraries from phoning home or reaching a model hub."""
-PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
+from installer.egress import offline_environment
 
 
 def worker_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """`base` (the parent's environment by default) without proxies, plus the offline variables."""
-    source = os.environ if base is None else base
-    environment = {key: value for key, value in source.items() if key.lower() not in PROXY_VARIABLES}
-    environment.update(OFFLINE_ENVIRONMENT)
-    return environment
+    # One definition for the installer's children and the workers: installer/egress.py (stdlib only).
+    return offline_environment(os.environ if base is None else base)
 
 
 @dataclass(frozen=True)

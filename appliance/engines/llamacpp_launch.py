@@ -6,6 +6,7 @@ import sys
 
 import httpx
 
+from appliance.egress import in_network_namespace
 from appliance.engines.kind import EngineKind, Launch, worker_environment
 from appliance.hardware import physical_cores
 from appliance.settings import atomic_write_text
@@ -48,7 +49,8 @@ async def llamacpp_is_ready(client: httpx.AsyncClient, _launch: Launch) -> bool:
 
 LLAMACPP = EngineKind(
     name="llamacpp",
-    command=llamacpp_command,
+    # No network but its unix socket: a private network namespace where the OS allows one.
+    command=lambda launch: in_network_namespace(llamacpp_command(launch)),
     environment=lambda _launch: worker_environment(),
     is_ready=llamacpp_is_ready,
 )

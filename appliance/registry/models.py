@@ -112,6 +112,26 @@ class ModelRegistry:
         """The models the supervisor should serve."""
         return [model for model in self.list() if model.status == "enabled"]
 
+    def set_status(self, name: str, status: str) -> ModelInfo:
+        """Mark a model `enabled` or `disabled`; the supervisor reads the status at its next start."""
+        with self._sessions.begin() as session:
+            row = session.scalars(select(ModelRow).where(ModelRow.name == name)).one_or_none()
+            if row is None:
+                raise ModelNotFoundError(f"The model `{name}` does not exist.", param="name")
+            row.status = status
+            session.flush()
+            return _info(row)
+
+    def remove(self, name: str) -> ModelInfo:
+        """Delete a model's registry entry (its file stays where it is)."""
+        with self._sessions.begin() as session:
+            row = session.scalars(select(ModelRow).where(ModelRow.name == name)).one_or_none()
+            if row is None:
+                raise ModelNotFoundError(f"The model `{name}` does not exist.", param="name")
+            removed = _info(row)
+            session.delete(row)
+            return removed
+
     def resolve(self, name: str) -> ModelInfo:
         """The model a request's `model` names, by name or alias, or ModelNotFoundError."""
         for model in self.list():

@@ -9,6 +9,8 @@ from appliance.registry.audit import AuditLog
 from appliance.registry.database import open_database
 from appliance.registry.keys import KeyStore
 from appliance.registry.models import ModelRegistry
+from appliance.registry.routes import RouteStore
+from appliance.registry.store_keys import StoreKeys
 
 
 @dataclass(frozen=True)
@@ -18,9 +20,17 @@ class Registry:
     keys: KeyStore
     models: ModelRegistry
     audit: AuditLog
+    routes: RouteStore
+    store_keys: StoreKeys
 
 
 def open_registry(database_path: Path) -> Registry:
     """Open and migrate the database, then hand out its three stores."""
     sessions = open_database(database_path)
-    return Registry(KeyStore(sessions), ModelRegistry(sessions), AuditLog(sessions))
+    return Registry(
+        KeyStore(sessions),
+        ModelRegistry(sessions),
+        AuditLog(sessions),
+        RouteStore(sessions),
+        StoreKeys(sessions),
+    )

@@ -8,6 +8,7 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.response import Stream
 
+from api.limits import RequestLimits, json_body
 from api.openai.proxy import forward_generation
 from api.state import GatewayState
 from appliance.protocol import CompletionRequest, decode_request
@@ -15,8 +16,13 @@ from appliance.protocol import CompletionRequest, decode_request
 
 @post("/v1/completions", status_code=200)
 async def create_completion(
-    request: Request[Any, Any, Any], gateway: NamedDependency[GatewayState]
+    request: Request[Any, Any, Any],
+    gateway: NamedDependency[GatewayState],
+    limits: NamedDependency[RequestLimits],
 ) -> Response[bytes] | Stream:
     """Validate the request, resolve the model, and let its worker answer (streamed or not)."""
-    body = decode_request(await request.body(), CompletionRequest)
-    return await forward_generation(request, gateway, body, "/v1/completions")
+    raw = await json_body(request)
+    body = limits.admit(request.user, len(raw), decode_request(raw, CompletionRequest))
+    return await limits.within_deadline(
+        request.user, forward_generation(request, gateway, body, "/v1/completions")
+    )

@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 
+from api.limits import RequestLimits, json_body
 from api.openai.proxy import encode_for_worker, forward
 from api.state import GatewayState
 from appliance.protocol import EmbeddingRequest, decode_request
@@ -14,9 +15,14 @@ from appliance.protocol import EmbeddingRequest, decode_request
 
 @post("/v1/embeddings", status_code=200)
 async def create_embeddings(
-    request: Request[Any, Any, Any], gateway: NamedDependency[GatewayState]
+    request: Request[Any, Any, Any],
+    gateway: NamedDependency[GatewayState],
+    limits: NamedDependency[RequestLimits],
 ) -> Response[bytes]:
     """Validate the request, resolve the model, and let its worker embed the input."""
-    body = decode_request(await request.body(), EmbeddingRequest)
+    raw = await json_body(request)
+    body = limits.admit(request.user, len(raw), decode_request(raw, EmbeddingRequest))
     model, payload = encode_for_worker(gateway, body)
-    return await forward(request, gateway, model, "/v1/embeddings", payload)
+    return await limits.within_deadline(
+        request.user, forward(request, gateway, model, "/v1/embeddings", payload)
+    )

@@ -12,8 +12,10 @@ from types import FrameType
 
 import uvicorn
 
+from appliance.egress import EGRESS_SELF_TEST_FLAG, GUARDED_LOOP, install_worker_guard, worker_self_test
 from appliance.engines.llamacpp.model import LoadedModel, WorkerConfig
 from appliance.engines.llamacpp.routes import create_worker_app
+from appliance.store.keys import make_non_dumpable
 
 PR_SET_PDEATHSIG = 1
 
@@ -78,7 +80,12 @@ def _already_exiting(_signum: int, _frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Load the model, then serve it on the unix socket until SIGTERM."""
     _die_with_parent()
+    install_worker_guard(f"llamacpp-worker[{os.getpid()}]")  # before the model or uvicorn can open anything
+    if (sys.argv[1:] if argv is None else argv) == [EGRESS_SELF_TEST_FLAG]:  # `appliance doctor` asks
+        sys.exit(worker_self_test())
     config, socket_path = _parse(argv)
+    if str(config.model_path).startswith("/proc/self/fd/"):
+        make_non_dumpable()  # decrypted weights from the store: no core dumps, no ptrace by others
     model = LoadedModel(config)
     socket_path.unlink(missing_ok=True)
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -90,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=5,
+            loop=GUARDED_LOOP,
         ),
         model,
     )

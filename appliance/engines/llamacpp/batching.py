@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -104,10 +105,10 @@ class BatchingCore:
         """Tokens one sequence may hold: prompt plus completion."""
         return self._context.slot_context
 
-    async def generate(
-        self, prompt_tokens: list[int], params: SamplingParams
-    ) -> AsyncIterator[str | Finished]:
-        """Queue a request (429 if the queue is full) and stream its events; leaving early cancels it."""
+    def generate(self, prompt_tokens: list[int], params: SamplingParams) -> AsyncIterator[str | Finished]:
+        """Queue a request now (429 at once if the queue is full) and return its events; leaving early
+        cancels it. Queueing happens here, not at the first iteration, so a refused stream is a plain 429
+        before any response starts rather than a 200 whose first event is an error."""
         request = _Request(prompt_tokens, params, asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
             if self._shutting_down:
@@ -119,6 +120,16 @@ class BatchingCore:
                 raise QueueFullError("Every slot is busy and the wait queue is full; retry shortly.")
             self._waiting.append(request)
         self._wake.set()
+        events = self._events(request)
+        # Never iterated (the client left before the stream began): the generator's `finally` cannot run.
+        weakref.finalize(events, self._abandon, request)
+        return events
+
+    def _abandon(self, request: _Request) -> None:
+        request.cancelled = True
+        self._wake.set()
+
+    async def _events(self, request: _Request) -> AsyncIterator[str | Finished]:
         try:
             while True:
                 event = await request.events.get()

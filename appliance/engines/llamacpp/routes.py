@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from appliance.engines.llamacpp.core import SamplingParams
+from appliance.engines.llamacpp.disconnect import unless_disconnected
 from appliance.engines.llamacpp.model import LoadedModel
 from appliance.engines.llamacpp.responses import CompletionShape, collect, stream_events
 from appliance.engines.llamacpp.sampling import grammar_for
@@ -66,7 +67,13 @@ def _sampling(model: LoadedModel, request: SamplingRequest, max_tokens: int) -> 
 
 
 async def _complete(
-    model: LoadedModel, request: SamplingRequest, tokens: list[int], limit: int | None, *, chat: bool
+    http: Request[Any, Any, Any],
+    model: LoadedModel,
+    request: SamplingRequest,
+    tokens: list[int],
+    limit: int | None,
+    *,
+    chat: bool,
 ) -> Response[Any] | Stream:
     params = _sampling(
         model, request, model.check_fits(tokens, limit, param="messages" if chat else "prompt")
@@ -76,7 +83,7 @@ async def _complete(
     if request.stream:
         body = stream_events(shape, events, include_usage=request.include_usage)
         return Stream(body, media_type="text/event-stream", headers=SSE_HEADERS)
-    text, end = await collect(events)
+    text, end = await unless_disconnected(http, collect(events))
     return Response(shape.full(text, end))
 
 
@@ -87,7 +94,7 @@ async def chat_completions(
     """Render the messages with the model's chat template, then generate."""
     body = decode_request(await request.body(), ChatCompletionRequest)
     prompt = model.chat_template.render([{"role": m.role, "content": m.text()} for m in body.messages])
-    return await _complete(model, body, model.tokenize(prompt), body.token_limit, chat=True)
+    return await _complete(request, model, body, model.tokenize(prompt), body.token_limit, chat=True)
 
 
 def _prompt_tokens(model: LoadedModel, prompt: str | list[str | int]) -> list[int]:
@@ -112,7 +119,8 @@ async def completions(
     body = decode_request(await request.body(), CompletionRequest)
     if body.echo:
         raise InvalidRequestError("echo is not supported by this engine", param="echo")
-    return await _complete(model, body, _prompt_tokens(model, body.prompt), body.token_limit, chat=False)
+    tokens = _prompt_tokens(model, body.prompt)
+    return await _complete(request, model, body, tokens, body.token_limit, chat=False)
 
 
 def _embedding_inputs(raw: str | list[Any]) -> list[str]:

@@ -1,0 +1,122 @@
+"""Admin routes the console needs: one overview to poll, and enabling, disabling and removing models."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, post
+from litestar.di import NamedDependency
+
+from api.admin.controller import engine_objects
+from api.auth import admin_only
+from api.metrics import GatewayMetrics
+from api.state import GatewayState
+from appliance.errors import ConflictError
+from appliance.hardware import detect_hardware, load_nvml
+from appliance.registry.keys import KeyInfo
+from appliance.registry.models import ModelInfo
+
+LATEST_ERRORS = 8
+
+
+def _samples(metrics: GatewayMetrics) -> dict[str, float]:
+    """Every sample of the gateway's own metrics summed over labels, by sample name (`le` kept apart)."""
+    totals: dict[str, float] = defaultdict(float)
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            suffix = f"{{le={sample.labels['le']}}}" if "le" in sample.labels else ""
+            totals[sample.name + suffix] += sample.value
+    return totals
+
+
+def histogram_p50(totals: dict[str, float], name: str) -> float | None:
+    """The median of a histogram (summed over labels) as the upper bound of its bucket; None if empty."""
+    prefix = f"{name}_bucket{{le="
+    buckets = sorted(
+        (float(key[len(prefix) : -1]), count) for key, count in totals.items() if key.startswith(prefix)
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return None
+    for bound, count in buckets:
+        if count >= total / 2:
+            return bound
+    return None
+
+
+def _model_object(m: ModelInfo) -> dict[str, Any]:
+    return {"name": m.name, "status": m.status, "aliases": list(m.aliases)}
+
+
+def _audit(request: Request[KeyInfo, Any, Any], gateway: GatewayState, action: str, target: str) -> None:
+    gateway.registry.audit.record(action, outcome="success", actor_key_id=request.user.id, target=target)
+
+
+def _set_status(
+    request: Request[KeyInfo, Any, Any], gateway: GatewayState, name: str, status: str, action: str
+) -> dict[str, Any]:
+    model = gateway.registry.models.set_status(name, status)
+    _audit(request, gateway, action, name)
+    return _model_object(model)
+
+
+class ConsoleController(Controller):
+    """What `appliance tui` reads and changes beyond the plain admin routes; admin keys only."""
+
+    path = "/admin/console"
+    guards = [admin_only]  # noqa: RUF012 - Litestar reads this class attribute as configuration
+
+    @get("/overview")
+    async def overview(self, gateway: NamedDependency[GatewayState]) -> dict[str, Any]:
+        """Hardware, engines, counters for rates, TTFT p50, requests in flight and the latest errors.
+
+        Not audited: the console polls it every second, and reading it changes nothing."""
+        totals = _samples(gateway.metrics)
+        hardware = detect_hardware(load_nvml())
+        errors = [
+            {"time": e.time.isoformat(), "action": e.action, "target": e.target, "detail": e.detail}
+            for e in gateway.registry.audit.recent(200)
+            if e.outcome != "success"
+        ][:LATEST_ERRORS]
+        engines = engine_objects(gateway)
+        return {
+            "hardware": msgspec.to_builtins(hardware),
+            "engines": engines,
+            "not_started": dict(gateway.supervisor.not_started),
+            "requests_total": totals.get("appliance_requests_total", 0.0),
+            "completion_tokens_total": totals.get("appliance_completion_tokens_total", 0.0),
+            "ttft_p50_s": histogram_p50(totals, "appliance_time_to_first_token_seconds"),
+            "in_flight": totals.get("appliance_requests_in_flight", 0.0),
+            "errors": errors,
+        }
+
+    @post("/models/{name:str}/enable", status_code=200)
+    async def enable_model(
+        self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], name: str
+    ) -> dict[str, Any]:
+        """Mark a model enabled; the supervisor serves it from its next start."""
+        return _set_status(request, gateway, name, "enabled", "models.enable")
+
+    @post("/models/{name:str}/disable", status_code=200)
+    async def disable_model(
+        self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], name: str
+    ) -> dict[str, Any]:
+        """Mark a model disabled; the supervisor leaves it out from its next start."""
+        return _set_status(request, gateway, name, "disabled", "models.disable")
+
+    @delete("/models/{name:str}", status_code=200)
+    async def remove_model(
+        self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], name: str
+    ) -> dict[str, Any]:
+        """Remove a disabled model from the registry; an enabled or served one is refused (409)."""
+        model = gateway.registry.models.resolve(name)
+        # Removing a model a worker serves would leave the worker running with no registry entry.
+        if model.status == "enabled" or model.name in gateway.supervisor.workers:
+            raise ConflictError(
+                f"model {name!r} is enabled or being served: disable it and restart first", param="name"
+            )
+        removed = gateway.registry.models.remove(model.name)
+        _audit(request, gateway, "models.remove", name)
+        return _model_object(removed)

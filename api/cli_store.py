@@ -1,0 +1,132 @@
+"""CLI of the encrypted store: `appliance models import|verify|export|remove`, `appliance store …`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from appliance.registry.registry import Registry, open_registry
+from appliance.settings import home_from_environment, load_settings, write_default_settings
+from appliance.store.format import Progress
+from appliance.store.store import ModelStore
+
+PASSPHRASE_VARIABLE = "APPLIANCE_STORE_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
+"""In passphrase mode, the CLI reads the current passphrase from here, or else prompts for it."""
+NEW_PASSPHRASE_VARIABLE = "APPLIANCE_STORE_NEW_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
+
+store_app = typer.Typer(no_args_is_help=True, help="The encrypted model store: list, rotate the key.")
+
+
+def _open_store() -> tuple[ModelStore, Registry]:
+    """The store and registry of APPLIANCE_HOME (created on first use)."""
+    home = home_from_environment()
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_default_settings(home)
+    settings = load_settings(home)
+    registry = open_registry(settings.database_path)
+    kek = registry.store_keys.kek()
+    passphrase = os.environ.get(PASSPHRASE_VARIABLE)
+    if kek is not None and kek.mode == "passphrase" and passphrase is None:
+        passphrase = typer.prompt("store passphrase", hide_input=True, err=True)
+    return ModelStore(settings.home, registry, passphrase=passphrase), registry
+
+
+def _progress(verb: str, total: int) -> Progress:
+    """A one-line progress display on stderr: redrawn in place on a terminal, every 25 % into a log."""
+    step = 1 if sys.stderr.isatty() else 25
+    shown = [-1]
+
+    def show(done: int) -> None:
+        percent = 100 * done // total if total else 100
+        if percent // step == shown[0] and done < total:
+            return
+        shown[0] = percent // step
+        end = "\n" if done >= total or step > 1 else ""
+        sys.stderr.write(f"\r{verb}: {percent:3d}% ({done / 1e6:.1f} / {total / 1e6:.1f} MB){end}")
+        sys.stderr.flush()
+
+    return show
+
+
+def models_import(
+    path: Path,
+    name: Annotated[str, typer.Option(help="model name")],
+    alias: Annotated[list[str] | None, typer.Option(help="another name for the model; repeatable")] = None,
+) -> None:
+    """Encrypt a GGUF file into the store and register it (the original file is left alone)."""
+    store, registry = _open_store()
+    size = path.stat().st_size if path.is_file() else 0
+    model = store.import_gguf(
+        path, name=name, aliases=tuple(alias or ()), progress=_progress("encrypting", size)
+    )
+    registry.audit.record("models.import", outcome="success", target=model.name, detail="cli")
+    typer.echo(f"imported {model.name} ({model.architecture}, {model.quantization}) into the encrypted store")
+
+
+def models_verify(name: str) -> None:
+    """Decrypt a stored model end to end and check every chunk and its SHA-256."""
+    store, registry = _open_store()
+    model = next((m for m in registry.models.list() if name in m.public_names), None)
+    total = model.size_bytes if model is not None else 0
+    store.verify(name, progress=_progress("verifying", total))
+    typer.echo(f"{name}: ok")
+
+
+def models_export(
+    name: str, to: Annotated[Path, typer.Option("--to", help="file (or folder) to write the plaintext to")]
+) -> None:
+    """Decrypt a stored model to a file the admin names (audited)."""
+    store, registry = _open_store()
+    target = store.export(name, to)
+    registry.audit.record("models.export", outcome="success", target=name, detail=f"cli: {target}")
+    typer.echo(f"exported {name} to {target}")
+
+
+def models_remove(name: str) -> None:
+    """Unregister a model; an encrypted one's file and key are deleted too."""
+    store, registry = _open_store()
+    removed = store.remove(name)
+    registry.audit.record("models.remove", outcome="success", target=removed.name, detail="cli")
+    typer.echo(f"removed {removed.name}")
+
+
+@store_app.command("list")
+def store_list() -> None:
+    """Every model with whether it is encrypted, its size and its size in the store."""
+    store, _ = _open_store()
+    typer.echo(f"{'NAME':20}  {'ENCRYPTED':9}  {'SIZE MB':>9}  {'STORED MB':>9}")
+    for m in store.list():
+        encrypted = "yes" if m.encrypted else "no"
+        typer.echo(f"{m.name:20}  {encrypted:9}  {m.plain_bytes / 1e6:9.1f}  {m.stored_bytes / 1e6:9.1f}")
+
+
+@store_app.command("rotate-key")
+def store_rotate_key(
+    passphrase: Annotated[
+        bool, typer.Option(help="switch to (or stay in) passphrase mode: the new KEK comes from a passphrase")
+    ] = False,
+) -> None:
+    """Re-wrap every data key under a new key-encryption key; the old key then opens nothing."""
+    store, registry = _open_store()
+    new_passphrase = None
+    if passphrase:
+        new_passphrase = os.environ.get(NEW_PASSPHRASE_VARIABLE) or typer.prompt(
+            "new store passphrase", hide_input=True, confirmation_prompt=True, err=True
+        )
+    count = store.rotate_key(new_passphrase)
+    registry.audit.record("store.rotate_key", outcome="success", detail="cli")
+    mode = "a passphrase" if passphrase else f"key file {store.key_file}"
+    typer.echo(f"re-wrapped {count} model key(s) under a new key ({mode})")
+
+
+def register_store_commands(app: typer.Typer, models_app: typer.Typer) -> None:
+    """Add the store's commands to `appliance models` and the `appliance store` group."""
+    models_app.command("import")(models_import)
+    models_app.command("verify")(models_verify)
+    models_app.command("export")(models_export)
+    models_app.command("remove")(models_remove)
+    app.add_typer(store_app, name="store")

@@ -1,0 +1,151 @@
+"""Per-key request limits, checked after decoding and before any engine sees the request, and the
+per-request deadline that ends a request (streamed or not) and cancels its generation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request, Response
+from litestar.response import Stream
+
+from api.ratelimit import Charge, Clock, RateLimiter
+from appliance.errors import (
+    InvalidRequestError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    UnsupportedMediaTypeError,
+    appliance_error_body,
+)
+from appliance.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from appliance.registry.keys import KeyInfo
+from appliance.settings import LimitSettings
+
+LimitedRequest = TypeVar("LimitedRequest", ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
+Answer = TypeVar("Answer", Response[bytes], Response[bytes] | Stream)
+CHARS_PER_TOKEN = 4
+"""OpenAI's rule of thumb for tokens from characters; used only for the tokens-per-minute charge."""
+
+
+def _estimated_tokens(texts: list[str | int]) -> int:
+    """Token ids count as one each; text as (characters + 3) // 4."""
+    ids = sum(1 for item in texts if isinstance(item, int))
+    chars = sum(len(item) for item in texts if isinstance(item, str))
+    return ids + (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def _prompt_parts(body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> list[str | int]:
+    if isinstance(body, ChatCompletionRequest):
+        return [message.text() for message in body.messages]
+    raw = body.prompt if isinstance(body, CompletionRequest) else body.input
+    if isinstance(raw, str):
+        return [raw]
+    # Embedding input may nest token-id lists; anything else is left to the worker to refuse.
+    flat: list[str | int] = []
+    for item in raw:
+        flat.extend(item if isinstance(item, list) else [item])
+    return [item for item in flat if isinstance(item, str | int)]
+
+
+def _checked_token_limit(limits: LimitSettings, body: LimitedRequest) -> tuple[LimitedRequest, int]:
+    """Refuse a max_tokens over the key's limit (400); give a chat request without one the limit."""
+    if isinstance(body, EmbeddingRequest):
+        return body, 0
+    for param in ("max_tokens", "max_completion_tokens"):
+        asked = getattr(body, param, None)
+        if asked is not None and asked > limits.max_tokens:
+            raise InvalidRequestError(
+                f"{param} is {asked}, but this key may ask for at most {limits.max_tokens} tokens.",
+                param=param,
+            )
+    if body.token_limit is None:
+        body = msgspec.structs.replace(body, max_tokens=limits.max_tokens)
+    return body, body.token_limit or 0
+
+
+async def json_body(request: Request[Any, Any, Any]) -> bytes:
+    """The raw body of a JSON request; another content type is 415 (the body is never guessed at)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaTypeError(
+            f"Send the body as JSON with `Content-Type: application/json` (got `{media_type or 'none'}`)."
+        )
+    return await request.body()
+
+
+class RequestLimits:
+    """The gateway's limits and the per-key rate buckets, for the app's lifetime."""
+
+    def __init__(self, settings: LimitSettings, clock: Clock = time.monotonic) -> None:
+        self.settings = settings
+        self._rates = RateLimiter(clock)
+
+    def for_key(self, key: KeyInfo) -> LimitSettings:
+        """The limits of this key: its overrides by name over `[limits]`."""
+        return self.settings.for_key(key.name)
+
+    def admit(self, key: KeyInfo, body_size: int, body: LimitedRequest) -> LimitedRequest:
+        """Check size, messages and max_tokens (400/413), then take from the rate buckets (429); returns
+        the request as it goes to the engine (max_tokens filled in)."""
+        limits = self.for_key(key)
+        if body_size > limits.max_body_bytes:
+            raise RequestTooLargeError(
+                f"The request body is {body_size} bytes; this key may send at most {limits.max_body_bytes}."
+            )
+        if isinstance(body, ChatCompletionRequest) and len(body.messages) > limits.max_messages:
+            raise InvalidRequestError(
+                f"The request has {len(body.messages)} messages; at most {limits.max_messages} are allowed.",
+                param="messages",
+            )
+        body, completion_tokens = _checked_token_limit(limits, body)
+        charge = Charge(
+            requests_per_minute=limits.requests_per_minute,
+            tokens_per_minute=limits.tokens_per_minute,
+            tokens=_estimated_tokens(_prompt_parts(body)) + completion_tokens,
+        )
+        self._rates.admit(key.id, charge)
+        return body
+
+    async def within_deadline(self, key: KeyInfo, answer: Awaitable[Answer]) -> Answer:
+        """Await the engine's answer within the key's request_timeout_s; a stream gets what is left of it."""
+        timeout_s = self.for_key(key).request_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                # Cancelling the call to the worker closes its connection, which cancels the generation.
+                response = await answer
+        except TimeoutError as error:
+            raise _timed_out(timeout_s) from error
+        if isinstance(response, Stream):
+            response.iterator = _until_deadline(response.iterator, deadline, timeout_s)
+        return response
+
+
+def _timed_out(timeout_s: float) -> RequestTimeoutError:
+    return RequestTimeoutError(f"The request took longer than its limit of {timeout_s:g} s and was stopped.")
+
+
+async def _until_deadline(events: object, deadline: float, timeout_s: float) -> AsyncIterator[bytes]:
+    """Relay a stream until the deadline, then end it with an error event and [DONE]; closing the inner
+    stream closes the worker's, which cancels its generation."""
+    if not isinstance(events, AsyncIterator):
+        raise TypeError("the gateway only relays async streams")
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(events)
+            except StopAsyncIteration:
+                return
+            yield chunk
+    except TimeoutError:
+        body = appliance_error_body(_timed_out(timeout_s))
+        yield b"data: " + msgspec.json.encode(body) + b"\n\ndata: [DONE]\n\n"
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,278 @@
+"""Failover along a route's chain: which link serves a generation, and what happens when one fails.
+
+The rules (docs: README "Fallback chain"):
+- a link whose circuit is open, whose engine is not ready, or (for chat) whose model has no chat template
+  is skipped;
+- a connection error, a worker crash, a timeout before the first streamed event, a 5xx or a 429 → the
+  next link (a 429 is overload, not illness: it does not count against the link's breaker);
+- any other 4xx is the request's own fault → returned as is, no failover;
+- once an event has been streamed to the client, an error becomes an error event on that stream;
+- every link failed → the route's canned answer, or 503 with Retry-After when it has none.
+A plain model name is a chain of one link: its engine's own answer (a 429 say) comes back as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+from litestar import Request, Response
+from litestar.response import Stream
+
+from api.openai.relay import SSE_HEADERS, json_response, relay
+from api.state import GatewayState
+from appliance.chain import Route
+from appliance.engines.canned import CANNED_MODEL, canned_body, canned_events
+from appliance.errors import EngineUnavailableError
+from appliance.protocol import SamplingRequest
+from appliance.registry.models import ModelInfo
+from appliance.supervisor import WorkerState
+
+log = logging.getLogger(__name__)
+
+SERVED_MODEL = "X-Served-Model"
+SKIPPED = "X-Fallback-Skipped"
+CANNED = "X-Canned-Answer"
+_ERROR_EVENT = b'data: {"error"'
+T = TypeVar("T")
+
+
+class LinkFailed(Exception):
+    """One link could not serve the request; the chain moves on."""
+
+    def __init__(self, reason: str, *, counts: bool, response: Response[bytes] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.counts = counts
+        """Whether the failure is the link's fault and so counts against its breaker."""
+        self.response = response
+        """The engine's own error answer, if it gave one."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    request: Request[Any, Any, Any]
+    gateway: GatewayState
+    model: ModelInfo
+    path: str
+    payload: bytes
+    headers: dict[str, str]
+
+
+async def serve_generation(
+    request: Request[Any, Any, Any], gateway: GatewayState, body: SamplingRequest, path: str
+) -> Response[bytes] | Stream:
+    """Serve a chat or text completion from the first link of its route that can, streamed or not."""
+    route = gateway.chains.resolve(body.model)
+    request.state.model = route.name
+    chat = path == "/v1/chat/completions"
+    skipped = 0
+    for name in route.links:
+        model = gateway.registry.models.resolve(name)
+        reason = _skip_reason(gateway, model, chat) if route.is_route else None
+        if reason is None:
+            try:
+                return await _try_link(request, gateway, body, path, model, skipped)
+            except LinkFailed as failed:
+                if not route.is_route:
+                    if failed.response is not None:
+                        return failed.response
+                    raise EngineUnavailableError(
+                        f"The engine for `{model.name}` did not answer ({failed.reason})."
+                    ) from failed
+                reason = failed.reason
+        skipped += 1
+        gateway.metrics.fallback.failovers.labels(route.name, model.name, reason).inc()
+        log.warning("route %s: link %s skipped (%s)", route.name, model.name, reason)
+    return _exhausted(request, gateway, body, route, skipped, chat)
+
+
+def _skip_reason(gateway: GatewayState, model: ModelInfo, chat: bool) -> str | None:
+    """Why a link must not even be tried, or None."""
+    worker = gateway.supervisor.workers.get(model.name)
+    if worker is None:
+        return "not_loaded"
+    if worker.state is not WorkerState.READY:
+        return "not_ready"
+    if chat and not (model.has_chat_template or model.chat_template_override is not None):
+        # A base model without a template would answer 400, which is no fault of the request: skip it.
+        return "no_chat_template"
+    if not gateway.chains.breaker(model.name).would_allow():
+        return "circuit_open"
+    return None
+
+
+async def _try_link(
+    request: Request[Any, Any, Any],
+    gateway: GatewayState,
+    body: SamplingRequest,
+    path: str,
+    model: ModelInfo,
+    skipped: int,
+) -> Response[bytes] | Stream:
+    """One attempt on one link; LinkFailed when the next link should be tried."""
+    breaker = gateway.chains.breaker(model.name)
+    breaker.acquire()  # claims the half-open trial; a plain model name is tried whatever its breaker says
+    payload = msgspec.json.encode(msgspec.structs.replace(body, model=model.name))
+    headers = {SERVED_MODEL: model.name, SKIPPED: str(skipped)}
+    call = _Call(request, gateway, model, path, payload, headers)
+    try:
+        served = await (_stream(call) if body.stream else _plain(call))
+    except LinkFailed as failed:
+        if failed.counts:
+            gateway.chains.link_failed(model.name)
+        else:
+            breaker.release()
+        gateway.metrics.fallback.set_breaker(model.name, breaker.state.value)
+        raise
+    except asyncio.CancelledError:
+        breaker.release()  # the client left: no verdict on the link
+        raise
+    request.state.model = model.name
+    if served.status_code == 200:
+        breaker.record_success()
+    else:
+        breaker.release()
+    gateway.metrics.fallback.set_breaker(model.name, breaker.state.value)
+    return served
+
+
+def _failed_status(upstream: httpx.Response, headers: dict[str, str]) -> LinkFailed | None:
+    """LinkFailed for a 429 or 5xx answer of the engine; None for a status to return as is."""
+    if upstream.status_code == 429:
+        return LinkFailed("overloaded", counts=False, response=json_response(upstream, headers))
+    if upstream.status_code >= 500:
+        return LinkFailed(
+            f"status_{upstream.status_code}", counts=True, response=json_response(upstream, headers)
+        )
+    return None
+
+
+async def _until_opened(call: _Call, work: Awaitable[T]) -> T:
+    """Await `work` unless the link's circuit opens first (a probe or another request saw it fail): then
+    LinkFailed, so that a request waiting on a hung engine moves on before any timeout of its own."""
+    working = asyncio.ensure_future(work)
+    opened = asyncio.ensure_future(call.gateway.chains.opened(call.model.name).wait())
+    try:
+        await asyncio.wait({working, opened}, return_when=asyncio.FIRST_COMPLETED)
+        if not working.done():
+            raise LinkFailed("circuit_opened", counts=False)
+        return working.result()
+    finally:
+        working.cancel()
+        opened.cancel()
+
+
+async def _plain(call: _Call) -> Response[bytes]:
+    """A non-streamed attempt; it has no first token to time, so it gives up only when the circuit opens."""
+    worker = call.gateway.supervisor.workers[call.model.name]
+    try:
+        upstream = await _until_opened(call, worker.client.post(call.path, content=call.payload))
+    except httpx.TimeoutException as error:
+        raise LinkFailed("timeout", counts=True) from error
+    except httpx.HTTPError as error:
+        raise LinkFailed("connection", counts=True) from error
+    failed = _failed_status(upstream, call.headers)
+    if failed is not None:
+        raise failed
+    if upstream.status_code == 200:
+        found = msgspec.json.decode(upstream.content, type=dict[str, Any]).get("usage") or {}
+        call.gateway.metrics.record_usage(
+            call.model.name, found.get("prompt_tokens", 0), found.get("completion_tokens", 0)
+        )
+    return json_response(upstream, call.headers)
+
+
+async def _open_stream(call: _Call) -> tuple[httpx.Response, AsyncIterator[bytes], bytes] | Response[bytes]:
+    """Send the request and read up to the first whole event: (upstream, the rest, the first events), or
+    the engine's non-200 answer to return as is. Closes the upstream on any way out but success."""
+    worker = call.gateway.supervisor.workers[call.model.name]
+    upstream: httpx.Response | None = None
+    try:
+        async with asyncio.timeout(call.gateway.settings.fallback.first_token_timeout_s):
+            upstream = await worker.client.send(
+                worker.client.build_request("POST", call.path, content=call.payload), stream=True
+            )
+            if upstream.status_code != 200:
+                await upstream.aread()
+                await upstream.aclose()
+                failed = _failed_status(upstream, call.headers)
+                if failed is not None:
+                    raise failed
+                return json_response(upstream, call.headers)
+            chunks = upstream.aiter_raw()
+            first = b""
+            while b"\n\n" not in first:
+                first += await anext(chunks)
+    except (TimeoutError, httpx.TimeoutException) as error:
+        await _close(upstream)
+        raise LinkFailed("timeout", counts=True) from error
+    except (httpx.HTTPError, StopAsyncIteration) as error:
+        await _close(upstream)
+        raise LinkFailed("connection", counts=True) from error
+    except BaseException:
+        await _close(upstream)  # cancelled because the circuit opened, or the client left
+        raise
+    if first.startswith(_ERROR_EVENT):
+        # The engine failed before any token: nothing reached the client yet, so another link may answer.
+        await _close(upstream)
+        raise LinkFailed("engine_error", counts=True)
+    return upstream, chunks, first
+
+
+async def _stream(call: _Call) -> Response[bytes] | Stream:
+    """A streamed attempt: committed to this link only once its first whole event has arrived."""
+    started = time.perf_counter()
+    opened = await _until_opened(call, _open_stream(call))
+    if isinstance(opened, Response):
+        return opened
+    upstream, chunks, first = opened
+    events = relay(call.gateway, call.model, upstream, chunks, first, started, _on_mid_stream_error(call))
+    return Stream(events, media_type="text/event-stream", headers={**SSE_HEADERS, **call.headers})
+
+
+def _on_mid_stream_error(call: _Call) -> Any:
+    def failed() -> None:
+        log.warning("engine %s failed mid-stream; the client gets an error event", call.model.name)
+        call.gateway.chains.link_failed(call.model.name)
+
+    return failed
+
+
+async def _close(upstream: httpx.Response | None) -> None:
+    if upstream is not None:
+        await upstream.aclose()
+
+
+def _exhausted(
+    request: Request[Any, Any, Any],
+    gateway: GatewayState,
+    body: SamplingRequest,
+    route: Route,
+    skipped: int,
+    chat: bool,
+) -> Response[bytes] | Stream:
+    """The canned answer when the route has one, else 503 with Retry-After."""
+    if route.canned is None:
+        gateway.metrics.fallback.exhausted.labels(route.name).inc()
+        error = EngineUnavailableError(f"No engine of `{route.name}` can answer now; retry shortly.")
+        error.retry_after_s = gateway.settings.fallback.retry_after_s
+        raise error
+    gateway.metrics.fallback.canned_answers.labels(route.name).inc()
+    request.state.model = CANNED_MODEL
+    headers = {SERVED_MODEL: CANNED_MODEL, SKIPPED: str(skipped), CANNED: "true"}
+    if body.stream:
+        events = canned_events(route.canned, chat=chat, include_usage=body.include_usage)
+        return Stream(_iterate(events), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+    return Response(canned_body(route.canned, chat=chat), media_type="application/json", headers=headers)
+
+
+async def _iterate(events: list[bytes]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event

@@ -1,0 +1,34 @@
+"""Migration 0002 adds the store's tables on top of 0001 and removes them again on downgrade."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, inspect
+
+from appliance.registry.database import MIGRATIONS
+
+STORE_TABLES = {"store_kek", "model_keys"}
+
+
+def _run(db_path: Path, step: str, revision: str) -> set[str]:
+    engine = create_engine(f"sqlite:///{db_path}")
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            getattr(command, step)(config, revision)
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_0002_upgrade_and_downgrade(tmp_path: Path) -> None:
+    """0001 has no store tables, 0002 has both, and downgrading to 0001 drops them."""
+    db_path = tmp_path / "registry.db"
+    assert not _run(db_path, "upgrade", "0001") & STORE_TABLES
+    assert _run(db_path, "upgrade", "0002") >= STORE_TABLES | {"models"}
+    assert not _run(db_path, "downgrade", "0001") & STORE_TABLES

@@ -1,0 +1,97 @@
+"""A fixed admin source for snapshot tests: the same data every run, no network, no clock."""
+
+from __future__ import annotations
+
+from tui.app import ConsoleApp
+from tui.client import (
+    AuditEvent,
+    Cpu,
+    CreatedKey,
+    Engine,
+    ErrorEvent,
+    Gpu,
+    Hardware,
+    Key,
+    Model,
+    Overview,
+)
+from tui.history import MetricsHistory
+
+OVERVIEW = Overview(
+    hardware=Hardware(
+        cpu=Cpu(model="AMD EPYC 7R13", physical_cores=16, ram_total_mib=131072, ram_available_mib=98304),
+        gpus=(Gpu(index=0, name="NVIDIA H100 80GB HBM3", memory_total_mib=81559, memory_free_mib=40960),),
+    ),
+    engines=(
+        Engine(model="smollm2-135m", state="ready", pid=4242, restarts=0),
+        Engine(model="qwen2.5-7b", state="restarting", pid=None, restarts=2, last_exit="signal 9"),
+    ),
+    not_started={"llama-70b": "needs 42.0 GiB, 40.0 free"},
+    requests_total=1234,
+    completion_tokens_total=56789,
+    ttft_p50_s=0.25,
+    in_flight=3,
+    errors=(
+        ErrorEvent(time="2026-01-31T10:00:00", action="auth.failed", target="POST /v1/chat/completions"),
+    ),
+)
+MODELS = [
+    Model("smollm2-135m", "gguf", "Q4_1", 98_000_000, "enabled", ("default",), "llama", 2048),
+    Model("qwen2.5-7b", "gguf", "Q4_K_M", 4_680_000_000, "disabled", (), "qwen2", 32768),
+]
+KEYS = [
+    Key("a1b2c3d4e5f6", "admin", "admin", "2026-01-30T09:00:00", "2026-01-31T10:00:00"),
+    Key("0f9e8d7c6b5a", "billing app", "user", "2026-01-30T09:05:00", None),
+    Key("112233445566", "old laptop", "user", "2026-01-01T12:00:00", None, revoked=True),
+]
+AUDIT = [
+    AuditEvent(3, "2026-01-31T10:00:00", "auth.failed", "denied", None, "POST /v1/chat/completions"),
+    AuditEvent(2, "2026-01-30T09:05:00", "keys.create", "success", "a1b2c3d4e5f6", "0f9e8d7c6b5a"),
+    AuditEvent(1, "2026-01-30T09:00:00", "keys.create", "success", None, "a1b2c3d4e5f6", "cli"),
+]
+HISTORY = MetricsHistory.fixed(
+    requests=[0, 1, 2, 3, 5, 4, 3, 6, 8, 7, 5, 4],
+    tokens=[0, 40, 80, 120, 200, 160, 120, 240, 320, 280, 200, 160],
+    ttft_ms=[250, 240, 260, 250, 300, 280, 250, 240, 250, 260, 250, 250],
+)
+
+
+class FixedSource:
+    """The AdminSource protocol over constant data; changes are accepted and forgotten."""
+
+    async def overview(self) -> Overview:
+        """The fixed overview."""
+        return OVERVIEW
+
+    async def models(self) -> list[Model]:
+        """The fixed registry."""
+        return MODELS
+
+    async def set_model_enabled(self, name: str, enabled: bool) -> None:
+        """Accept and forget."""
+
+    async def remove_model(self, name: str) -> None:
+        """Accept and forget."""
+
+    async def keys(self) -> list[Key]:
+        """The fixed keys."""
+        return KEYS
+
+    async def create_key(self, name: str, role: str) -> CreatedKey:
+        """A constant key."""
+        return CreatedKey("abcdefabcdef", name, role, "apl-abcdefabcdef-" + "x" * 43)
+
+    async def revoke_key(self, key_id: str) -> None:
+        """Accept and forget."""
+
+    async def audit(self, limit: int = 500) -> list[AuditEvent]:
+        """The fixed audit log."""
+        return AUDIT
+
+
+def fixed_app() -> ConsoleApp:
+    """The console over fixed data, not polling, with a fixed sparkline history."""
+    history = MetricsHistory.fixed(
+        list(HISTORY.requests_per_s), list(HISTORY.tokens_per_s), list(HISTORY.ttft_p50_ms)
+    )
+    return ConsoleApp(FixedSource(), poll_s=None, history=history, where="http://127.0.0.1:8080")

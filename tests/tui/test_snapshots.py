@@ -1,0 +1,28 @@
+"""Every screen of the console at 80x24 and 120x40, over fixed data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.tui.fixed import fixed_app
+
+SIZES = [(80, 24), (120, 40)]
+# Keys that bring each screen up; "_" lets the screen's data worker finish first.
+SCREENS = {
+    "overview": ["_"],
+    "models": ["2", "_"],
+    "keys": ["3", "_"],
+    "audit": ["4", "_"],
+    "help": ["question_mark", "_"],
+    "revoke_confirm": ["3", "_", "down", "x", "_"],
+    "key_shown": ["3", "_", "n", *"ci", "enter", "_", "_"],
+}
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("screen", list(SCREENS))
+def test_screen(snap_compare: Any, screen: str, size: tuple[int, int]) -> None:
+    """The screen looks as it did when the snapshot was reviewed."""
+    assert snap_compare(fixed_app(), press=SCREENS[screen], terminal_size=size)

@@ -1,0 +1,66 @@
+"""The console's pure parts: rates from counters, the audit filter, and the overview's TTFT median."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from api.admin.console import histogram_p50
+from tests.tui.fixed import AUDIT
+from tui.audit_filter import AuditFilter, parse_since
+from tui.client import Overview
+from tui.history import MetricsHistory
+
+NOW = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
+
+
+def test_rates_come_from_counter_deltas() -> None:
+    """Two polls two seconds apart with 4 more requests make 2 requests/s; a reset counts from zero."""
+    history = MetricsHistory()
+    history.add(Overview(requests_total=10, completion_tokens_total=100), now=100.0)
+    assert list(history.requests_per_s) == []
+    history.add(Overview(requests_total=14, completion_tokens_total=160, ttft_p50_s=0.25), now=102.0)
+    history.add(Overview(requests_total=1, completion_tokens_total=0), now=103.0)
+    assert list(history.requests_per_s) == [2.0, 0.0]
+    assert list(history.tokens_per_s) == [30.0, 0.0]
+    assert list(history.ttft_p50_ms) == [250.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", None),
+        ("15m", datetime(2026, 1, 31, 11, 45, tzinfo=UTC)),
+        ("2h", datetime(2026, 1, 31, 10, 0, tzinfo=UTC)),
+        ("1d", datetime(2026, 1, 30, 12, 0, tzinfo=UTC)),
+        ("2026-01-30", datetime(2026, 1, 30, tzinfo=UTC)),
+    ],
+)
+def test_since_accepts_relative_and_iso_times(text: str, expected: datetime | None) -> None:
+    """Relative times count back from now; ISO times without an offset are UTC."""
+    assert parse_since(text, NOW) == expected
+
+
+def test_since_refuses_nonsense() -> None:
+    """An unreadable time is a ValueError the screen reports, not a crash."""
+    with pytest.raises(ValueError, match="Invalid isoformat"):
+        parse_since("yesterday", NOW)
+
+
+def test_filter_by_actor_action_and_time() -> None:
+    """Each criterion narrows the events; together they combine."""
+    assert [e.id for e in AuditFilter(action="KEYS").apply(AUDIT)] == [2, 1]
+    assert [e.id for e in AuditFilter(actor="a1b2").apply(AUDIT)] == [2]
+    assert [e.id for e in AuditFilter(since=parse_since("2026-01-31", NOW)).apply(AUDIT)] == [3]
+    assert AuditFilter(actor="a1b2", action="auth").apply(AUDIT) == []
+
+
+def test_ttft_median_is_the_bucket_holding_half() -> None:
+    """Cumulative buckets 1, 3, 4 of 4: the median lies in the 0.1 s bucket; no samples, no median."""
+    name = "appliance_time_to_first_token_seconds"
+    totals: dict[str, float] = {
+        f"{name}_bucket{{le={b}}}": c for b, c in (("0.05", 1), ("0.1", 3), ("+Inf", 4))
+    }
+    assert histogram_p50(totals, name) == 0.1
+    assert histogram_p50({}, name) is None

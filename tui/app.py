@@ -1,0 +1,87 @@
+"""The console app: four screens as modes, one poll of the gateway's overview, a banner when it is gone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.reactive import reactive
+
+from tui.client import AdminApiError, AdminSource, ConnectionLost, Overview
+from tui.history import MetricsHistory
+from tui.screens.audit import AuditScreen
+from tui.screens.help import HelpScreen
+from tui.screens.keys import KeysScreen
+from tui.screens.models import ModelsScreen
+from tui.screens.overview import OverviewScreen
+
+
+class ConsoleApp(App[None]):
+    """`appliance tui`: overview, models, keys and audit of one running gateway."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "appliance console"
+    MODES = {  # noqa: RUF012 - Textual reads this class attribute as configuration
+        "overview": OverviewScreen,
+        "models": ModelsScreen,
+        "keys": KeysScreen,
+        "audit": AuditScreen,
+    }
+    DEFAULT_MODE = "overview"
+    BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
+        Binding("1", "switch_mode('overview')", "Overview"),
+        Binding("2", "switch_mode('models')", "Models"),
+        Binding("3", "switch_mode('keys')", "Keys"),
+        Binding("4", "switch_mode('audit')", "Audit"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    connected: reactive[bool] = reactive(True)
+    latest: reactive[Overview | None] = reactive(None, always_update=True)
+
+    def __init__(
+        self,
+        source: AdminSource,
+        *,
+        poll_s: float | None = 1.0,
+        history: MetricsHistory | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        where: str = "",
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.history = history if history is not None else MetricsHistory()
+        self.poll_s = poll_s
+        self.clock = clock
+        self.sub_title = where
+
+    def on_mount(self) -> None:
+        """Poll the overview now and then every `poll_s` seconds (never, for fixed snapshots)."""
+        self.poll()
+        if self.poll_s is not None:
+            self.set_interval(self.poll_s, self.poll)
+
+    @work(exclusive=True, group="poll")
+    async def poll(self) -> None:
+        """Fetch the overview; a failure flips `connected`, and the next success flips it back."""
+        try:
+            overview = await self.source.overview()
+        except ConnectionLost:
+            self.connected = False
+            return
+        except AdminApiError as error:
+            self.connected = True
+            self.notify(error.message, title="overview", severity="error")
+            return
+        if self.poll_s is not None:
+            self.history.add(overview, self.clock())
+        self.connected = True
+        self.latest = overview
+
+    def action_help(self) -> None:
+        """Show the keys of every screen."""
+        self.push_screen(HelpScreen())

@@ -1,0 +1,226 @@
+"""The console's only source of data: the running gateway's admin API, behind a small typed interface."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import httpx
+import msgspec
+
+
+class ConnectionLost(Exception):
+    """The gateway did not answer (down, restarting, network gone)."""
+
+
+class AdminApiError(Exception):
+    """The gateway answered with an error; `message` is its OpenAI-shaped error message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class Cpu(msgspec.Struct, frozen=True):
+    """The host's CPU and memory."""
+
+    model: str = "unknown"
+    physical_cores: int = 1
+    ram_total_mib: int = 0
+    ram_available_mib: int | None = None
+
+
+class Gpu(msgspec.Struct, frozen=True):
+    """One GPU as the gateway detected it."""
+
+    index: int
+    name: str
+    memory_total_mib: int
+    memory_free_mib: int | None = None
+
+
+class Hardware(msgspec.Struct, frozen=True):
+    """CPU and GPUs of the appliance."""
+
+    cpu: Cpu = Cpu()
+    gpus: tuple[Gpu, ...] = ()
+
+
+class Engine(msgspec.Struct, frozen=True):
+    """One worker and its state (ready, starting, restarting, down...)."""
+
+    model: str
+    state: str
+    pid: int | None = None
+    restarts: int = 0
+    last_exit: str = ""
+
+
+class ErrorEvent(msgspec.Struct, frozen=True):
+    """A denied or failed action from the audit log."""
+
+    time: str
+    action: str
+    target: str = ""
+    detail: str = ""
+
+
+class Overview(msgspec.Struct, frozen=True):
+    """One poll of /admin/console/overview: counters are totals since the gateway started."""
+
+    hardware: Hardware = Hardware()
+    engines: tuple[Engine, ...] = ()
+    not_started: dict[str, str] = {}
+    requests_total: float = 0.0
+    completion_tokens_total: float = 0.0
+    ttft_p50_s: float | None = None
+    in_flight: float = 0.0
+    errors: tuple[ErrorEvent, ...] = ()
+
+
+class Key(msgspec.Struct, frozen=True):
+    """An API key as listed (never its secret)."""
+
+    id: str
+    name: str
+    role: str
+    created_at: str
+    last_used_at: str | None = None
+    revoked: bool = False
+
+
+class CreatedKey(msgspec.Struct, frozen=True):
+    """A new key: `key` is its secret, shown this once."""
+
+    id: str
+    name: str
+    role: str
+    key: str
+
+
+class Model(msgspec.Struct, frozen=True):
+    """A registry entry."""
+
+    name: str
+    format: str
+    quantization: str
+    size_bytes: int
+    status: str
+    aliases: tuple[str, ...] = ()
+    architecture: str = ""
+    context_length: int = 0
+
+
+class AuditEvent(msgspec.Struct, frozen=True):
+    """One row of the audit log."""
+
+    id: int
+    time: str
+    action: str
+    outcome: str
+    actor_key_id: str | None = None
+    target: str = ""
+    detail: str = ""
+
+
+class AdminSource(Protocol):
+    """Everything the console reads and changes; the HTTP client in use, fixed data in snapshot tests."""
+
+    async def overview(self) -> Overview:
+        """Hardware, engines, counters and latest errors."""
+        ...
+
+    async def models(self) -> list[Model]:
+        """The model registry."""
+        ...
+
+    async def set_model_enabled(self, name: str, enabled: bool) -> None:
+        """Enable or disable a model."""
+        ...
+
+    async def remove_model(self, name: str) -> None:
+        """Remove a (disabled) model from the registry."""
+        ...
+
+    async def keys(self) -> list[Key]:
+        """Every key, revoked ones included."""
+        ...
+
+    async def create_key(self, name: str, role: str) -> CreatedKey:
+        """Create a key; its secret comes back this once."""
+        ...
+
+    async def revoke_key(self, key_id: str) -> None:
+        """Revoke a key."""
+        ...
+
+    async def audit(self, limit: int = 500) -> list[AuditEvent]:
+        """The newest audit events first."""
+        ...
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body: Any = response.json()
+        return str(body["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200] or response.reason_phrase
+
+
+class AdminClient:
+    """An async client of the gateway's admin API with one admin key."""
+
+    def __init__(self, base_url: str, key: str, *, timeout_s: float = 10.0) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=timeout_s,
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            raise ConnectionLost(f"{self._http.base_url} does not answer ({type(error).__name__})") from error
+        if response.status_code >= 400:
+            raise AdminApiError(response.status_code, _error_message(response))
+        return response.json()
+
+    async def overview(self) -> Overview:
+        """Hardware, engines, counters and latest errors."""
+        return msgspec.convert(await self._call("GET", "/admin/console/overview"), Overview)
+
+    async def models(self) -> list[Model]:
+        """The model registry."""
+        body = await self._call("GET", "/admin/models")
+        return msgspec.convert(body["data"], list[Model])
+
+    async def set_model_enabled(self, name: str, enabled: bool) -> None:
+        """Enable or disable a model."""
+        await self._call("POST", f"/admin/console/models/{name}/{'enable' if enabled else 'disable'}")
+
+    async def remove_model(self, name: str) -> None:
+        """Remove a (disabled) model from the registry."""
+        await self._call("DELETE", f"/admin/console/models/{name}")
+
+    async def keys(self) -> list[Key]:
+        """Every key, revoked ones included."""
+        return msgspec.convert((await self._call("GET", "/admin/keys"))["data"], list[Key])
+
+    async def create_key(self, name: str, role: str) -> CreatedKey:
+        """Create a key; its secret comes back this once."""
+        body = await self._call("POST", "/admin/keys", json={"name": name, "role": role})
+        return msgspec.convert(body, CreatedKey)
+
+    async def revoke_key(self, key_id: str) -> None:
+        """Revoke a key."""
+        await self._call("DELETE", f"/admin/keys/{key_id}")
+
+    async def audit(self, limit: int = 500) -> list[AuditEvent]:
+        """The newest audit events first."""
+        body = await self._call("GET", "/admin/audit", params={"limit": limit})
+        return msgspec.convert(body["data"], list[AuditEvent])

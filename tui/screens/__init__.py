@@ -1,0 +1,1 @@
+"""One screen per file: overview, models, keys, audit, and the modal dialogs."""

@@ -1,0 +1,37 @@
+"""The `?` screen: every key of the console."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+HELP = """\
+[b]Screens[/b]  1 overview  2 models  3 keys  4 audit  ? help  q quit
+[b]Models[/b]   e enable  d disable  x remove (asks first)  r refresh
+[b]Keys[/b]     n new key (shown once)  x revoke (asks first)  r refresh
+[b]Audit[/b]    / filter fields  Esc back to the table  r refresh
+         since: 15m, 2h, 1d or a date such as 2026-01-31
+
+Arrows move in tables, Tab between fields; the mouse works too.
+Changes apply at once, except enabling and disabling a model:
+the gateway applies those at its next start."""
+
+
+class HelpScreen(ModalScreen[None]):
+    """Keys of every screen; any of Esc, q or ? closes it."""
+
+    BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
+        Binding("escape,q,question_mark", "close", "Close"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        """The key list."""
+        with Vertical(classes="dialog", id="help"):
+            yield Static(HELP)
+
+    def action_close(self) -> None:
+        """Back to the screen underneath."""
+        self.dismiss(None)

@@ -1,0 +1,82 @@
+"""The overview: hardware, engines, live rates, requests in flight and the latest errors."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import DataTable, Sparkline, Static
+
+from tui.client import Hardware, Overview
+from tui.screens.base import ConsoleScreen
+
+ENGINE_COLUMNS = ("model", "state", "pid", "restarts", "last exit")
+
+
+def hardware_text(hardware: Hardware) -> str:
+    """CPU, RAM and each GPU on one line each."""
+    cpu = hardware.cpu
+    ram = f"{cpu.ram_total_mib / 1024:.1f} GiB RAM"
+    if cpu.ram_available_mib is not None:
+        ram += f" ({cpu.ram_available_mib / 1024:.1f} free)"
+    lines = [f"CPU  {cpu.model}, {cpu.physical_cores} cores, {ram}"]
+    for gpu in hardware.gpus:
+        free = f", {gpu.memory_free_mib / 1024:.1f} free" if gpu.memory_free_mib is not None else ""
+        lines.append(f"GPU{gpu.index} {gpu.name}, {gpu.memory_total_mib / 1024:.1f} GiB{free}")
+    if not hardware.gpus:
+        lines.append("GPU  none")
+    return "\n".join(lines)
+
+
+class OverviewScreen(ConsoleScreen):
+    """What the appliance is doing now; refreshed by the app's poll."""
+
+    def body(self) -> ComposeResult:
+        """Hardware, three sparklines, engines table, errors."""
+        with VerticalScroll(id="overview"):
+            yield Static("loading...", id="hardware", classes="panel")
+            with Horizontal(id="rates"):
+                for name, title in (("rps", "requests/s"), ("tps", "output tok/s"), ("ttft", "TTFT p50 ms")):
+                    with Vertical(classes="rate"):
+                        yield Static(title, id=f"{name}-label", classes="rate-label")
+                        yield Sparkline([], id=f"{name}-spark")
+            yield Static("", id="queue")
+            engines: DataTable[str] = DataTable(id="engines", cursor_type="row", zebra_stripes=True)
+            engines.add_columns(*ENGINE_COLUMNS)
+            yield engines
+            yield Static("", id="errors", classes="panel")
+
+    def on_mount(self) -> None:
+        """Show each poll the app makes."""
+        super().on_mount()
+        self.watch(self.app, "latest", self.show)
+
+    def show(self, overview: Overview | None) -> None:
+        """Render one poll and the rates the history holds."""
+        if overview is None:
+            return
+        self.query_one("#hardware", Static).update(hardware_text(overview.hardware))
+        history = self.console.history
+        series = (
+            ("rps", history.requests_per_s, "{:.2f}"),
+            ("tps", history.tokens_per_s, "{:.1f}"),
+            ("ttft", history.ttft_p50_ms, "{:.0f}"),
+        )
+        titles = {"rps": "requests/s", "tps": "output tok/s", "ttft": "TTFT p50 ms"}
+        for name, points, fmt in series:
+            now = fmt.format(points[-1]) if points else "-"
+            self.query_one(f"#{name}-label", Static).update(f"{titles[name]}  {now}")
+            self.query_one(f"#{name}-spark", Sparkline).data = list(points)
+        ready = sum(1 for e in overview.engines if e.state == "ready")
+        self.query_one("#queue", Static).update(
+            f"in flight: {overview.in_flight:.0f}   engines ready: {ready}/{len(overview.engines)}"
+        )
+        table: DataTable[str] = self.query_one("#engines", DataTable)
+        table.clear()
+        for e in overview.engines:
+            table.add_row(e.model, e.state, str(e.pid or "-"), str(e.restarts), e.last_exit or "-")
+        for model, reason in overview.not_started.items():
+            table.add_row(model, "not started", "-", "-", reason)
+        errors = [f"{e.time[:19]}  {e.action}  {e.target}  {e.detail}" for e in overview.errors]
+        self.query_one("#errors", Static).update(
+            "Latest errors\n" + ("\n".join(errors) if errors else "(none)")
+        )
