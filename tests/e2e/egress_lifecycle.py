@@ -26,6 +26,7 @@ from tests.e2e.server import RunningAppliance, free_port
 
 REQUESTS = 200
 CHAT = {"model": "default", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+CANNED = "The assistant is restarting; please retry shortly."
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 
 
@@ -46,6 +47,8 @@ def serve_installed(prefix: Path) -> RunningAppliance:
     home, port = prefix / "current" / "home", free_port()
     (home / "settings.toml").write_text(
         f'[server]\nhost = "127.0.0.1"\nport = {port}\n[workers]\nthreads = 2\ncontext_length = 1024\n'
+        # A route whose last link is a canned answer: while the worker is down, requests fail over to it.
+        f'[routes.assistant]\nlinks = ["smollm2-135m"]\ncanned = "{CANNED}"\n'
     )
     appliance = str(prefix / "current" / "venv" / "bin" / "appliance")
     env = {"APPLIANCE_HOME": str(home), "PATH": os.environ["PATH"]}
@@ -101,17 +104,27 @@ def mixed_requests(appliance: RunningAppliance) -> Counter[str]:
 
 
 def crash_and_restart(appliance: RunningAppliance) -> int:
-    """kill -9 the worker, wait for the supervisor's restart, chat again; the new worker's pid."""
+    """kill -9 the worker: requests to the route fail over to its canned answer until the supervisor has
+    restarted the worker; then chat again. The new worker's pid."""
     admin = appliance.headers(appliance.admin_key)
     before = httpx.get(f"{appliance.base_url}/admin/engines", headers=admin).json()["data"][0]
     os.kill(before["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 60
+    deadline, canned = time.monotonic() + 60, 0
     while True:
+        during = httpx.post(
+            f"{appliance.base_url}/v1/chat/completions",
+            headers=appliance.headers(),
+            json={**CHAT, "model": "assistant"},
+            timeout=60,
+        )
+        assert during.status_code == 200, during.text
+        canned += during.headers.get("x-canned-answer") == "true"
         after = httpx.get(f"{appliance.base_url}/admin/engines", headers=admin).json()["data"][0]
         if after["restarts"] > before["restarts"] and after["state"] == "ready":
             break
         assert time.monotonic() < deadline, f"worker not restarted: {after}"
-        time.sleep(0.2)
+        time.sleep(0.05)
+    assert canned > 0, "no request was answered by the fallback while the worker was down"
     answer = httpx.post(
         f"{appliance.base_url}/v1/chat/completions", headers=appliance.headers(), json=CHAT, timeout=60
     )
