@@ -33,7 +33,7 @@ from appliance.hardware import detect_hardware, load_nvml
 from appliance.probe import probe_forever
 from appliance.registry.registry import Registry
 from appliance.settings import Settings
-from appliance.store.loading import sealed_model_source
+from appliance.store.gate import StoreGate
 from appliance.store.store import ModelStore
 from appliance.supervisor import Supervisor, serving_plan
 
@@ -47,19 +47,20 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
     if settings.store.require_encrypted:
         store.require_encrypted(models)
     metrics_ = GatewayMetrics(nvml if hardware.gpus else None)
+    gate = StoreGate(settings.home, registry)  # passphrase mode: locked until an admin unlocks it
     supervisor = Supervisor(
         settings,
         models,
         serving_plan(settings, models, hardware),
         on_restart=lambda name: metrics_.worker_restarts.labels(name).inc(),
-        model_source=sealed_model_source(store),
+        model_source=gate.model_source(),
     )
-    gateway = GatewayState(settings, registry, supervisor, metrics_, Chains(settings, registry))
+    gateway = GatewayState(settings, registry, supervisor, metrics_, Chains(settings, registry), gate)
     limits = RequestLimits(settings.limits)
 
     @asynccontextmanager
     async def run_workers(_app: Litestar) -> AsyncIterator[None]:
-        await supervisor.start()
+        await supervisor.start(gate.startable_workers(supervisor))
         probing = asyncio.create_task(
             probe_forever(supervisor, gateway.chains, settings.fallback, metrics_.fallback.probe_done)
         )

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from api.cli_store import register_store_commands
+from api.cli_store import register_store_commands, store_app
+from api.cli_unlock import register_unlock_commands
 from api.doctor import doctor
 from appliance.egress import GUARDED_LOOP, install_command_guard
 from appliance.errors import ApplianceError
@@ -27,6 +28,7 @@ models_app = typer.Typer(no_args_is_help=True, help="Register and list models.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 register_store_commands(app, models_app)
+register_unlock_commands(store_app)
 app.command()(doctor)
 
 
@@ -265,20 +267,26 @@ def serve(
     import uvicorn
 
     from api.app import create_app
+    from api.drain import DrainingServer, exit_cleanly_on_sigterm, uvicorn_timeout_s
 
     settings, registry = _open()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe is noise
-    server = uvicorn.Server(
+    gateway = create_app(settings, registry)
+    drain_s = settings.server.drain_timeout_s
+    server = DrainingServer(
         uvicorn.Config(
-            create_app(settings, registry),
+            gateway,
             host=host or settings.server.host,
             port=port or settings.server.port,
             log_level="info",
             access_log=False,
-            timeout_graceful_shutdown=int(settings.workers.stop_timeout_s),
+            timeout_graceful_shutdown=uvicorn_timeout_s(drain_s),
             loop=GUARDED_LOOP,  # uvloop connects below the `socket` module; this shows its peers to the guard
-        )
+        ),
+        gateway.state["gateway"].drain,
+        drain_s,
     )
+    exit_cleanly_on_sigterm()
     server.run()
 
 

@@ -76,6 +76,18 @@ def models_verify(name: str) -> None:
     typer.echo(f"{name}: ok")
 
 
+def models_reencrypt(name: str) -> None:
+    """Re-encrypt a stored model under a new data key; the old file goes only once the new one verifies."""
+    store, registry = _open_store()
+    model = next((m for m in registry.models.list() if name in m.public_names), None)
+    total = model.size_bytes if model is not None else 0
+    done = store.reencrypt(
+        name, progress=_progress("re-encrypting", total), verify_progress=_progress("verifying", total)
+    )
+    registry.audit.record("models.reencrypt", outcome="success", target=done.name, detail="cli")
+    typer.echo(f"re-encrypted {done.name} under a new data key (running workers keep their loaded copy)")
+
+
 def models_export(
     name: str, to: Annotated[Path, typer.Option("--to", help="file (or folder) to write the plaintext to")]
 ) -> None:
@@ -128,5 +140,6 @@ def register_store_commands(app: typer.Typer, models_app: typer.Typer) -> None:
     models_app.command("import")(models_import)
     models_app.command("verify")(models_verify)
     models_app.command("export")(models_export)
+    models_app.command("reencrypt")(models_reencrypt)
     models_app.command("remove")(models_remove)
     app.add_typer(store_app, name="store")

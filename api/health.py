@@ -21,6 +21,8 @@ async def live() -> dict[str, str]:
 async def ready(gateway: NamedDependency[GatewayState]) -> Response[dict[str, Any]]:
     """200 when every route (or, without routes, every planned worker) serves, else 503; see readiness()."""
     body, status = readiness(gateway)
+    if gateway.store.locked:  # serves nothing until an admin unlocks the store
+        body["status"], body["store"], status = "locked", "locked", 503
     if gateway.supervisor.not_started:
         body["not_started"] = dict(gateway.supervisor.not_started)
     return Response(body, status_code=status)

@@ -12,6 +12,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
 
+from api.admission import Admission, remember
 from api.ratelimit import Charge, Clock, RateLimiter
 from appliance.errors import (
     InvalidRequestError,
@@ -87,9 +88,9 @@ class RequestLimits:
         """The limits of this key: its overrides by name over `[limits]`."""
         return self.settings.for_key(key.name)
 
-    def admit(self, key: KeyInfo, body_size: int, body: LimitedRequest) -> LimitedRequest:
+    def admit(self, key: KeyInfo, body_size: int, body: LimitedRequest) -> tuple[LimitedRequest, Admission]:
         """Check size, messages and max_tokens (400/413), then take from the rate buckets (429); returns
-        the request as it goes to the engine (max_tokens filled in)."""
+        the request as it goes to the engine (max_tokens filled in) and what it was admitted with."""
         limits = self.for_key(key)
         if body_size > limits.max_body_bytes:
             raise RequestTooLargeError(
@@ -107,6 +108,18 @@ class RequestLimits:
             tokens=_estimated_tokens(_prompt_parts(body)) + completion_tokens,
         )
         self._rates.admit(key.id, charge)
+        admission = Admission(
+            key.id, limits.max_prompt_tokens, limits.tokens_per_minute, charge.tokens, self._rates.correct
+        )
+        return body, admission
+
+    def admit_request(
+        self, request: Request[Any, Any, Any], body_size: int, body: LimitedRequest
+    ) -> LimitedRequest:
+        """`admit` for the request's key, keeping what the proxy needs (the prompt limit for the worker,
+        the charge to correct to the real usage) on the request."""
+        body, admission = self.admit(request.user, body_size, body)
+        remember(request, admission)
         return body
 
     async def within_deadline(self, key: KeyInfo, answer: Awaitable[Answer]) -> Answer:

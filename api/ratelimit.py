@@ -82,3 +82,13 @@ class RateLimiter:
             )
         for bucket, amount in wanted:
             bucket.level -= amount
+
+    def correct(self, key_id: str, tokens_per_minute: int, charged: int, used: int) -> None:
+        """Give back (or take more of) the key's tokens once a request's real usage is known: the bucket
+        ends as if `used` had been taken instead of the estimate `charged`. It may go below zero, so a
+        request that used more than estimated delays the next ones instead of being forgotten."""
+        bucket = self._buckets.get((key_id, "tokens"))
+        if tokens_per_minute <= 0 or bucket is None or bucket.capacity != tokens_per_minute:
+            return  # unlimited, or the limit changed since admission: the new bucket started afresh
+        bucket.refill(self._clock())
+        bucket.level = min(bucket.capacity, bucket.level + charged - used)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from api.drain import Drain
 from api.metrics import GatewayMetrics
 from appliance.chain import Chains
 from appliance.registry.registry import Registry
 from appliance.settings import Settings
+from appliance.store.gate import StoreGate
 from appliance.supervisor import Supervisor
 
 
@@ -20,3 +22,7 @@ class GatewayState:
     supervisor: Supervisor
     metrics: GatewayMetrics
     chains: Chains
+    store: StoreGate
+    """Whether the encrypted store is unlocked (passphrase mode), and unlocking or locking it."""
+    drain: Drain = field(default_factory=Drain)
+    """Set when shutdown begins; streams still running at its deadline are cut with an error event."""

@@ -37,6 +37,12 @@ class ContextLengthExceededError(InvalidRequestError):
     code = "context_length_exceeded"
 
 
+class PromptTooLongError(InvalidRequestError):
+    """The prompt has more tokens than the key's `max_prompt_tokens`."""
+
+    code = "prompt_too_long"
+
+
 class ChatTemplateMissingError(InvalidRequestError):
     """The model has no chat template, so chat routes cannot render messages for it."""
 

@@ -155,6 +155,9 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None 
     )
 
 
+PROMPT_LIMIT_HEADER = "X-Max-Prompt-Tokens"
+"""Set by the gateway on a request to a worker: the key's most prompt tokens (only the worker can count)."""
+
 _AT_PATH = " - at `$."
 T = TypeVar("T")
 

@@ -19,6 +19,8 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    drain_timeout_s: float = 30.0
+    """On SIGTERM or Ctrl-C, how long requests in flight may run before streams are cut and workers stop."""
 
 
 class KeyLimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -27,6 +29,7 @@ class KeyLimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_body_bytes: int | None = None
     max_messages: int | None = None
     max_tokens: int | None = None
+    max_prompt_tokens: int | None = None
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     request_timeout_s: float | None = None
@@ -40,7 +43,8 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_tokens is given `max_tokens`. Below the limit the worker still clamps to the room left in the
     context, as llama.cpp does. The prompt is counted exactly by the worker: longer than its context is 400
     `context_length_exceeded`. The tokens-per-minute bucket is charged, as OpenAI does, at admission with an
-    estimate: (characters of the prompt + 3) // 4 plus max_tokens.
+    estimate: (characters of the prompt + 3) // 4 plus max_tokens; once the answer's usage is known the
+    charge is corrected to the real prompt + completion tokens.
     """
 
     max_body_bytes: int = 1_048_576
@@ -49,10 +53,14 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Most messages one chat request may carry; more is 400."""
     max_tokens: int = 4096
     """Largest max_tokens (or max_completion_tokens) a request may ask for; more is 400."""
+    max_prompt_tokens: int = 0
+    """Most prompt tokens (counted by the worker's tokenizer, chat template included) one request may send;
+    more is 400 `prompt_too_long`; 0 = only the model's context bounds the prompt."""
     requests_per_minute: int = 0
     """Requests per minute per key (a token bucket of this size); 0 = unlimited. Over it: 429."""
     tokens_per_minute: int = 0
-    """Estimated tokens per minute per key (a token bucket of this size); 0 = unlimited. Over it: 429."""
+    """Tokens per minute per key (a token bucket of this size, charged an estimate at admission and corrected
+    to the real usage); 0 = unlimited. Over it: 429."""
     request_timeout_s: float = 600.0
     """Longest a single request may take, streamed or not; past it the request ends with 504 and its
     generation is cancelled."""
@@ -229,6 +237,7 @@ DEFAULT_SETTINGS_TEXT = """\
 [server]
 host = "127.0.0.1"
 port = 8080
+drain_timeout_s = 30.0   # on SIGTERM/Ctrl-C: running streams may finish this long, then are cut
 
 [limits]
 max_body_bytes = 1048576

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -92,7 +92,7 @@ class Supervisor:
         self._model_source = model_source
         self._on_restart = on_restart
         self._stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         run_dir = settings.run_dir
         self.workers: dict[str, Worker] = {}
@@ -125,12 +125,16 @@ class Supervisor:
                     texts.append(answer.text)
         return texts
 
-    async def start(self) -> None:
-        """Start every worker and wait until each is ready or has failed its first start."""
+    async def start(self, names: Collection[str] | None = None) -> None:
+        """Start every worker (or those named) and wait until each is ready or has failed its first start."""
         self._settings.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._tasks = [asyncio.create_task(self._keep_running(w)) for w in self.workers.values()]
+        starting = [
+            w for n, w in self.workers.items() if (names is None or n in names) and n not in self._tasks
+        ]
+        for worker in starting:
+            self._tasks[worker.model.name] = asyncio.create_task(self._keep_running(worker))
         deadline = self._settings.workers.startup_timeout_s
-        waits = [asyncio.wait_for(w.ready_event.wait(), deadline) for w in self.workers.values()]
+        waits = [asyncio.wait_for(w.ready_event.wait(), deadline) for w in starting]
         for outcome in await asyncio.gather(*waits, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 log.warning("a worker was not ready within %.0f s; it keeps retrying", deadline)
@@ -199,6 +203,28 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signum)
 
+    async def stop_workers(self, names: Collection[str]) -> None:
+        """Stop the named workers (no restart) while the others keep serving; start() revives them."""
+        tasks = [self._tasks.pop(name) for name in names if name in self._tasks]
+        for task in tasks:  # first, so that no restart races the signals below
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        processes = {n: p for n, p in self._processes.items() if n in names and p.returncode is None}
+        for name in processes:
+            self._signal(name, signal.SIGTERM)
+        if processes:
+            waits = [asyncio.create_task(p.wait()) for p in processes.values()]
+            _, pending = await asyncio.wait(waits, timeout=self._settings.workers.stop_timeout_s)
+            for name in processes:
+                self._signal(name, signal.SIGKILL)
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for name in names:
+            worker = self.workers[name]
+            worker.state, worker.pid = WorkerState.STOPPED, None
+            worker.ready_event.clear()
+            worker.socket_path.unlink(missing_ok=True)
+
     async def stop(self) -> None:
         """SIGTERM every worker, SIGKILL those still alive after the stop timeout, remove their sockets."""
         self._stopping = True
@@ -214,9 +240,9 @@ class Supervisor:
                 self._signal(name, signal.SIGKILL)
             if pending:
                 await asyncio.wait(pending, timeout=5)
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         for worker in self.workers.values():
             worker.state = WorkerState.STOPPED
             worker.socket_path.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""The console app: four screens as modes, one poll of the gateway's overview, a banner when it is gone."""
+"""The console app: six screens as modes, one poll of the gateway's overview, a banner when it is gone."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ from tui.screens.help import HelpScreen
 from tui.screens.keys import KeysScreen
 from tui.screens.models import ModelsScreen
 from tui.screens.overview import OverviewScreen
+from tui.screens.routes import RoutesScreen
+from tui.screens.store import StoreScreen
 
 
 class ConsoleApp(App[None]):
-    """`appliance tui`: overview, models, keys and audit of one running gateway."""
+    """`appliance tui`: overview, models, keys, audit, routes and store of one running gateway."""
 
     CSS_PATH = "app.tcss"
     TITLE = "appliance console"
@@ -29,6 +31,8 @@ class ConsoleApp(App[None]):
         "models": ModelsScreen,
         "keys": KeysScreen,
         "audit": AuditScreen,
+        "routes": RoutesScreen,
+        "store": StoreScreen,
     }
     DEFAULT_MODE = "overview"
     BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
@@ -36,6 +40,8 @@ class ConsoleApp(App[None]):
         Binding("2", "switch_mode('models')", "Models"),
         Binding("3", "switch_mode('keys')", "Keys"),
         Binding("4", "switch_mode('audit')", "Audit"),
+        Binding("5", "switch_mode('routes')", "Routes"),
+        Binding("6", "switch_mode('store')", "Store"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]

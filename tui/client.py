@@ -7,6 +7,9 @@ from typing import Any, Protocol
 import httpx
 import msgspec
 
+# Verifying decrypts and hashes a whole model in the gateway: minutes for a large one, not the usual seconds.
+VERIFY_TIMEOUT_S = 1800.0
+
 
 class ConnectionLost(Exception):
     """The gateway did not answer (down, restarting, network gone)."""
@@ -65,6 +68,14 @@ class ErrorEvent(msgspec.Struct, frozen=True):
     detail: str = ""
 
 
+class RouteInfo(msgspec.Struct, frozen=True):
+    """A fallback route: its links in order, and the canned answer of last resort (None: off)."""
+
+    name: str
+    links: tuple[str, ...] = ()
+    canned: str | None = None
+
+
 class Overview(msgspec.Struct, frozen=True):
     """One poll of /admin/console/overview: counters are totals since the gateway started."""
 
@@ -76,6 +87,33 @@ class Overview(msgspec.Struct, frozen=True):
     ttft_p50_s: float | None = None
     in_flight: float = 0.0
     errors: tuple[ErrorEvent, ...] = ()
+    routes: tuple[RouteInfo, ...] = ()
+    breakers: dict[str, str] = {}
+
+
+class Routes(msgspec.Struct, frozen=True):
+    """GET /admin/routes: every route, and the circuit state of every link used so far."""
+
+    data: tuple[RouteInfo, ...] = ()
+    breakers: dict[str, str] = {}
+
+
+class StoredModel(msgspec.Struct, frozen=True):
+    """A model as the encrypted store lists it."""
+
+    name: str
+    encrypted: bool
+    size_bytes: int
+    stored_bytes: int = 0
+    aliases: tuple[str, ...] = ()
+
+
+class Verified(msgspec.Struct, frozen=True):
+    """A model decrypted end to end with every chunk and its SHA-256 checked."""
+
+    name: str
+    verified: bool
+    sha256: str = ""
 
 
 class Key(msgspec.Struct, frozen=True):
@@ -158,6 +196,34 @@ class AdminSource(Protocol):
         """The newest audit events first."""
         ...
 
+    async def routes(self) -> Routes:
+        """Every fallback route with its links' circuit states."""
+        ...
+
+    async def put_route(self, route: RouteInfo) -> RouteInfo:
+        """Replace a route (links in order and canned answer); the gateway applies it to the next request."""
+        ...
+
+    async def stored_models(self) -> list[StoredModel]:
+        """Every model with whether it is encrypted and its size."""
+        ...
+
+    async def verify_model(self, name: str) -> Verified:
+        """Decrypt a stored model end to end and check it."""
+        ...
+
+    async def store_status(self) -> dict[str, Any]:
+        """The store's mode and lock state, as the gateway reports them."""
+        ...
+
+    async def unlock_store(self, passphrase: str) -> dict[str, Any]:
+        """Unlock a passphrase-mode store."""
+        ...
+
+    async def lock_store(self) -> dict[str, Any]:
+        """Lock the store again (running workers keep what they loaded)."""
+        ...
+
 
 def _error_message(response: httpx.Response) -> str:
     try:
@@ -224,3 +290,39 @@ class AdminClient:
         """The newest audit events first."""
         body = await self._call("GET", "/admin/audit", params={"limit": limit})
         return msgspec.convert(body["data"], list[AuditEvent])
+
+    async def routes(self) -> Routes:
+        """Every fallback route with its links' circuit states."""
+        return msgspec.convert(await self._call("GET", "/admin/routes"), Routes)
+
+    async def put_route(self, route: RouteInfo) -> RouteInfo:
+        """Replace a route (links in order and canned answer); the gateway applies it to the next request."""
+        body = {"links": list(route.links), "canned": route.canned}
+        return msgspec.convert(await self._call("PUT", f"/admin/routes/{route.name}", json=body), RouteInfo)
+
+    async def stored_models(self) -> list[StoredModel]:
+        """Every model with whether it is encrypted and its size."""
+        body = await self._call("GET", "/admin/store/models")
+        return msgspec.convert(body["data"], list[StoredModel])
+
+    async def verify_model(self, name: str) -> Verified:
+        """Decrypt a stored model end to end and check it (reads the whole model: a long call)."""
+        body = await self._call("POST", f"/admin/store/models/{name}/verify", timeout=VERIFY_TIMEOUT_S)
+        return msgspec.convert(body, Verified)
+
+    async def store_status(self) -> dict[str, Any]:
+        """The store's mode and lock state, as the gateway reports them."""
+        body: dict[str, Any] = await self._call("GET", "/admin/store/status")
+        return body
+
+    async def unlock_store(self, passphrase: str) -> dict[str, Any]:
+        """Unlock a passphrase-mode store."""
+        body: dict[str, Any] = await self._call(
+            "POST", "/admin/store/unlock", json={"passphrase": passphrase}
+        )
+        return body
+
+    async def lock_store(self) -> dict[str, Any]:
+        """Lock the store again (running workers keep what they loaded)."""
+        body: dict[str, Any] = await self._call("POST", "/admin/store/lock")
+        return body

@@ -10,6 +10,7 @@ from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
 
 from api.admin.controller import engine_objects
+from api.admin.routes import route_object
 from api.auth import admin_only
 from api.metrics import GatewayMetrics
 from api.state import GatewayState
@@ -70,7 +71,7 @@ class ConsoleController(Controller):
 
     @get("/overview")
     async def overview(self, gateway: NamedDependency[GatewayState]) -> dict[str, Any]:
-        """Hardware, engines, counters for rates, TTFT p50, requests in flight and the latest errors.
+        """Hardware, engines, counters for rates, TTFT p50, in flight, routes with breakers, latest errors.
 
         Not audited: the console polls it every second, and reading it changes nothing."""
         totals = _samples(gateway.metrics)
@@ -90,6 +91,8 @@ class ConsoleController(Controller):
             "ttft_p50_s": histogram_p50(totals, "appliance_time_to_first_token_seconds"),
             "in_flight": totals.get("appliance_requests_in_flight", 0.0),
             "errors": errors,
+            "routes": [route_object(r) for r in sorted(gateway.chains.routes.values(), key=lambda r: r.name)],
+            "breakers": {name: state.value for name, state in gateway.chains.breaker_states().items()},
         }
 
     @post("/models/{name:str}/enable", status_code=200)

@@ -1,9 +1,9 @@
-"""Admin routes of the encrypted model store: list, verify, export, remove. Admin keys only, all audited."""
+"""Admin routes of the encrypted store: list, verify, export, remove, unlock, lock. Admin only, audited."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,8 +26,28 @@ class ExportRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     to: str
 
 
+class UnlockRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of POST /admin/store/unlock: the admin passphrase (never logged, never stored)."""
+
+    passphrase: str
+
+
 def _store(gateway: GatewayState) -> ModelStore:
-    return ModelStore(gateway.settings.home, gateway.registry)
+    return gateway.store.store()
+
+
+async def _audited_async(
+    request: Request[KeyInfo, Any, Any], gateway: GatewayState, action: str, work: Awaitable[T]
+) -> T:
+    """Await gateway work and audit its success or failure (the error's message, never the request)."""
+    audit = gateway.registry.audit
+    try:
+        result = await work
+    except ApplianceError as error:
+        audit.record(action, outcome="failure", actor_key_id=request.user.id, detail=error.message)
+        raise
+    audit.record(action, outcome="success", actor_key_id=request.user.id)
+    return result
 
 
 async def _audited(
@@ -70,6 +90,28 @@ class StoreController(Controller):
             for m in _store(gateway).list()
         ]
         return {"object": "list", "data": data}
+
+    @get("/status")
+    async def store_status(self, gateway: NamedDependency[GatewayState]) -> dict[str, Any]:
+        """Whether the store is locked, and whether its key comes from a key file or a passphrase."""
+        return gateway.store.status(gateway.supervisor)
+
+    @post("/unlock", status_code=200)
+    async def unlock_store(
+        self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], data: UnlockRequest
+    ) -> dict[str, Any]:
+        """Unlock a passphrase-mode store and start its encrypted workers (400 on a wrong passphrase)."""
+        work = gateway.store.unlock(data.passphrase, gateway.supervisor)
+        started = await _audited_async(request, gateway, "store.unlock", work)
+        return {**gateway.store.status(gateway.supervisor), "started": started}
+
+    @post("/lock", status_code=200)
+    async def lock_store(
+        self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState]
+    ) -> dict[str, Any]:
+        """Stop the encrypted workers and forget the key; model requests get 503 `store_locked` again."""
+        stopped = await _audited_async(request, gateway, "store.lock", gateway.store.lock(gateway.supervisor))
+        return {**gateway.store.status(gateway.supervisor), "stopped": stopped}
 
     @post("/models/{name:str}/verify", status_code=200)
     async def verify_model(

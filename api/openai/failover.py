@@ -25,6 +25,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
 
+from api.admission import settle_usage, worker_headers
 from api.openai.relay import SSE_HEADERS, json_response, relay
 from api.state import GatewayState
 from appliance.chain import Route
@@ -173,7 +174,8 @@ async def _plain(call: _Call) -> Response[bytes]:
     """A non-streamed attempt; it has no first token to time, so it gives up only when the circuit opens."""
     worker = call.gateway.supervisor.workers[call.model.name]
     try:
-        upstream = await _until_opened(call, worker.client.post(call.path, content=call.payload))
+        sent = worker.client.post(call.path, content=call.payload, headers=worker_headers(call.request))
+        upstream = await _until_opened(call, sent)
     except httpx.TimeoutException as error:
         raise LinkFailed("timeout", counts=True) from error
     except httpx.HTTPError as error:
@@ -183,9 +185,9 @@ async def _plain(call: _Call) -> Response[bytes]:
         raise failed
     if upstream.status_code == 200:
         found = msgspec.json.decode(upstream.content, type=dict[str, Any]).get("usage") or {}
-        call.gateway.metrics.record_usage(
-            call.model.name, found.get("prompt_tokens", 0), found.get("completion_tokens", 0)
-        )
+        prompt, completion = found.get("prompt_tokens", 0), found.get("completion_tokens", 0)
+        call.gateway.metrics.record_usage(call.model.name, prompt, completion)
+        settle_usage(call.request, prompt, completion)
     return json_response(upstream, call.headers)
 
 
@@ -197,7 +199,10 @@ async def _open_stream(call: _Call) -> tuple[httpx.Response, AsyncIterator[bytes
     try:
         async with asyncio.timeout(call.gateway.settings.fallback.first_token_timeout_s):
             upstream = await worker.client.send(
-                worker.client.build_request("POST", call.path, content=call.payload), stream=True
+                worker.client.build_request(
+                    "POST", call.path, content=call.payload, headers=worker_headers(call.request)
+                ),
+                stream=True,
             )
             if upstream.status_code != 200:
                 await upstream.aread()
@@ -233,7 +238,16 @@ async def _stream(call: _Call) -> Response[bytes] | Stream:
     if isinstance(opened, Response):
         return opened
     upstream, chunks, first = opened
-    events = relay(call.gateway, call.model, upstream, chunks, first, started, _on_mid_stream_error(call))
+    events = relay(
+        call.gateway,
+        call.model,
+        upstream,
+        chunks,
+        first,
+        started,
+        _on_mid_stream_error(call),
+        on_usage=lambda totals: settle_usage(call.request, totals.prompt_tokens, totals.completion_tokens),
+    )
     return Stream(events, media_type="text/event-stream", headers={**SSE_HEADERS, **call.headers})
 
 

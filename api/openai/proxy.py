@@ -9,6 +9,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
 
+from api.admission import settle_usage
 from api.openai.failover import serve_generation
 from api.openai.relay import json_response, unavailable
 from api.state import GatewayState
@@ -42,6 +43,7 @@ async def forward_generation(
     request: Request[Any, Any, Any], gateway: GatewayState, body: SamplingRequest, path: str
 ) -> Response[bytes] | Stream:
     """Send a chat or text completion along its route's chain (a plain model: its worker), streamed or not."""
+    gateway.store.refuse_if_locked()
     route = gateway.chains.resolve(body.model)
     if not route.is_route:
         ready_worker(gateway, gateway.registry.models.resolve(route.links[0]))
@@ -57,6 +59,7 @@ async def forward(
 ) -> Response[bytes]:
     """POST a non-streamed request to the model's worker and return its JSON as is (embeddings)."""
     request.state.model = model.name
+    gateway.store.refuse_if_locked()
     worker = ready_worker(gateway, model)
     try:
         upstream = await worker.client.post(path, content=payload)
@@ -64,7 +67,7 @@ async def forward(
         raise unavailable(model, error) from error
     if upstream.status_code == 200:
         found = msgspec.json.decode(upstream.content, type=dict[str, Any]).get("usage") or {}
-        gateway.metrics.record_usage(
-            model.name, found.get("prompt_tokens", 0), found.get("completion_tokens", 0)
-        )
+        prompt, completion = found.get("prompt_tokens", 0), found.get("completion_tokens", 0)
+        gateway.metrics.record_usage(model.name, prompt, completion)
+        settle_usage(request, prompt, completion)
     return json_response(upstream)

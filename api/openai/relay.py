@@ -9,6 +9,7 @@ import httpx
 import msgspec
 from litestar import Response
 
+from api.drain import StreamCutError, cut_error
 from api.state import GatewayState
 from appliance.errors import EngineUnavailableError, appliance_error_body
 from appliance.protocol import Usage
@@ -59,10 +60,12 @@ async def relay(
     first: bytes,
     started: float,
     on_error: Callable[[], None] | None = None,
+    on_usage: Callable[[Usage], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """Pass the worker's events through as they arrive (`first` already read), whole events only, without
     parsing them; closing this (client gone) closes the worker stream, which cancels the generation there.
-    An engine failure now becomes an error event: tokens were sent, so no other link may take over."""
+    An engine failure now becomes an error event: tokens were sent, so no other link may take over; so does
+    the shutdown's drain deadline, so a stream outliving it ends cleanly instead of being truncated."""
     metrics = gateway.metrics
     first_token_at: float | None = None
     pending = first
@@ -80,13 +83,24 @@ async def relay(
                 if usage_json is not None:
                     totals = msgspec.json.decode(usage_json, type=Usage)
                     metrics.record_usage(model.name, totals.prompt_tokens, totals.completion_tokens)
+                    if on_usage is not None:
+                        on_usage(totals)  # the key's token charge is corrected to the real usage
                     if first_token_at is not None and totals.completion_tokens > 1:
                         per_token = (time.perf_counter() - first_token_at) / (totals.completion_tokens - 1)
                         metrics.time_per_output_token.labels(model.name).observe(per_token)
             try:
-                pending += await anext(chunks)
+                # Only while shutting down is the wait raced against the drain deadline: the race costs two
+                # tasks per event, which the token loop of a serving gateway must not pay. (A stream that is
+                # silent when the drain begins is bounded from its next event, or by uvicorn's own timeout.)
+                if gateway.drain.draining:
+                    pending += await gateway.drain.bounded(anext(chunks))
+                else:
+                    pending += await anext(chunks)
             except StopAsyncIteration:
                 break
+    except StreamCutError:
+        body = appliance_error_body(cut_error(gateway.settings.server.drain_timeout_s))
+        yield b"data: " + msgspec.json.encode(body) + b"\n\ndata: [DONE]\n\n"
     except httpx.HTTPError as error:
         if on_error is not None:
             on_error()

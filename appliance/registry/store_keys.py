@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import ForeignKey, Integer, LargeBinary, String, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
@@ -109,6 +110,17 @@ class StoreKeys:
         """Every encrypted model's key record."""
         with self._sessions() as session:
             return [_key(row) for row in session.scalars(select(ModelKeyRow).order_by(ModelKeyRow.model_id))]
+
+    def replace_file(self, key: ModelKey, path: Path) -> None:
+        """Point a model at its re-encrypted file and new wrapped key, in one transaction."""
+        with self._sessions.begin() as session:
+            key_row = session.get(ModelKeyRow, key.model_id)
+            model_row = session.get(ModelRow, key.model_id)
+            if key_row is None or model_row is None:
+                raise LookupError(f"model #{key.model_id} is not in the encrypted store")
+            key_row.file_id, key_row.wrapped_key = key.file_id, key.wrapped_key
+            key_row.kek_fingerprint, key_row.stored_bytes = key.kek_fingerprint, key.stored_bytes
+            model_row.path = str(path)
 
     def remove_model(self, model_id: int) -> None:
         """Delete a model and its key record from the registry in one transaction."""

@@ -26,6 +26,11 @@ async def plain_model(launch: Launch) -> AsyncIterator[tuple[Launch, tuple[int, 
     yield launch, ()
 
 
+def _close_memfd(done: asyncio.Future[int]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        os.close(done.result())
+
+
 def sealed_model_source(store: ModelStore) -> ModelSource:
     """A source that decrypts encrypted models into a sealed memfd and passes plain ones through."""
 
@@ -35,7 +40,14 @@ def sealed_model_source(store: ModelStore) -> ModelSource:
             yield launch, ()
             return
         # Decrypting hundreds of MB takes a while: keep the event loop (and the API) responsive meanwhile.
-        fd = await asyncio.to_thread(store.decrypt_to_memfd, launch.model)
+        decrypting = asyncio.ensure_future(asyncio.to_thread(store.decrypt_to_memfd, launch.model))
+        try:
+            fd = await asyncio.shield(decrypting)
+        except asyncio.CancelledError:
+            # A worker stopped mid-decryption (the store was locked): the thread still finishes, and the
+            # memfd of plaintext it returns must not outlive it in the gateway.
+            decrypting.add_done_callback(_close_memfd)
+            raise
         try:
             model = dataclasses.replace(launch.model, path=Path(f"/proc/self/fd/{fd}"))
             yield dataclasses.replace(launch, model=model), (fd,)

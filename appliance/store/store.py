@@ -53,6 +53,7 @@ class StoreLockedError(ApplianceError):
 
     status_code = 503
     code = "store_locked"
+    retry_after_s = 30
 
 
 class UnencryptedModelError(ApplianceError):
@@ -101,6 +102,27 @@ class _FdWriter:
         return len(data)
 
 
+class _ChunkReader:
+    """A Reader over an iterator of chunks (the verified plaintext of another encrypted file)."""
+
+    def __init__(self, chunks: Iterator[bytes], update: Callable[[bytes], None]) -> None:
+        self._chunks = chunks
+        self._update = update
+        self._buffer = b""
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to `size` bytes of the chunks, hashed as they pass; b"" at the end."""
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        cut = len(self._buffer) if size < 0 else size
+        data, self._buffer = self._buffer[:cut], self._buffer[cut:]
+        self._update(data)
+        return data
+
+
 def _sync_write(path: Path, chunks: Iterator[bytes]) -> None:
     """Write chunks to a new file (mode 0600) and fsync it; the caller renames it into place."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -122,11 +144,14 @@ class ModelStore:
         registry: Registry,
         *,
         passphrase: str | None = None,
+        kek: Kek | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         self._home = home
         self._registry = registry
         self._passphrase = passphrase
+        self._unlocked = kek
+        """A passphrase-mode KEK already derived (by an unlocked gateway), so no passphrase is kept."""
         self._chunk_size = chunk_size
 
     @property
@@ -146,6 +171,8 @@ class ModelStore:
         make_non_dumpable()  # from here on this process holds key material
         record = self._registry.store_keys.kek()
         if record is not None and record.mode == "passphrase":
+            if self._unlocked is not None and self._unlocked.fingerprint == record.fingerprint:
+                return self._unlocked
             if self._passphrase is None or record.scrypt_salt is None:
                 raise StoreLockedError("the model store is locked: it needs the admin passphrase")
             kek = passphrase_kek(self._passphrase, record.scrypt_salt)
@@ -267,7 +294,9 @@ class ModelStore:
     def _plain_chunks(self, model: ModelInfo) -> Iterator[bytes]:
         """The verified plaintext of an encrypted model, chunk by chunk."""
         data_key = self._data_key(model)
-        with model.path.open("rb") as handle:
+        # The registry's path, not the caller's copy: a re-encryption may have moved the file since.
+        current = next((m for m in self._registry.models.list() if m.id == model.id), model)
+        with current.path.open("rb") as handle:
             yield from decrypt_chunks(handle, data_key)
 
     def verify(self, name: str, progress: Progress | None = None) -> ModelInfo:
@@ -285,6 +314,55 @@ class ModelStore:
         if done != model.size_bytes or digest.hexdigest() != model.sha256:
             raise StoreIntegrityError(f"model {name!r} decrypts, but not to the file that was imported")
         return model
+
+    def reencrypt(
+        self, name: str, progress: Progress | None = None, verify_progress: Progress | None = None
+    ) -> ModelInfo:
+        """Re-encrypt a model under a new data key; the old file goes only once the new one verifies."""
+        model = self._find(name)
+        self._key_record(model)  # a plain model has nothing to re-encrypt: ModelFileError
+        kek = self._kek()
+        data_key, file_id = new_data_key(), secrets.token_hex(16)
+        final = self.folder / f"{file_id}{SUFFIX}"
+        tmp = self.folder / f".{file_id}.{os.getpid()}.tmp"
+        digest = hashlib.sha256()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                # Streamed: one chunk of plaintext in memory at a time, never on disk.
+                reader = _ChunkReader(self._plain_chunks(model), digest.update)
+                encrypt_stream(
+                    reader, _FdWriter(fd), data_key, file_id, chunk_size=self._chunk_size, progress=progress
+                )
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if digest.hexdigest() != model.sha256:
+                raise StoreIntegrityError(f"model {name!r} decrypts, but not to the file that was imported")
+            self._check_file(tmp, data_key, model, verify_progress)
+            os.replace(tmp, final)
+            key = ModelKey(model.id, file_id, wrap_key(kek, data_key), kek.fingerprint, final.stat().st_size)
+            self._registry.store_keys.replace_file(key, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
+            raise
+        # Only now, with the registry pointing at the new file, is the old one (and its key) gone.
+        if model.path != final:
+            model.path.unlink(missing_ok=True)
+        return self._find(name)
+
+    def _check_file(self, path: Path, data_key: bytes, model: ModelInfo, progress: Progress | None) -> None:
+        """Decrypt `path` end to end under `data_key` and compare with the model's size and SHA-256."""
+        digest, done = hashlib.sha256(), 0
+        with path.open("rb") as handle:
+            for chunk in decrypt_chunks(handle, data_key):
+                digest.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done)
+        if done != model.size_bytes or digest.hexdigest() != model.sha256:
+            raise StoreIntegrityError(f"the re-encrypted file of {model.name!r} does not verify")
 
     def export(self, name: str, target: Path) -> Path:
         """Decrypt a model to `target` (a new file, mode 0600; into it if it is a folder), atomically."""

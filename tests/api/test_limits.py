@@ -153,7 +153,7 @@ def test_max_tokens_is_refused_past_the_limit_not_clamped(param: str) -> None:
         return _chat(max_completion_tokens=tokens)
 
     limits = RequestLimits(LimitSettings(max_tokens=64))
-    assert limits.admit(_key(), 10, asking(64)).token_limit == 64
+    assert limits.admit(_key(), 10, asking(64))[0].token_limit == 64
     with pytest.raises(InvalidRequestError) as refused:
         limits.admit(_key(), 10, asking(65))
     assert refused.value.param == param
@@ -163,8 +163,8 @@ def test_max_tokens_is_refused_past_the_limit_not_clamped(param: str) -> None:
 def test_a_chat_without_max_tokens_gets_the_limit_and_completions_keep_their_16() -> None:
     """The limit becomes the default for chat; the legacy completions default stays 16."""
     limits = RequestLimits(LimitSettings(max_tokens=64))
-    assert limits.admit(_key(), 10, _chat()).max_tokens == 64
-    completion = limits.admit(_key(), 10, CompletionRequest(model="m", prompt="x"))
+    assert limits.admit(_key(), 10, _chat())[0].max_tokens == 64
+    completion, _ = limits.admit(_key(), 10, CompletionRequest(model="m", prompt="x"))
     assert completion.token_limit == 16
 
 

@@ -31,7 +31,7 @@ requests_per_minute = 2
 tokens_per_minute = 100
 max_tokens = 200
 [limits.keys."hasty"]
-request_timeout_s = 0.5
+request_timeout_s = 1.0
 max_tokens = 2000
 """
 GOOD = {"model": "default", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
@@ -154,12 +154,14 @@ def test_requests_per_minute_at_the_limit_pass_one_more_is_429(limited: RunningA
 
 
 def test_tokens_per_minute_at_the_limit_pass_one_more_is_429(limited: RunningAppliance) -> None:
-    """`Hi` is one estimated token: max_tokens 100 is one past a budget of 100, 99 is exactly it."""
+    """`Hi` is one estimated token: max_tokens 100 is one past a budget of 100, 99 is exactly it; the
+    answer's real usage (template + 99 tokens, no end allowed) then leaves nothing for the next."""
     headers = _new_key(limited, "hundred-tokens")
     over = _post(limited, "/v1/chat/completions", {**GOOD, "max_tokens": 100}, headers)
     _assert_error(over, 429, "rate_limit_exceeded", "max_tokens")
     assert "retry-after" in over.headers
-    assert _post(limited, "/v1/chat/completions", {**GOOD, "max_tokens": 99}, headers).status_code == 200
+    exact = {**GOOD, "max_tokens": 99, "logit_bias": NO_END}
+    assert _post(limited, "/v1/chat/completions", exact, headers).status_code == 200
     spent = _post(limited, "/v1/chat/completions", {**GOOD, "max_tokens": 50}, headers)
     _assert_error(spent, 429, "rate_limit_exceeded")
     assert int(spent.headers["retry-after"]) >= 1

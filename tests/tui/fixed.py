@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tui.app import ConsoleApp
 from tui.client import (
     AuditEvent,
@@ -14,9 +16,20 @@ from tui.client import (
     Key,
     Model,
     Overview,
+    RouteInfo,
+    Routes,
+    StoredModel,
+    Verified,
 )
 from tui.history import MetricsHistory
 
+ROUTES = Routes(
+    data=(
+        RouteInfo("chat", ("qwen2.5-7b", "smollm2-135m"), "The assistant is busy; please retry in a minute."),
+        RouteInfo("small", ("smollm2-135m",), None),
+    ),
+    breakers={"qwen2.5-7b": "open", "smollm2-135m": "closed"},
+)
 OVERVIEW = Overview(
     hardware=Hardware(
         cpu=Cpu(model="AMD EPYC 7R13", physical_cores=16, ram_total_mib=131072, ram_available_mib=98304),
@@ -34,11 +47,18 @@ OVERVIEW = Overview(
     errors=(
         ErrorEvent(time="2026-01-31T10:00:00", action="auth.failed", target="POST /v1/chat/completions"),
     ),
+    routes=ROUTES.data,
+    breakers=ROUTES.breakers,
 )
 MODELS = [
     Model("smollm2-135m", "gguf", "Q4_1", 98_000_000, "enabled", ("default",), "llama", 2048),
     Model("qwen2.5-7b", "gguf", "Q4_K_M", 4_680_000_000, "disabled", (), "qwen2", 32768),
 ]
+STORED = [
+    StoredModel("smollm2-135m", True, 98_000_000, 98_100_000, ("default",)),
+    StoredModel("qwen2.5-7b", False, 4_680_000_000, 0, ()),
+]
+STORE_STATUS: dict[str, Any] = {"mode": "passphrase", "locked": True, "encrypted_models": ["smollm2-135m"]}
 KEYS = [
     Key("a1b2c3d4e5f6", "admin", "admin", "2026-01-30T09:00:00", "2026-01-31T10:00:00"),
     Key("0f9e8d7c6b5a", "billing app", "user", "2026-01-30T09:05:00", None),
@@ -87,6 +107,34 @@ class FixedSource:
     async def audit(self, limit: int = 500) -> list[AuditEvent]:
         """The fixed audit log."""
         return AUDIT
+
+    async def routes(self) -> Routes:
+        """The fixed routes."""
+        return ROUTES
+
+    async def put_route(self, route: RouteInfo) -> RouteInfo:
+        """Accept and echo."""
+        return route
+
+    async def stored_models(self) -> list[StoredModel]:
+        """The fixed store listing."""
+        return STORED
+
+    async def verify_model(self, name: str) -> Verified:
+        """Every model verifies."""
+        return Verified(name, True, "0" * 64)
+
+    async def store_status(self) -> dict[str, Any]:
+        """A locked passphrase-mode store."""
+        return STORE_STATUS
+
+    async def unlock_store(self, passphrase: str) -> dict[str, Any]:
+        """Accept and forget."""
+        return STORE_STATUS
+
+    async def lock_store(self) -> dict[str, Any]:
+        """Accept and forget."""
+        return STORE_STATUS
 
 
 def fixed_app() -> ConsoleApp:

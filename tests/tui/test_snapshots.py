@@ -18,6 +18,11 @@ SCREENS = {
     "help": ["question_mark", "_"],
     "revoke_confirm": ["3", "_", "down", "x", "_"],
     "key_shown": ["3", "_", "n", *"ci", "enter", "_", "_"],
+    "routes": ["5", "_"],
+    "routes_edited": ["5", "_", "d", "_"],
+    "route_save_confirm": ["5", "_", "d", "s", "_"],
+    "store": ["6", "_"],
+    "store_passphrase": ["6", "_", "u", *"secret", "_"],
 }
 
 

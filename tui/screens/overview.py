@@ -6,6 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Sparkline, Static
 
+from tui.chains import chain_text
 from tui.client import Hardware, Overview
 from tui.screens.base import ConsoleScreen
 
@@ -43,6 +44,7 @@ class OverviewScreen(ConsoleScreen):
             engines: DataTable[str] = DataTable(id="engines", cursor_type="row", zebra_stripes=True)
             engines.add_columns(*ENGINE_COLUMNS)
             yield engines
+            yield Static("", id="chains", classes="panel")
             yield Static("", id="errors", classes="panel")
 
     def on_mount(self) -> None:
@@ -76,6 +78,8 @@ class OverviewScreen(ConsoleScreen):
             table.add_row(e.model, e.state, str(e.pid or "-"), str(e.restarts), e.last_exit or "-")
         for model, reason in overview.not_started.items():
             table.add_row(model, "not started", "-", "-", reason)
+        chains = [f"{r.name}: {chain_text(r, overview.breakers)}" for r in overview.routes]
+        self.query_one("#chains", Static).update("Routes\n" + ("\n".join(chains) if chains else "(none)"))
         errors = [f"{e.time[:19]}  {e.action}  {e.target}  {e.detail}" for e in overview.errors]
         self.query_one("#errors", Static).update(
             "Latest errors\n" + ("\n".join(errors) if errors else "(none)")

@@ -22,7 +22,7 @@ async def create_completion(
 ) -> Response[bytes] | Stream:
     """Validate the request, resolve the model, and let its worker answer (streamed or not)."""
     raw = await json_body(request)
-    body = limits.admit(request.user, len(raw), decode_request(raw, CompletionRequest))
+    body = limits.admit_request(request, len(raw), decode_request(raw, CompletionRequest))
     return await limits.within_deadline(
         request.user, forward_generation(request, gateway, body, "/v1/completions")
     )

@@ -21,7 +21,7 @@ async def create_embeddings(
 ) -> Response[bytes]:
     """Validate the request, resolve the model, and let its worker embed the input."""
     raw = await json_body(request)
-    body = limits.admit(request.user, len(raw), decode_request(raw, EmbeddingRequest))
+    body = limits.admit_request(request, len(raw), decode_request(raw, EmbeddingRequest))
     model, payload = encode_for_worker(gateway, body)
     return await limits.within_deadline(
         request.user, forward(request, gateway, model, "/v1/embeddings", payload)

@@ -9,6 +9,7 @@ streams the text to its request. A slot is released the moment its sequence fini
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import weakref
@@ -184,7 +185,10 @@ class BatchingCore:
         loops = {request.loop for request, _ in outbox}
         for loop in loops:
             mine = outbox if len(loops) == 1 else [item for item in outbox if item[0].loop is loop]
-            loop.call_soon_threadsafe(_deliver, mine)
+            # A worker stopped mid-generation (the gateway's drain cut the stream) closes its loop while this
+            # thread finishes a step: nobody is left to read these events, so they are dropped.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, mine)
 
     def _admit(self) -> None:
         with self._lock:

@@ -20,9 +20,11 @@ from appliance.errors import (
     ApplianceError,
     ContextLengthExceededError,
     InvalidRequestError,
+    PromptTooLongError,
     appliance_error_body,
 )
 from appliance.protocol import (
+    PROMPT_LIMIT_HEADER,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -66,6 +68,23 @@ def _sampling(model: LoadedModel, request: SamplingRequest, max_tokens: int) -> 
     )
 
 
+def _check_prompt_limit(http: Request[Any, Any, Any], prompt_tokens: int, param: str) -> None:
+    """Refuse a prompt over the key's limit, which the gateway sends in a header (it has no tokenizer)."""
+    raw = http.headers.get(PROMPT_LIMIT_HEADER)
+    if raw is None:
+        return
+    try:
+        limit = int(raw)
+    except ValueError as error:
+        raise InvalidRequestError(f"{PROMPT_LIMIT_HEADER} must be a whole number of tokens") from error
+    if 0 < limit < prompt_tokens:
+        raise PromptTooLongError(
+            f"Your {param} resulted in {prompt_tokens} tokens; this key may send at most {limit} prompt "
+            f"tokens. Please reduce the length of the {param}.",
+            param=param,
+        )
+
+
 async def _complete(
     http: Request[Any, Any, Any],
     model: LoadedModel,
@@ -75,9 +94,9 @@ async def _complete(
     *,
     chat: bool,
 ) -> Response[Any] | Stream:
-    params = _sampling(
-        model, request, model.check_fits(tokens, limit, param="messages" if chat else "prompt")
-    )
+    param = "messages" if chat else "prompt"
+    _check_prompt_limit(http, len(tokens), param)
+    params = _sampling(model, request, model.check_fits(tokens, limit, param=param))
     shape = CompletionShape(model.config.name, chat=chat)
     events = model.core.generate(tokens, params)
     if request.stream:

@@ -10,6 +10,7 @@ import llama_cpp
 import pytest
 
 from appliance.errors import ConflictError, ModelFileError, StoreIntegrityError
+from appliance.gguf_info import read_gguf_info
 from appliance.registry.registry import Registry, open_registry
 from appliance.store.keys import KeyFileError, new_kek, read_key_file, unwrap_key, write_key_file
 from appliance.store.store import ModelStore, StoreLockedError, UnencryptedModelError
@@ -203,3 +204,44 @@ def test_memfd_is_sealed_and_loads_in_llama_cpp(
         llama_cpp.llama_model_free(loaded)
     finally:
         os.close(fd)
+
+
+def test_reencrypt_replaces_the_file_under_a_new_data_key(
+    store: ModelStore, registry: Registry, tiny: Path, tmp_path: Path
+) -> None:
+    """New file id, new bytes, new wrapped key; it verifies and exports the same plaintext; old file gone."""
+    model = store.import_gguf(tiny, name="tiny")
+    old_key = registry.store_keys.get(model.id)
+    old_bytes = model.path.read_bytes()
+    steps: list[int] = []
+    done = store.reencrypt("tiny", progress=steps.append, verify_progress=steps.append)
+    new_key = registry.store_keys.get(model.id)
+    assert old_key is not None
+    assert new_key is not None
+    assert new_key.file_id != old_key.file_id
+    assert new_key.wrapped_key != old_key.wrapped_key
+    assert not model.path.exists()
+    assert done.path.read_bytes() != old_bytes
+    assert _store_files(store) == [done.path.name]
+    assert steps[-1] == tiny.stat().st_size
+    store.verify("tiny")
+    assert store.export("tiny", tmp_path / "out.gguf").read_bytes() == tiny.read_bytes()
+
+
+def test_reencrypt_of_a_tampered_model_leaves_it_as_it_was(store: ModelStore, tiny: Path) -> None:
+    """A source chunk that fails its tag stops the re-encryption: no new file, the old one untouched."""
+    model = store.import_gguf(tiny, name="tiny")
+    data = bytearray(model.path.read_bytes())
+    data[-5] ^= 0x01
+    model.path.write_bytes(bytes(data))
+    with pytest.raises(StoreIntegrityError):
+        store.reencrypt("tiny")
+    assert _store_files(store) == [model.path.name]
+    assert model.path.read_bytes() == bytes(data)
+
+
+def test_reencrypt_refuses_a_plain_model(store: ModelStore, registry: Registry, tiny: Path) -> None:
+    """A model that is not in the encrypted store has nothing to re-encrypt."""
+    registry.models.add(tiny, read_gguf_info(tiny), name="plain")
+    with pytest.raises(ModelFileError):
+        store.reencrypt("plain")
