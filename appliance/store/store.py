@@ -259,21 +259,8 @@ class ModelStore:
         tmp = self.folder / f".{file_id}.{os.getpid()}.tmp"
         digest = hashlib.sha256()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with source.open("rb") as plain:
-                    reader = _HashingReader(plain, digest.update)
-                    encrypt_stream(
-                        reader,
-                        _FdWriter(fd),
-                        data_key,
-                        file_id,
-                        chunk_size=self._chunk_size,
-                        progress=progress,
-                    )
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with source.open("rb") as plain:
+                self._encrypt_into(tmp, _HashingReader(plain, digest.update), data_key, file_id, progress)
             if digest.hexdigest() != info.sha256:
                 raise ModelFileError(f"{source}: the file changed while it was being imported")
             os.replace(tmp, final)
@@ -327,16 +314,9 @@ class ModelStore:
         tmp = self.folder / f".{file_id}.{os.getpid()}.tmp"
         digest = hashlib.sha256()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                # Streamed: one chunk of plaintext in memory at a time, never on disk.
-                reader = _ChunkReader(self._plain_chunks(model), digest.update)
-                encrypt_stream(
-                    reader, _FdWriter(fd), data_key, file_id, chunk_size=self._chunk_size, progress=progress
-                )
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            # Streamed: one chunk of plaintext in memory at a time, never on disk.
+            reader = _ChunkReader(self._plain_chunks(model), digest.update)
+            self._encrypt_into(tmp, reader, data_key, file_id, progress)
             if digest.hexdigest() != model.sha256:
                 raise StoreIntegrityError(f"model {name!r} decrypts, but not to the file that was imported")
             self._check_file(tmp, data_key, model, verify_progress)
@@ -351,6 +331,19 @@ class ModelStore:
         if model.path != final:
             model.path.unlink(missing_ok=True)
         return self._find(name)
+
+    def _encrypt_into(
+        self, tmp: Path, reader: Reader, data_key: bytes, file_id: str, progress: Progress | None
+    ) -> None:
+        """Encrypt `reader` into the new file `tmp` (mode 0600, fsynced); the caller renames or removes it."""
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            encrypt_stream(
+                reader, _FdWriter(fd), data_key, file_id, chunk_size=self._chunk_size, progress=progress
+            )
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _check_file(self, path: Path, data_key: bytes, model: ModelInfo, progress: Progress | None) -> None:
         """Decrypt `path` end to end under `data_key` and compare with the model's size and SHA-256."""

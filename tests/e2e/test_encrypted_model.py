@@ -6,13 +6,12 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import llama_cpp
 import openai
 import pytest
 
+from tests.e2e.reference import greedy_completion
 from tests.e2e.server import APPLIANCE, RunningAppliance, cli, free_port, serve
 
 CONTEXT_LENGTH = 2048  # what the appliance's workers are configured with below
@@ -55,12 +54,7 @@ def encrypted(
 @pytest.fixture(scope="module")
 def reference_text(model_path: Path) -> str:
     """llama-cpp-python's own greedy completion of PROMPT from the plain file."""
-    llm = llama_cpp.Llama(str(model_path), n_ctx=CONTEXT_LENGTH, n_threads=2, verbose=False, flash_attn=True)
-    try:
-        done: Any = llm.create_completion(PROMPT, max_tokens=MAX_TOKENS, temperature=0.0, repeat_penalty=1.0)
-        return str(done["choices"][0]["text"])
-    finally:
-        llm.close()
+    return greedy_completion(model_path, PROMPT, MAX_TOKENS)
 
 
 def _complete(running: RunningAppliance) -> str:

@@ -7,18 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import llama_cpp
 import pytest
 
-CONTEXT_LENGTH = 2048  # what tests/e2e/server.py configures the appliance's workers with
+from tests.e2e.reference import reference_llama
+
 MAX_TOKENS = 48
 
 
 @pytest.fixture(scope="module")
 def reference(model_path: Path) -> Iterator[Any]:
     """llama-cpp-python's own `Llama` on the same file with the same context, in this process."""
-    # flash_attn as the worker has it (llama.cpp picks flash attention by default; llama-cpp-python does not)
-    llm = llama_cpp.Llama(str(model_path), n_ctx=CONTEXT_LENGTH, n_threads=2, verbose=False, flash_attn=True)
+    llm = reference_llama(model_path)
     yield llm
     llm.close()
 

@@ -7,13 +7,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import llama_cpp
 import openai
 import pytest
 
+from tests.e2e.reference import greedy_completion
 from tests.e2e.server import APPLIANCE, READY_TIMEOUT_S, RunningAppliance, free_port
 
 CONTEXT_LENGTH = 2048
@@ -75,12 +74,7 @@ def locked(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterat
 @pytest.fixture(scope="module")
 def reference_text(model_path: Path) -> str:
     """llama-cpp-python's own greedy completion of PROMPT from the plain file."""
-    llm = llama_cpp.Llama(str(model_path), n_ctx=CONTEXT_LENGTH, n_threads=2, verbose=False, flash_attn=True)
-    try:
-        done: Any = llm.create_completion(PROMPT, max_tokens=MAX_TOKENS, temperature=0.0, repeat_penalty=1.0)
-        return str(done["choices"][0]["text"])
-    finally:
-        llm.close()
+    return greedy_completion(model_path, PROMPT, MAX_TOKENS)
 
 
 def _client(running: RunningAppliance) -> openai.OpenAI:
