@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -22,22 +21,8 @@ from appliance.errors import (
     SettingsError,
 )
 from appliance.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingRequest
-from appliance.registry.keys import KeyInfo, Role
 from appliance.settings import KeyLimitSettings, LimitSettings, SettingsFile, load_settings
-
-
-class FakeClock:
-    """A monotonic clock that moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _key(name: str = "app", key_id: str = "k1") -> KeyInfo:
-    return KeyInfo(key_id, name, Role.USER, datetime.now(UTC), None, None)
+from tests.api.fakes import FakeClock, user_key
 
 
 def _chat(
@@ -137,9 +122,9 @@ def test_zero_means_unlimited() -> None:
 def test_max_messages_boundary() -> None:
     """At max_messages passes; one more is 400 with param messages."""
     limits = RequestLimits(LimitSettings(max_messages=3))
-    limits.admit(_key(), 10, _chat(messages=3))
+    limits.admit(user_key(), 10, _chat(messages=3))
     with pytest.raises(InvalidRequestError) as refused:
-        limits.admit(_key(), 10, _chat(messages=4))
+        limits.admit(user_key(), 10, _chat(messages=4))
     assert refused.value.param == "messages"
 
 
@@ -153,9 +138,9 @@ def test_max_tokens_is_refused_past_the_limit_not_clamped(param: str) -> None:
         return _chat(max_completion_tokens=tokens)
 
     limits = RequestLimits(LimitSettings(max_tokens=64))
-    assert limits.admit(_key(), 10, asking(64))[0].token_limit == 64
+    assert limits.admit(user_key(), 10, asking(64))[0].token_limit == 64
     with pytest.raises(InvalidRequestError) as refused:
-        limits.admit(_key(), 10, asking(65))
+        limits.admit(user_key(), 10, asking(65))
     assert refused.value.param == param
     assert refused.value.status_code == 400
 
@@ -163,8 +148,8 @@ def test_max_tokens_is_refused_past_the_limit_not_clamped(param: str) -> None:
 def test_a_chat_without_max_tokens_gets_the_limit_and_completions_keep_their_16() -> None:
     """The limit becomes the default for chat; the legacy completions default stays 16."""
     limits = RequestLimits(LimitSettings(max_tokens=64))
-    assert limits.admit(_key(), 10, _chat())[0].max_tokens == 64
-    completion, _ = limits.admit(_key(), 10, CompletionRequest(model="m", prompt="x"))
+    assert limits.admit(user_key(), 10, _chat())[0].max_tokens == 64
+    completion, _ = limits.admit(user_key(), 10, CompletionRequest(model="m", prompt="x"))
     assert completion.token_limit == 16
 
 
@@ -173,24 +158,24 @@ def test_body_size_boundary_per_key() -> None:
     limits = RequestLimits(
         LimitSettings(max_body_bytes=1000, keys={"tiny": KeyLimitSettings(max_body_bytes=100)})
     )
-    limits.admit(_key("tiny"), 100, _chat())
+    limits.admit(user_key("tiny"), 100, _chat())
     with pytest.raises(RequestTooLargeError) as refused:
-        limits.admit(_key("tiny"), 101, _chat())
+        limits.admit(user_key("tiny"), 101, _chat())
     assert refused.value.status_code == 413
-    limits.admit(_key("other"), 1000, _chat())
+    limits.admit(user_key("other"), 1000, _chat())
 
 
 def test_tokens_per_minute_charge_is_prompt_estimate_plus_max_tokens() -> None:
     """8 characters are 2 tokens, plus max_tokens 8: a budget of 10 admits exactly one such request."""
     clock = FakeClock()
     limits = RequestLimits(LimitSettings(tokens_per_minute=10), clock)
-    limits.admit(_key(), 10, _chat(content="abcdefgh", max_tokens=8))
+    limits.admit(user_key(), 10, _chat(content="abcdefgh", max_tokens=8))
     with pytest.raises(RateLimitError):
-        limits.admit(_key(), 10, _chat(content="a", max_tokens=1))
+        limits.admit(user_key(), 10, _chat(content="a", max_tokens=1))
     embeddings = RequestLimits(LimitSettings(tokens_per_minute=3), clock)
-    embeddings.admit(_key(), 10, EmbeddingRequest(model="m", input=[[1, 2], "abcd"]))
+    embeddings.admit(user_key(), 10, EmbeddingRequest(model="m", input=[[1, 2], "abcd"]))
     with pytest.raises(RateLimitError):
-        embeddings.admit(_key(), 10, EmbeddingRequest(model="m", input="a"))
+        embeddings.admit(user_key(), 10, EmbeddingRequest(model="m", input="a"))
 
 
 async def test_a_slow_answer_past_the_deadline_is_504_and_cancelled() -> None:
@@ -207,7 +192,7 @@ async def test_a_slow_answer_past_the_deadline_is_504_and_cancelled() -> None:
         return Response(b"{}")
 
     with pytest.raises(RequestTimeoutError) as refused:
-        await limits.within_deadline(_key(), slow())
+        await limits.within_deadline(user_key(), slow())
     assert refused.value.status_code == 504
     assert cancelled.is_set()
 
@@ -228,7 +213,7 @@ async def test_a_stream_past_the_deadline_ends_with_an_error_event_and_closes_up
     async def answer() -> Stream:
         return Stream(events(), media_type="text/event-stream")
 
-    stream = await limits.within_deadline(_key(), answer())
+    stream = await limits.within_deadline(user_key(), answer())
     assert isinstance(stream, Stream)
     assert isinstance(stream.iterator, AsyncIterator)
     received = [chunk async for chunk in stream.iterator if isinstance(chunk, bytes)]
@@ -246,5 +231,5 @@ async def test_an_answer_within_the_deadline_is_untouched() -> None:
     async def fast() -> Response[bytes]:
         return Response(b'{"ok": true}')
 
-    response = await limits.within_deadline(_key(), fast())
+    response = await limits.within_deadline(user_key(), fast())
     assert response.content == b'{"ok": true}'

@@ -3,8 +3,6 @@ usage, on a fake clock."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import msgspec
 import pytest
 
@@ -12,22 +10,8 @@ from api.limits import RequestLimits
 from api.ratelimit import Charge, RateLimiter
 from appliance.errors import RateLimitError
 from appliance.protocol import PROMPT_LIMIT_HEADER, ChatCompletionRequest, ChatMessage
-from appliance.registry.keys import KeyInfo, Role
 from appliance.settings import LimitSettings, SettingsFile
-
-
-class FakeClock:
-    """A monotonic clock that moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _key(name: str = "app", key_id: str = "k1") -> KeyInfo:
-    return KeyInfo(key_id, name, Role.USER, datetime.now(UTC), None, None)
+from tests.api.fakes import FakeClock, user_key
 
 
 def _chat(content: str = "abcdefgh", max_tokens: int = 8) -> ChatCompletionRequest:
@@ -51,8 +35,8 @@ def test_the_worker_gets_the_keys_prompt_limit_in_a_header_and_no_header_without
         b'[limits]\n[limits.keys."short"]\nmax_prompt_tokens = 40\n', type=SettingsFile
     ).limits
     limits = RequestLimits(settings, FakeClock())
-    _, short = limits.admit(_key("short", "s"), 10, _chat())
-    _, other = limits.admit(_key("other", "o"), 10, _chat())
+    _, short = limits.admit(user_key("short", "s"), 10, _chat())
+    _, other = limits.admit(user_key("other", "o"), 10, _chat())
     assert short.worker_headers() == {PROMPT_LIMIT_HEADER: "40"}
     assert other.worker_headers() == {}
 
@@ -102,13 +86,13 @@ def test_a_request_is_settled_once_at_its_real_usage() -> None:
     """The admission charged the estimate (2 + 8); settling at 4 real tokens frees 6, a second settle
     (another link reporting) changes nothing."""
     limits = RequestLimits(LimitSettings(tokens_per_minute=10), FakeClock())
-    _, admission = limits.admit(_key(), 10, _chat(content="abcdefgh", max_tokens=8))
+    _, admission = limits.admit(user_key(), 10, _chat(content="abcdefgh", max_tokens=8))
     assert admission.charged == 10
     admission.settle(4)
     admission.settle(0)
-    limits.admit(_key(), 10, _chat(content="a", max_tokens=5))  # 6 tokens: exactly what was given back
+    limits.admit(user_key(), 10, _chat(content="a", max_tokens=5))  # 6 tokens: exactly what was given back
     with pytest.raises(RateLimitError):
-        limits.admit(_key(), 10, _chat(content="a", max_tokens=0))
+        limits.admit(user_key(), 10, _chat(content="a", max_tokens=0))
 
 
 def test_a_changed_limit_ignores_the_old_charge() -> None:
