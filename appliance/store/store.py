@@ -12,7 +12,7 @@ import fcntl
 import hashlib
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from appliance.store.keys import (
     wrap_key,
     write_key_file,
 )
+from appliance.store.streams import ChunkReader, FdWriter, HashingReader
 
 STORE_FOLDER = "store"
 SUFFIX = ".aplm"
@@ -74,60 +75,11 @@ class StoredModel:
     path: Path
 
 
-class _HashingReader:
-    """Passes reads through while hashing them, so an import checks what it encrypted against the header."""
-
-    def __init__(self, handle: Reader, update: Callable[[bytes], None]) -> None:
-        self._handle = handle
-        self._update = update
-
-    def read(self, size: int = -1, /) -> bytes:
-        """Read from the wrapped file and hash what was read."""
-        data = self._handle.read(size)
-        self._update(data)
-        return data
-
-
-class _FdWriter:
-    """Writes all of each buffer to a raw descriptor (os.write may write less than asked)."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    def write(self, data: bytes, /) -> int:
-        """Write every byte of `data`."""
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        return len(data)
-
-
-class _ChunkReader:
-    """A Reader over an iterator of chunks (the verified plaintext of another encrypted file)."""
-
-    def __init__(self, chunks: Iterator[bytes], update: Callable[[bytes], None]) -> None:
-        self._chunks = chunks
-        self._update = update
-        self._buffer = b""
-
-    def read(self, size: int = -1, /) -> bytes:
-        """Up to `size` bytes of the chunks, hashed as they pass; b"" at the end."""
-        while size < 0 or len(self._buffer) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk
-        cut = len(self._buffer) if size < 0 else size
-        data, self._buffer = self._buffer[:cut], self._buffer[cut:]
-        self._update(data)
-        return data
-
-
 def _sync_write(path: Path, chunks: Iterator[bytes]) -> None:
     """Write chunks to a new file (mode 0600) and fsync it; the caller renames it into place."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        writer = _FdWriter(fd)
+        writer = FdWriter(fd)
         for chunk in chunks:
             writer.write(chunk)
         os.fsync(fd)
@@ -260,7 +212,7 @@ class ModelStore:
         digest = hashlib.sha256()
         try:
             with source.open("rb") as plain:
-                self._encrypt_into(tmp, _HashingReader(plain, digest.update), data_key, file_id, progress)
+                self._encrypt_into(tmp, HashingReader(plain, digest.update), data_key, file_id, progress)
             if digest.hexdigest() != info.sha256:
                 raise ModelFileError(f"{source}: the file changed while it was being imported")
             os.replace(tmp, final)
@@ -315,7 +267,7 @@ class ModelStore:
         digest = hashlib.sha256()
         try:
             # Streamed: one chunk of plaintext in memory at a time, never on disk.
-            reader = _ChunkReader(self._plain_chunks(model), digest.update)
+            reader = ChunkReader(self._plain_chunks(model), digest.update)
             self._encrypt_into(tmp, reader, data_key, file_id, progress)
             if digest.hexdigest() != model.sha256:
                 raise StoreIntegrityError(f"model {name!r} decrypts, but not to the file that was imported")
@@ -339,7 +291,7 @@ class ModelStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             encrypt_stream(
-                reader, _FdWriter(fd), data_key, file_id, chunk_size=self._chunk_size, progress=progress
+                reader, FdWriter(fd), data_key, file_id, chunk_size=self._chunk_size, progress=progress
             )
             os.fsync(fd)
         finally:
@@ -407,7 +359,7 @@ class ModelStore:
         """Decrypt a model into a sealed memfd; returns the descriptor (close-on-exec, caller closes)."""
         fd = os.memfd_create(f"model-{model.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            writer, done = _FdWriter(fd), 0
+            writer, done = FdWriter(fd), 0
             for chunk in self._plain_chunks(model):
                 done += writer.write(chunk)
             if done != model.size_bytes:
