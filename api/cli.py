@@ -211,7 +211,7 @@ def plan(
 
 
 def _print_examples(settings: Settings, key: str) -> None:
-    base = f"http://{settings.server.host}:{settings.server.port}/v1"
+    base = f"{settings.server.url}/v1"
     typer.echo(
         f"""
 Try it:
@@ -301,8 +301,7 @@ def tui(
     from tui.launch import ConsoleStartError, run_console
 
     if url is None:
-        server = load_settings(home_from_environment()).server
-        url = f"http://{server.host}:{server.port}"
+        url = load_settings(home_from_environment()).server.url
     try:
         run_console(url, key_file)
     except ConsoleStartError as error:

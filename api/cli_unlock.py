@@ -42,7 +42,7 @@ def _call(
 ) -> dict[str, Any]:
     """One admin-API call to this home's gateway; its OpenAI error, or no answer, becomes one CLI line."""
     settings = load_settings(home_from_environment())
-    url = f"http://{settings.server.host}:{settings.server.port}"
+    url = settings.server.url
     timeout = settings.workers.startup_timeout_s + UNLOCK_MARGIN_S
     headers = {"Authorization": f"Bearer {_admin_key(key_file)}"}
     try:

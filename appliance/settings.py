@@ -22,6 +22,11 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     drain_timeout_s: float = 30.0
     """On SIGTERM or Ctrl-C, how long requests in flight may run before streams are cut and workers stop."""
 
+    @property
+    def url(self) -> str:
+        """The gateway's base URL, as the CLI and the console on this box reach it."""
+        return f"http://{self.host}:{self.port}"
+
 
 class KeyLimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Per-key overrides, `[limits.keys."<key name>"]`: each unset value falls back to `[limits]`."""
