@@ -9,6 +9,7 @@ import time
 
 import httpx
 
+from appliance.settings import FallbackSettings
 from tests.e2e.server import RunningAppliance
 
 CHAT = {"model": "default", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
@@ -99,7 +100,13 @@ def test_disconnect_mid_stream_stops_the_worker(appliance: RunningAppliance) -> 
         f"the worker went on generating after the client left ({generated} tokens)"
     )
     time.sleep(0.5)
-    settled = _worker_counters(appliance)["appliance_worker_tokens_generated_total"]
-    assert settled == counters["appliance_worker_tokens_generated_total"], (
-        "tokens kept coming after the cancel"
+    settled = _worker_counters(appliance)
+    # The gateway's deep health probe may start a tiny generation of its own meanwhile; only tokens beyond
+    # those of generations started after the cancel would mean the cancelled one went on.
+    started = "appliance_worker_generations_started_total"
+    probes = settled[started] - counters[started]
+    later = (
+        settled["appliance_worker_tokens_generated_total"]
+        - counters["appliance_worker_tokens_generated_total"]
     )
+    assert later <= probes * FallbackSettings().probe_max_tokens, "tokens kept coming after the cancel"
