@@ -18,15 +18,31 @@ LONG = {
 }
 
 
+async def first_probe_done(http: httpx.AsyncClient) -> None:
+    """Wait until /health/ready shows the deep probe's first result for the one engine."""
+    for _ in range(300):
+        if (await http.get("/health/ready")).json().get("probes"):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the first deep probe never finished")
+
+
 async def test_full_queue_is_429_with_retry_after_and_the_rest_succeed(
     tmp_path: Path, model_path: Path
 ) -> None:
     """One slot and a queue of one: of four concurrent requests two are served and two get 429."""
-    running = start_appliance(tmp_path / "home", model_path, settings="parallel = 1\nqueue_depth = 1\n")
+    # The deep probe is a real request too: one arriving with these four would take the slot or the
+    # queue place. Its first round runs as serving starts; wait for it, and no second round comes.
+    running = start_appliance(
+        tmp_path / "home",
+        model_path,
+        settings="parallel = 1\nqueue_depth = 1\n[fallback]\nprobe_interval_s = 3600\n",
+    )
     try:
         async with httpx.AsyncClient(
             base_url=running.base_url, headers=running.headers(), timeout=120
         ) as http:
+            await first_probe_done(http)
             responses = await asyncio.gather(
                 *(http.post("/v1/chat/completions", json={**LONG, "seed": i}) for i in range(4))
             )
