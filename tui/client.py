@@ -47,6 +47,18 @@ class Hardware(msgspec.Struct, frozen=True):
 
     cpu: Cpu = Cpu()
     gpus: tuple[Gpu, ...] = ()
+    gpu_note: str = ""
+    """Why no GPU was found, when none was."""
+
+
+class GpuUsage(msgspec.Struct, frozen=True):
+    """What one GPU is doing at this poll (from the gateway's NVML gauges)."""
+
+    index: int
+    name: str
+    utilization_ratio: float = 0.0
+    memory_used_bytes: float = 0.0
+    memory_total_bytes: float = 0.0
 
 
 class Engine(msgspec.Struct, frozen=True):
@@ -80,6 +92,7 @@ class Overview(msgspec.Struct, frozen=True):
     """One poll of /admin/console/overview: counters are totals since the gateway started."""
 
     hardware: Hardware = Hardware()
+    gpu_usage: tuple[GpuUsage, ...] = ()
     engines: tuple[Engine, ...] = ()
     not_started: dict[str, str] = {}
     requests_total: float = 0.0
@@ -149,6 +162,27 @@ class Model(msgspec.Struct, frozen=True):
     context_length: int = 0
 
 
+class JobError(msgspec.Struct, frozen=True):
+    """Why a background job failed, in the OpenAI error shape."""
+
+    message: str
+    type: str = ""
+    code: str | None = None
+
+
+class Job(msgspec.Struct, frozen=True):
+    """A background job of the gateway (an import): its state and how far it got."""
+
+    id: str
+    kind: str
+    target: str
+    state: str
+    bytes_done: int = 0
+    bytes_total: int = 0
+    error: JobError | None = None
+    result: dict[str, Any] | None = None
+
+
 class AuditEvent(msgspec.Struct, frozen=True):
     """One row of the audit log."""
 
@@ -178,6 +212,14 @@ class AdminSource(Protocol):
 
     async def remove_model(self, name: str) -> None:
         """Remove a (disabled) model from the registry."""
+        ...
+
+    async def import_model(self, path: str, name: str, encrypt: bool) -> Job:
+        """Start importing a GGUF file that is on the appliance; the job runs in the gateway."""
+        ...
+
+    async def job(self, job_id: str) -> Job:
+        """A background job's state and progress."""
         ...
 
     async def keys(self) -> list[Key]:
@@ -272,6 +314,15 @@ class AdminClient:
     async def remove_model(self, name: str) -> None:
         """Remove a (disabled) model from the registry."""
         await self._call("DELETE", f"/admin/console/models/{name}")
+
+    async def import_model(self, path: str, name: str, encrypt: bool) -> Job:
+        """Start importing a GGUF file that is on the appliance; the job runs in the gateway."""
+        body = {"path": path, "name": name, "encrypt": encrypt}
+        return msgspec.convert(await self._call("POST", "/admin/models/import", json=body), Job)
+
+    async def job(self, job_id: str) -> Job:
+        """A background job's state and progress."""
+        return msgspec.convert(await self._call("GET", f"/admin/jobs/{job_id}"), Job)
 
     async def keys(self) -> list[Key]:
         """Every key, revoked ones included."""

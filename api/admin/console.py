@@ -22,14 +22,25 @@ from appliance.registry.models import ModelInfo
 LATEST_ERRORS = 8
 
 
-def _samples(metrics: GatewayMetrics) -> dict[str, float]:
-    """Every sample of the gateway's own metrics summed over labels, by sample name (`le` kept apart)."""
+GPU_PREFIX = "appliance_gpu_"
+
+
+def _samples(metrics: GatewayMetrics) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Every sample of the gateway's own metrics summed over labels, by sample name (`le` kept apart),
+    and each GPU's gauges apart. One pass: each pass reads NVML through the metrics' GPU collector."""
     totals: dict[str, float] = defaultdict(float)
+    gpus: dict[str, dict[str, Any]] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:
+            if sample.name.startswith(GPU_PREFIX):
+                gpu = gpus.setdefault(
+                    sample.labels["gpu"], {"index": int(sample.labels["gpu"]), "name": sample.labels["name"]}
+                )
+                gpu[sample.name.removeprefix(GPU_PREFIX)] = sample.value
+                continue
             suffix = f"{{le={sample.labels['le']}}}" if "le" in sample.labels else ""
             totals[sample.name + suffix] += sample.value
-    return totals
+    return totals, sorted(gpus.values(), key=lambda g: int(g["index"]))
 
 
 def histogram_p50(totals: dict[str, float], name: str) -> float | None:
@@ -71,10 +82,10 @@ class ConsoleController(Controller):
 
     @get("/overview")
     async def overview(self, gateway: NamedDependency[GatewayState]) -> dict[str, Any]:
-        """Hardware, engines, counters for rates, TTFT p50, in flight, routes with breakers, latest errors.
+        """Hardware, GPU use now, engines, counters for rates, TTFT p50, in flight, routes, latest errors.
 
         Not audited: the console polls it every second, and reading it changes nothing."""
-        totals = _samples(gateway.metrics)
+        totals, gpu_usage = _samples(gateway.metrics)
         hardware = detect_hardware(load_nvml())
         errors = [
             {"time": e.time.isoformat(), "action": e.action, "target": e.target, "detail": e.detail}
@@ -84,6 +95,7 @@ class ConsoleController(Controller):
         engines = engine_objects(gateway)
         return {
             "hardware": msgspec.to_builtins(hardware),
+            "gpu_usage": gpu_usage,
             "engines": engines,
             "not_started": dict(gateway.supervisor.not_started),
             "requests_total": totals.get("appliance_requests_total", 0.0),

@@ -12,7 +12,9 @@ from tui.client import (
     Engine,
     ErrorEvent,
     Gpu,
+    GpuUsage,
     Hardware,
+    Job,
     Key,
     Model,
     Overview,
@@ -23,6 +25,7 @@ from tui.client import (
 )
 from tui.history import MetricsHistory
 
+MIB = 1024 * 1024
 ROUTES = Routes(
     data=(
         RouteInfo("chat", ("qwen2.5-7b", "smollm2-135m"), "The assistant is busy; please retry in a minute."),
@@ -34,6 +37,11 @@ OVERVIEW = Overview(
     hardware=Hardware(
         cpu=Cpu(model="AMD EPYC 7R13", physical_cores=16, ram_total_mib=131072, ram_available_mib=98304),
         gpus=(Gpu(index=0, name="NVIDIA H100 80GB HBM3", memory_total_mib=81559, memory_free_mib=40960),),
+    ),
+    gpu_usage=(
+        GpuUsage(
+            0, "NVIDIA H100 80GB HBM3", 0.45, memory_used_bytes=40599 * MIB, memory_total_bytes=81559 * MIB
+        ),
     ),
     engines=(
         Engine(model="smollm2-135m", state="ready", pid=4242, restarts=0),
@@ -92,6 +100,14 @@ class FixedSource:
 
     async def remove_model(self, name: str) -> None:
         """Accept and forget."""
+
+    async def import_model(self, path: str, name: str, encrypt: bool) -> Job:
+        """A job that is already done."""
+        return Job("0123456789abcdef", "models.import", name, "succeeded", 98_000_000, 98_000_000)
+
+    async def job(self, job_id: str) -> Job:
+        """The same finished job."""
+        return Job(job_id, "models.import", "imported", "succeeded", 98_000_000, 98_000_000)
 
     async def keys(self) -> list[Key]:
         """The fixed keys."""

@@ -80,7 +80,9 @@ async def test_models_disable_and_remove(gateway: RunningAppliance) -> None:
         await pilot.press("x", "y")
         await until(pilot, lambda: "spare" not in [r[0] for r in rows(table)], "spare removed")
 
-    assert registered_models(gateway) == ["smollm2-135m"]
+    # Other tests register models on this shared gateway too: only what this test did is checked.
+    assert "spare" not in registered_models(gateway)
+    assert "smollm2-135m" in registered_models(gateway)
 
 
 async def test_overview_shows_engines_and_traffic(gateway: RunningAppliance) -> None:

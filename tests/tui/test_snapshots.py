@@ -13,6 +13,7 @@ SIZES = [(80, 24), (120, 40)]
 SCREENS = {
     "overview": ["_"],
     "models": ["2", "_"],
+    "model_import": ["2", "_", "i", *"/srv/models/qwen.gguf"],
     "keys": ["3", "_"],
     "audit": ["4", "_"],
     "help": ["question_mark", "_"],
@@ -20,6 +21,8 @@ SCREENS = {
     "key_shown": ["3", "_", "n", *"ci", "enter", "_", "_"],
     "routes": ["5", "_"],
     "routes_edited": ["5", "_", "d", "_"],
+    "route_add_link": ["5", "_", "down", "_", "a", "_", "_"],
+    "route_link_added": ["5", "_", "down", "_", "a", "_", "_", "enter", "_"],
     "route_save_confirm": ["5", "_", "d", "s", "_"],
     "store": ["6", "_"],
     "store_passphrase": ["6", "_", "u", *"secret", "_"],

@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 import pytest
 
 from api.admin.console import histogram_p50
-from tests.tui.fixed import AUDIT
+from tests.tui.fixed import AUDIT, OVERVIEW
 from tui.audit_filter import AuditFilter, parse_since
-from tui.client import Overview
+from tui.client import Hardware, Overview
 from tui.history import MetricsHistory
+from tui.screens.overview import hardware_text
 
 NOW = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 
@@ -64,3 +65,22 @@ def test_ttft_median_is_the_bucket_holding_half() -> None:
     }
     assert histogram_p50(totals, name) == 0.1
     assert histogram_p50({}, name) is None
+
+
+def test_a_gpu_line_shows_memory_used_of_total_and_utilisation() -> None:
+    """With NVML figures from the poll, the GPU line has memory used/total and utilisation."""
+    assert hardware_text(OVERVIEW.hardware, OVERVIEW.gpu_usage).splitlines()[1] == (
+        "GPU0 NVIDIA H100 80GB HBM3  mem 39.6/79.6 GiB  util 45%"
+    )
+    # A poll whose NVML read failed still lists the GPU the gateway detected at start.
+    assert (
+        hardware_text(OVERVIEW.hardware).splitlines()[1] == "GPU0 NVIDIA H100 80GB HBM3, 79.6 GiB, 40.0 free"
+    )
+
+
+def test_without_a_gpu_the_overview_says_so_and_why() -> None:
+    """No GPU: one line that says none, with the gateway's reason."""
+    hardware = Hardware(gpu_note="no NVIDIA GPU: nvidia-ml-py (pynvml) is not installed")
+    assert hardware_text(hardware).splitlines()[1] == (
+        "GPU  none (no NVIDIA GPU: nvidia-ml-py (pynvml) is not installed)"
+    )

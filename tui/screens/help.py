@@ -9,17 +9,20 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 HELP = """\
-[b]Screens[/b]  1 overview  2 models  3 keys  4 audit  5 routes  6 store  ? help  q quit
-[b]Models[/b]   e enable  d disable  v verify  x remove (asks first)  r refresh
+[b]Screens[/b]  1 overview  2 models  3 keys  4 audit  5 routes
+         6 store  ? help  q quit
+[b]Models[/b]   i import a file  e enable  d disable  v verify
+         x remove (asks first)  r refresh
 [b]Keys[/b]     n new key (shown once)  x revoke (asks first)  r refresh
 [b]Audit[/b]    / filter fields  Esc back to the table  r refresh
          since: 15m, 2h, 1d or a date such as 2026-01-31
-[b]Routes[/b]   u/d move the link up/down  s save (asks first)  r discard and refresh
+[b]Routes[/b]   u/d move a link  a add a link  x remove a link
+         s save (asks first)  r discard and refresh
 [b]Store[/b]    u type the passphrase, Enter unlocks  l lock  r refresh
 
 Arrows move in tables, Tab between fields; the mouse works too.
-Changes apply at once, except enabling and disabling a model:
-the gateway applies those at its next start."""
+Changes apply at once, except imported, enabled and disabled
+models: the gateway serves those from its next start."""
 
 
 class HelpScreen(ModalScreen[None]):

@@ -1,15 +1,21 @@
-"""The model registry with the store's view: enable, disable, verify and remove (with a confirmation)."""
+"""The model registry with the store's view: import, enable, disable, verify and remove (asks first)."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, ProgressBar, Static
 
-from tui.client import Model, StoredModel
+from tui.client import AdminApiError, ConnectionLost, Job, Model, StoredModel
 from tui.screens.base import ConsoleScreen
 from tui.screens.confirm import ConfirmScreen
+from tui.screens.import_model import ImportChoice, ImportModelScreen
+
+JOB_POLL_S = 0.25
 
 COLUMNS = ("name", "aliases", "format", "quant", "size MB", "encrypted", "ctx", "status")
 
@@ -18,6 +24,7 @@ class ModelsScreen(ConsoleScreen):
     """The registry as a table; actions apply to the row under the cursor."""
 
     BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
+        Binding("i", "import", "Import"),
         Binding("e", "enable", "Enable"),
         Binding("d", "disable", "Disable"),
         Binding("v", "verify", "Verify"),
@@ -33,6 +40,7 @@ class ModelsScreen(ConsoleScreen):
         yield table
         yield Static("Enabling and disabling apply at the gateway's next start.", classes="hint")
         yield Static("", id="models-status", classes="hint")
+        yield ProgressBar(id="import-progress", show_eta=False)
 
     def _selected(self) -> str | None:
         table: DataTable[str] = self.query_one("#models", DataTable)
@@ -122,3 +130,51 @@ class ModelsScreen(ConsoleScreen):
             return
         status.update(f"{name} verified, sha256 {result.sha256[:16]}...")
         self.notify(f"{name} verified: every chunk and the SHA-256 match", title="verify")
+
+    @work(group="models-import")  # not exclusive: a second import must not cancel the first
+    async def action_import(self) -> None:
+        """Ask for a path and a name, start the import in the gateway and follow its job until it ends."""
+        choice = await self.app.push_screen_wait(ImportModelScreen())
+        if choice is None:
+            return
+        status = self.query_one("#models-status", Static)
+        status.update(f"import {choice.name}: starting...")
+        job = await self._import_step(
+            self.source.import_model(choice.path, choice.name, choice.encrypt), choice
+        )
+        bar = self.query_one("#import-progress", ProgressBar)
+        while job is not None and job.state == "running":
+            bar.display = True
+            bar.update(total=max(job.bytes_total, 1), progress=job.bytes_done)
+            status.update(
+                f"importing {choice.name}: {job.bytes_done / 1e6:.1f} of {job.bytes_total / 1e6:.1f} MB"
+            )
+            await asyncio.sleep(JOB_POLL_S)  # the screen stays live: this worker only waits
+            job = await self._import_step(self.source.job(job.id), choice)
+        bar.display = False
+        if job is None:
+            return
+        if job.error is not None:
+            status.update(f"import {choice.name} failed: {job.error.message}")
+            self.notify(job.error.message, title="import", severity="error")
+            return
+        how = "encrypted into the store" if choice.encrypt else "registered in place"
+        status.update(f"{choice.name} imported ({how}); the gateway serves it from its next start.")
+        self.notify(f"{choice.name} imported; served after the next start", title="import")
+        self.reload()
+
+    async def _import_step(self, call: Awaitable[Job], choice: ImportChoice) -> Job | None:
+        """One call of an import; a refusal becomes the one-line status, a lost connection the banner."""
+        status = self.query_one("#models-status", Static)
+        try:
+            job = await call
+        except AdminApiError as error:
+            status.update(f"import {choice.name} refused: {error.message}")
+            self.notify(error.message, title="import", severity="error")
+            return None
+        except ConnectionLost:
+            self.console.connected = False
+            status.update(f"import {choice.name}: connection lost; see the Models list once it is back.")
+            return None
+        self.console.connected = True
+        return job

@@ -7,24 +7,35 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Sparkline, Static
 
 from tui.chains import chain_text
-from tui.client import Hardware, Overview
+from tui.client import Gpu, GpuUsage, Hardware, Overview
 from tui.screens.base import ConsoleScreen
 
 ENGINE_COLUMNS = ("model", "state", "pid", "restarts", "last exit")
 
 
-def hardware_text(hardware: Hardware) -> str:
-    """CPU, RAM and each GPU on one line each."""
+GIB = 1024**3
+
+
+def gpu_line(gpu: Gpu, usage: GpuUsage | None) -> str:
+    """One GPU: name, then memory used of total and utilisation from this poll when NVML answered."""
+    if usage is None or usage.memory_total_bytes <= 0:
+        free = f", {gpu.memory_free_mib / 1024:.1f} free" if gpu.memory_free_mib is not None else ""
+        return f"GPU{gpu.index} {gpu.name}, {gpu.memory_total_mib / 1024:.1f} GiB{free}"
+    used, total = usage.memory_used_bytes / GIB, usage.memory_total_bytes / GIB
+    return f"GPU{gpu.index} {gpu.name}  mem {used:.1f}/{total:.1f} GiB  util {usage.utilization_ratio:.0%}"
+
+
+def hardware_text(hardware: Hardware, usage: tuple[GpuUsage, ...] = ()) -> str:
+    """CPU, RAM and each GPU on one line each; with no GPU, the reason the gateway gives."""
     cpu = hardware.cpu
     ram = f"{cpu.ram_total_mib / 1024:.1f} GiB RAM"
     if cpu.ram_available_mib is not None:
         ram += f" ({cpu.ram_available_mib / 1024:.1f} free)"
     lines = [f"CPU  {cpu.model}, {cpu.physical_cores} cores, {ram}"]
-    for gpu in hardware.gpus:
-        free = f", {gpu.memory_free_mib / 1024:.1f} free" if gpu.memory_free_mib is not None else ""
-        lines.append(f"GPU{gpu.index} {gpu.name}, {gpu.memory_total_mib / 1024:.1f} GiB{free}")
+    by_index = {u.index: u for u in usage}
+    lines.extend(gpu_line(gpu, by_index.get(gpu.index)) for gpu in hardware.gpus)
     if not hardware.gpus:
-        lines.append("GPU  none")
+        lines.append(f"GPU  none ({hardware.gpu_note})" if hardware.gpu_note else "GPU  none")
     return "\n".join(lines)
 
 
@@ -56,7 +67,7 @@ class OverviewScreen(ConsoleScreen):
         """Render one poll and the rates the history holds."""
         if overview is None:
             return
-        self.query_one("#hardware", Static).update(hardware_text(overview.hardware))
+        self.query_one("#hardware", Static).update(hardware_text(overview.hardware, overview.gpu_usage))
         history = self.console.history
         series = (
             ("rps", history.requests_per_s, "{:.2f}"),

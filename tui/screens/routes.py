@@ -1,4 +1,4 @@
-"""Fallback routes: each chain with its links' circuit states; reorder a route's links and save them."""
+"""Fallback routes: each chain with its links' circuit states; reorder, add and remove links, then save."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from textual.widgets import DataTable, Static
 
 from tui.chains import chain_text, link_state
 from tui.client import RouteInfo, Routes
+from tui.screens.add_link import AddLinkScreen
 from tui.screens.base import ConsoleScreen
 from tui.screens.confirm import ConfirmScreen
 
@@ -26,12 +27,25 @@ def moved(links: tuple[str, ...], index: int, step: int) -> tuple[str, ...]:
     return tuple(order)
 
 
+def inserted(links: tuple[str, ...], index: int, link: str) -> tuple[str, ...]:
+    """`links` with `link` placed right after position `index` (at the top when `index` is -1)."""
+    at = max(0, min(index + 1, len(links)))
+    return (*links[:at], link, *links[at:])
+
+
+def removed(links: tuple[str, ...], index: int) -> tuple[str, ...]:
+    """`links` without the link at `index`."""
+    return links[:index] + links[index + 1 :] if 0 <= index < len(links) else links
+
+
 class RoutesScreen(ConsoleScreen):
     """Routes on top, the selected route's links below; edits stay a draft until saved."""
 
     BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
         Binding("u", "move(-1)", "Link up"),
         Binding("d", "move(1)", "Link down"),
+        Binding("a", "add_link", "Add link"),
+        Binding("x", "remove_link", "Remove link"),
         Binding("s", "save", "Save"),
         Binding("r", "reload", "Refresh/discard"),
     ]
@@ -49,7 +63,7 @@ class RoutesScreen(ConsoleScreen):
         routes: DataTable[str] = DataTable(id="routes", cursor_type="row", zebra_stripes=True)
         routes.add_columns(*ROUTE_COLUMNS)
         yield routes
-        yield Static("Links (u up, d down, s save)", id="links-title", classes="title")
+        yield Static("Links (u up, d down, a add, x remove, s save)", id="links-title", classes="title")
         links: DataTable[str] = DataTable(id="links", cursor_type="row", zebra_stripes=True)
         links.add_columns(*LINK_COLUMNS)
         yield links
@@ -115,6 +129,16 @@ class RoutesScreen(ConsoleScreen):
         self.drafts.clear()
         self.reload()
 
+    def _edit(self, route: RouteInfo, order: tuple[str, ...], cursor: int) -> None:
+        """Keep `order` as the route's draft (none if it is what the gateway has) and show it."""
+        known = next((r for r in self.known.data if r.name == route.name), None)
+        if known is not None and known.links == order:
+            self.drafts.pop(route.name, None)  # back to what the gateway has: nothing to save
+        else:
+            self.drafts[route.name] = RouteInfo(route.name, order, route.canned)
+        self.show(self.known)
+        self.show_links(cursor=max(0, cursor))
+
     def action_move(self, step: int) -> None:
         """Move the link under the links cursor up (-1) or down (+1) in the draft."""
         route = self.selected()
@@ -123,23 +147,47 @@ class RoutesScreen(ConsoleScreen):
             return
         index = links.cursor_row
         order = moved(route.links, index, step)
-        if order == route.links:
+        if order != route.links:
+            self._edit(route, order, index + step)
+
+    def action_remove_link(self) -> None:
+        """Take the link under the links cursor out of the draft (saving asks first)."""
+        route = self.selected()
+        links: DataTable[str] = self.query_one("#links", DataTable)
+        if route is None or links.row_count == 0:
             return
-        known = next((r for r in self.known.data if r.name == route.name), None)
-        edited = RouteInfo(route.name, order, route.canned)
-        if known is not None and known.links == order:
-            self.drafts.pop(route.name, None)  # moved back to what the gateway has: nothing to save
-        else:
-            self.drafts[route.name] = edited
-        self.show(self.known)
-        self.show_links(cursor=index + step)
+        index = links.cursor_row
+        self._edit(route, removed(route.links, index), min(index, len(route.links) - 2))
+
+    @work(exclusive=True, group="routes-add")
+    async def action_add_link(self) -> None:
+        """Pick a registered model that is not in the chain yet and put it below the selected link."""
+        route = self.selected()
+        if route is None:
+            return
+        models = await self.call(self.source.models(), "models")
+        if models is None:
+            return
+        candidates = [m.name for m in models if m.name not in route.links]
+        if not candidates:
+            self.notify("every registered model is in this chain already", severity="warning")
+            return
+        picked = await self.app.push_screen_wait(AddLinkScreen(route.name, candidates))
+        if picked is None:
+            return
+        links: DataTable[str] = self.query_one("#links", DataTable)
+        # An empty chain has no row under the cursor: the new link goes to the top.
+        index = links.cursor_row if links.row_count else -1
+        # Edit from a message, not from this worker: a table refilled in a worker can be drawn before it
+        # measures its new rows, and DataTable then keeps the old column widths (a cut-off `*`).
+        self.call_later(self._edit, route, inserted(route.links, index, picked), index + 1)
 
     @work(exclusive=True, group="routes-save")
     async def action_save(self) -> None:
         """Ask, then PUT the selected route's edited chain; the gateway uses it from the next request."""
         route = self.selected()
         if route is None or route.name not in self.drafts:
-            self.notify("nothing to save: move a link with u or d first", severity="warning")
+            self.notify("nothing to save: move, add or remove a link first", severity="warning")
             return
         chain = " → ".join([*route.links, *(["canned"] if route.canned is not None else [])])
         if not await self.app.push_screen_wait(ConfirmScreen(f"Save route {route.name!r} as {chain}?")):

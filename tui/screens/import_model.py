@@ -1,0 +1,56 @@
+"""Importing a model: the GGUF file's path on the appliance, a name, and whether to encrypt it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Checkbox, Input, Static
+
+
+@dataclass(frozen=True)
+class ImportChoice:
+    """What the admin asked to import."""
+
+    path: str
+    name: str
+    encrypt: bool
+
+
+def default_name(path: str) -> str:
+    """The name `appliance models add` would give the file: its stem in lower case."""
+    return PurePosixPath(path.strip()).stem.lower()
+
+
+class ImportModelScreen(ModalScreen[ImportChoice | None]):
+    """Path, name and encryption of a model to import; Enter in a field imports, Esc cancels."""
+
+    BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
+        Binding("escape", "cancel", "Cancel"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        """Two fields and a checkbox."""
+        with Vertical(classes="dialog", id="import-model"):
+            yield Static("Import a GGUF file that is on the appliance. (Enter imports, Esc cancels)")
+            yield Input(placeholder="path, e.g. /srv/models/model.Q4_K_M.gguf", id="import-path")
+            yield Input(placeholder="name (empty: from the file name)", id="import-name")
+            yield Checkbox("encrypt into the store (the file itself is left alone)", value=True, id="encrypt")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in either field imports, when there is a path."""
+        path = self.query_one("#import-path", Input).value.strip()
+        if not path:
+            self.notify("give the path of a GGUF file on the appliance", severity="warning")
+            self.query_one("#import-path", Input).focus()
+            return
+        name = self.query_one("#import-name", Input).value.strip() or default_name(path)
+        self.dismiss(ImportChoice(path, name, self.query_one("#encrypt", Checkbox).value))
+
+    def action_cancel(self) -> None:
+        """Import nothing."""
+        self.dismiss(None)
