@@ -14,6 +14,9 @@ from litestar.middleware import DefineMiddleware
 from api.admin.console import ConsoleController
 from api.admin.controller import AdminController
 from api.admin.egress import egress_report
+from api.admin.imports import ImportController
+from api.admin.jobs import Jobs, JobsController
+from api.admin.lifecycle import ModelVersionsController
 from api.admin.routes import RoutesController
 from api.admin.store import StoreController
 from api.auth import PUBLIC_PATHS, ApiKeyAuthentication
@@ -57,6 +60,7 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
     )
     gateway = GatewayState(settings, registry, supervisor, metrics_, Chains(settings, registry), gate)
     limits = RequestLimits(settings.limits)
+    jobs = Jobs()
 
     @asynccontextmanager
     async def run_workers(_app: Litestar) -> AsyncIterator[None]:
@@ -77,6 +81,9 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
     async def provide_limits() -> RequestLimits:
         return limits
 
+    async def provide_jobs() -> Jobs:
+        return jobs
+
     return Litestar(
         route_handlers=[
             create_chat_completion,
@@ -90,11 +97,18 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
             AdminController,
             RoutesController,
             ConsoleController,
+            ModelVersionsController,
             StoreController,
+            ImportController,
+            JobsController,
             egress_report,
         ],
         state=State({"gateway": gateway}),
-        dependencies={"gateway": Provide(provide_gateway), "limits": Provide(provide_limits)},
+        dependencies={
+            "gateway": Provide(provide_gateway),
+            "limits": Provide(provide_limits),
+            "jobs": Provide(provide_jobs),
+        },
         middleware=[
             in_flight_middleware(metrics_),
             DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS),

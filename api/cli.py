@@ -12,6 +12,7 @@ import typer
 
 from api.cli_store import register_store_commands, store_app
 from api.cli_unlock import register_unlock_commands
+from api.cli_versions import register_version_commands
 from api.doctor import doctor
 from appliance.egress import GUARDED_LOOP, install_command_guard
 from appliance.errors import ApplianceError
@@ -29,6 +30,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 register_store_commands(app, models_app)
 register_unlock_commands(store_app)
+register_version_commands(models_app)
 app.command()(doctor)
 
 
@@ -93,8 +95,12 @@ def models_add(
     chat_template: Annotated[
         Path | None, typer.Option(help="Jinja chat template to use instead of (or without) the GGUF's")
     ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(help="register the file as a new version of an existing model (then `models activate`)"),
+    ] = None,
 ) -> None:
-    """Read a GGUF file's header and register it."""
+    """Read a GGUF file's header and register it (a new model, or a new version of one)."""
     _, registry = _open()
     info = read_gguf_info(path)
     template = chat_template.read_text(encoding="utf-8") if chat_template else None
@@ -104,8 +110,17 @@ def models_add(
         name=name or path.stem.lower(),
         aliases=tuple(alias or ()),
         chat_template_override=template,
+        version=version,
     )
-    registry.audit.record("models.add", outcome="success", target=model.name, detail=str(model.path))
+    registry.audit.record(
+        "models.add", outcome="success", target=model.name, detail=f"version {model.version}: {model.path}"
+    )
+    if not model.active:
+        typer.echo(
+            f"registered {model.name} version {model.version} beside the serving one; "
+            f"switch with `appliance models activate {model.name} --version {model.version}`"
+        )
+        return
     typer.echo(
         f"registered {model.name} ({info.architecture}, {info.quantization}, context {info.context_length}, "
         f"chat template: {'yes' if info.chat_template or template else 'no'})"
@@ -116,13 +131,16 @@ def models_add(
 def models_list() -> None:
     """List registered models."""
     _, registry = _open()
-    typer.echo(f"{'NAME':20}  {'ALIASES':16}  {'ARCH':10}  {'QUANT':8}  {'SIZE MB':>8}  {'CTX':>6}  STATUS")
+    typer.echo(
+        f"{'NAME':20}  {'VERSION':7}  {'ALIASES':16}  {'ARCH':10}  {'QUANT':8}  {'SIZE MB':>8}  "
+        f"{'CTX':>6}  STATUS"
+    )
     for m in registry.models.list():
         aliases = ",".join(m.aliases) or "-"
         size = m.size_bytes / 1e6
         typer.echo(
-            f"{m.name:20}  {aliases:16}  {m.architecture:10}  {m.quantization:8}  {size:8.1f}  "
-            f"{m.context_length:6}  {m.status}"
+            f"{m.name:20}  {m.version:7}  {aliases:16}  {m.architecture:10}  {m.quantization:8}  "
+            f"{size:8.1f}  {m.context_length:6}  {m.status}"
         )
 
 

@@ -3,64 +3,23 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import httpx
-import msgspec
 import typer
 
+from api.cli_admin import KeyFileOption, admin_call
 from api.cli_store import PASSPHRASE_VARIABLE
-from appliance.errors import ApplianceError
 from appliance.settings import home_from_environment, load_settings
 
-ADMIN_KEY_VARIABLE = "APPLIANCE_ADMIN_KEY"
 UNLOCK_MARGIN_S = 30.0
 """Unlocking waits for the encrypted workers to load: their start-up timeout, plus this."""
 
-KeyFileOption = Annotated[
-    Path | None, typer.Option("--key-file", help=f"file holding an admin key (else ${ADMIN_KEY_VARIABLE})")
-]
-
-
-def _admin_key(key_file: Path | None) -> str:
-    """The admin key from `key_file`, else APPLIANCE_ADMIN_KEY, else a hidden prompt."""
-    if key_file is not None:
-        try:
-            key = key_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as error:
-            raise ApplianceError(f"{key_file}: cannot read the admin key ({error})") from error
-    else:
-        key = os.environ.get(ADMIN_KEY_VARIABLE) or typer.prompt("admin key", hide_input=True, err=True)
-    if not key:
-        raise ApplianceError("an admin key is needed (--key-file or APPLIANCE_ADMIN_KEY)")
-    return key
-
 
 def _call(
-    key_file: Path | None, method: str, path: str, body: dict[str, str] | None = None
+    key_file: KeyFileOption, method: str, path: str, body: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """One admin-API call to this home's gateway; its OpenAI error, or no answer, becomes one CLI line."""
-    settings = load_settings(home_from_environment())
-    url = settings.server.url
-    timeout = settings.workers.startup_timeout_s + UNLOCK_MARGIN_S
-    headers = {"Authorization": f"Bearer {_admin_key(key_file)}"}
-    try:
-        answer = httpx.request(method, url + path, json=body, headers=headers, timeout=timeout)
-    except httpx.HTTPError as error:
-        raise ApplianceError(
-            f"cannot reach the gateway at {url} ({error}); is `appliance serve` running?"
-        ) from error
-    try:
-        data: dict[str, Any] = msgspec.json.decode(answer.content, type=dict[str, Any])
-    except msgspec.DecodeError as error:
-        raise ApplianceError(
-            f"{url}{path}: the gateway answered {answer.status_code} without JSON"
-        ) from error
-    if answer.status_code != 200:
-        message = (data.get("error") or {}).get("message", "no reason given")
-        raise ApplianceError(f"the gateway refused ({answer.status_code}): {message}")
-    return data
+    timeout = load_settings(home_from_environment()).workers.startup_timeout_s + UNLOCK_MARGIN_S
+    return admin_call(key_file, method, path, body, timeout)
 
 
 def _describe(status: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ ERRORS = {
     "403": "The key's role may not use this route.",
     "404": "Unknown route, model or resource.",
     "405": "The route does not take this method.",
-    "409": "The name is already taken.",
+    "409": "A conflict: the name is taken, or the change is refused (an activation that failed a check).",
     "413": "The body is larger than the key's limit.",
     "415": "The body is not `application/json`.",
     "422": "The stored model failed its integrity check.",

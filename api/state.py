@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from api.drain import Drain
 from api.metrics import GatewayMetrics
+from appliance.activation import Activations
 from appliance.chain import Chains
 from appliance.registry.registry import Registry
 from appliance.settings import Settings
@@ -26,3 +28,8 @@ class GatewayState:
     """Whether the encrypted store is unlocked (passphrase mode), and unlocking or locking it."""
     drain: Drain = field(default_factory=Drain)
     """Set when shutdown begins; streams still running at its deadline are cut with an error event."""
+
+    @cached_property
+    def activations(self) -> Activations:
+        """Activating and rolling back model versions (blue-green) in this gateway."""
+        return Activations(self.settings, self.registry.models, self.supervisor, self.chains)

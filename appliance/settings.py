@@ -162,6 +162,32 @@ class EgressSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     address too. Empty: nothing leaves the machine."""
 
 
+class ActivationCheck(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One prompt a new model version must answer before it takes traffic (`[[activation.checks]]`)."""
+
+    prompt: str
+    expect: str = ""
+    """If set, the answer must contain this text (case-insensitive)."""
+    chat: bool = False
+    """Send the prompt as a chat message (skipped for a model without a chat template) or as a completion."""
+    max_tokens: int = 16
+
+
+DEFAULT_ACTIVATION_CHECKS = (
+    ActivationCheck(prompt="The capital of France is", max_tokens=8),
+    ActivationCheck(prompt="Say hello in one word.", chat=True, max_tokens=8),
+)
+
+
+class ActivationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How `appliance models activate` checks a new version beside the serving one (blue-green)."""
+
+    checks: tuple[ActivationCheck, ...] = DEFAULT_ACTIVATION_CHECKS
+    """The prompt suite, run after the deep probe; every check must answer with at least one token."""
+    check_timeout_s: float = 60.0
+    """One check that takes longer fails the activation."""
+
+
 class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """What `settings.toml` may hold: its sections, each optional."""
 
@@ -173,6 +199,7 @@ class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     routes: dict[str, RouteSettings] = msgspec.field(default_factory=dict)
     store: StoreSettings = StoreSettings()
     egress: EgressSettings = EgressSettings()
+    activation: ActivationSettings = ActivationSettings()
 
 
 class Settings(SettingsFile, frozen=True, kw_only=True):
@@ -232,6 +259,7 @@ def load_settings(home: Path) -> Settings:
         routes=found.routes,
         store=found.store,
         egress=found.egress,
+        activation=found.activation,
         home=home,
     )
 
@@ -275,6 +303,16 @@ require_encrypted = false     # true: serve only models imported into the encryp
 
 [egress]
 allow = []                    # enclave CIDRs or host names this appliance may reach; empty = loopback only
+
+[activation]
+check_timeout_s = 60.0
+# `appliance models activate` loads a new version beside the serving one, runs the deep probe and these
+# prompts, and switches only if all pass. Without any [[activation.checks]], two built-in ones run.
+# [[activation.checks]]
+# prompt = "The capital of France is"
+# expect = "Paris"            # optional: the answer must contain this
+# chat = false                # true: sent as a chat message
+# max_tokens = 8
 """
 
 

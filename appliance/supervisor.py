@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -25,6 +26,7 @@ from appliance.engines.llamacpp_launch import LLAMACPP
 from appliance.engines.vllm.launch import VLLM, installed_vllm_version, vllm_problem
 from appliance.errors import ApplianceError
 from appliance.hardware import Hardware
+from appliance.inflight import InFlightTransport
 from appliance.planner import Plan, make_plan, spec_from_model
 from appliance.registry.models import ModelInfo
 from appliance.settings import Settings
@@ -53,13 +55,22 @@ class WorkerState(StrEnum):
     STOPPED = "stopped"
 
 
-@dataclass
+class WorkerStartError(ApplianceError):
+    """A worker (a new model version being activated) did not start; the reason is one line."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "activation_refused"
+
+
+@dataclass(eq=False)  # identity: two workers of one model (blue-green) are two keys
 class Worker:
     """One supervised worker process and the client that talks to it over its unix socket."""
 
     launch: Launch
     kind: EngineKind
     client: httpx.AsyncClient
+    transport: InFlightTransport
     state: WorkerState = WorkerState.STARTING
     pid: int | None = None
     restarts: int = 0
@@ -92,8 +103,11 @@ class Supervisor:
         self._model_source = model_source
         self._on_restart = on_restart
         self._stopping = False
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._tasks: dict[Worker, asyncio.Task[None]] = {}
+        self._processes: dict[Worker, asyncio.subprocess.Process] = {}
+        self._retiring: set[Worker] = set()
+        self._starts = itertools.count(1)
+        """Replaced workers still finishing the requests they had when a new version took over."""
         run_dir = settings.run_dir
         self.workers: dict[str, Worker] = {}
         self.not_started: dict[str, str] = {}
@@ -106,12 +120,16 @@ class Supervisor:
                 self.not_started[model.name] = entry.reason if entry is not None else "not in the plan"
                 log.warning("not starting %s: %s", model.name, self.not_started[model.name])
                 continue
-            socket_path = run_dir / f"{model.name}.sock"
-            transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
-            timeout = httpx.Timeout(settings.limits.request_timeout_s, connect=5.0)
-            client = httpx.AsyncClient(transport=transport, base_url="http://worker", timeout=timeout)
-            launch = Launch(model=model, plan=entry, socket_path=socket_path, settings=settings)
-            self.workers[model.name] = Worker(launch, kind, client)
+            launch = Launch(
+                model=model, plan=entry, socket_path=run_dir / f"{model.name}.sock", settings=settings
+            )
+            self.workers[model.name] = self._new_worker(launch, kind)
+
+    def _new_worker(self, launch: Launch, kind: EngineKind) -> Worker:
+        transport = InFlightTransport(httpx.AsyncHTTPTransport(uds=str(launch.socket_path)))
+        timeout = httpx.Timeout(self._settings.limits.request_timeout_s, connect=5.0)
+        client = httpx.AsyncClient(transport=transport, base_url="http://worker", timeout=timeout)
+        return Worker(launch, kind, client, transport)
 
     async def worker_metrics(self) -> list[str]:
         """The Prometheus text of every ready worker whose kind exports metrics (vLLM)."""
@@ -129,42 +147,58 @@ class Supervisor:
         """Start every worker (or those named) and wait until each is ready or has failed its first start."""
         self._settings.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         starting = [
-            w for n, w in self.workers.items() if (names is None or n in names) and n not in self._tasks
+            w for n, w in self.workers.items() if (names is None or n in names) and w not in self._tasks
         ]
         for worker in starting:
-            self._tasks[worker.model.name] = asyncio.create_task(self._keep_running(worker))
+            self._tasks[worker] = asyncio.create_task(self._keep_running(worker))
         deadline = self._settings.workers.startup_timeout_s
         waits = [asyncio.wait_for(w.ready_event.wait(), deadline) for w in starting]
         for outcome in await asyncio.gather(*waits, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 log.warning("a worker was not ready within %.0f s; it keeps retrying", deadline)
 
-    async def _keep_running(self, worker: Worker) -> None:
+    async def _spawn(self, worker: Worker) -> asyncio.subprocess.Process | None:
+        """Start the worker's process from its model source; None (reason in last_exit) if it cannot."""
+        worker.socket_path.unlink(missing_ok=True)
+        try:
+            async with self._model_source(worker.launch) as (launch, fds):
+                process = await asyncio.create_subprocess_exec(
+                    *worker.kind.command(launch),
+                    env=worker.kind.environment(launch),
+                    start_new_session=True,
+                    pass_fds=fds,
+                )
+        except ApplianceError as error:  # the store cannot open the model: locked, wrong key, tampered
+            log.error("cannot start worker %s: %s", worker.model.name, error.message)
+            worker.last_exit = error.message
+            return None
+        self._processes[worker] = process
+        worker.pid = process.pid
+        worker.state = WorkerState.STARTING
+        return process
+
+    async def _keep_running(
+        self, worker: Worker, running: tuple[asyncio.subprocess.Process, asyncio.Task[int]] | None = None
+    ) -> None:
+        """Start the worker, wait until it is ready, and restart it with backoff whenever it dies.
+
+        `running`: a process already started and ready (an activated version), watched from here on.
+        """
         backoff = self._settings.workers.restart_backoff_s
         while not self._stopping:
             started = time.monotonic()
-            worker.socket_path.unlink(missing_ok=True)
-            try:
-                async with self._model_source(worker.launch) as (launch, fds):
-                    process = await asyncio.create_subprocess_exec(
-                        *worker.kind.command(launch),
-                        env=worker.kind.environment(launch),
-                        start_new_session=True,
-                        pass_fds=fds,
-                    )
-            except ApplianceError as error:  # the store cannot open the model: locked, wrong key, tampered
-                log.error("cannot start worker %s: %s", worker.model.name, error.message)
-                worker.last_exit = error.message
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._settings.workers.restart_backoff_max_s)
-                continue
-            self._processes[worker.model.name] = process
-            worker.pid = process.pid
-            worker.state = WorkerState.STARTING
-            waiter = asyncio.create_task(process.wait())
-            if await self._wait_ready(worker, waiter):
-                worker.state = WorkerState.READY
-                worker.ready_event.set()
+            if running is None:
+                process = await self._spawn(worker)
+                if process is None:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self._settings.workers.restart_backoff_max_s)
+                    continue
+                waiter = asyncio.create_task(process.wait())
+                if await self._wait_ready(worker, waiter):
+                    worker.state = WorkerState.READY
+                    worker.ready_event.set()
+            else:
+                (process, waiter), running = running, None
             code = await waiter
             worker.socket_path.unlink(missing_ok=True)
             if self._stopping:
@@ -172,7 +206,7 @@ class Supervisor:
             worker.ready_event.clear()
             worker.state = WorkerState.RESTARTING
             worker.restarts += 1
-            worker.last_exit = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+            worker.last_exit = _describe_exit(code)
             log.warning(
                 "worker %s died (%s); restarting in %.1f s", worker.model.name, worker.last_exit, backoff
             )
@@ -182,6 +216,85 @@ class Supervisor:
                 backoff = self._settings.workers.restart_backoff_s
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._settings.workers.restart_backoff_max_s)
+
+    async def start_candidate(self, model: ModelInfo) -> Worker:
+        """Start `model` (a new version of a served name) beside the worker serving that name, once.
+
+        Returns it ready but not yet serving (see `switch`); WorkerStartError if it does not start or
+        load. Unlike a served worker it is not retried: a version that cannot start is refused.
+        """
+        current = self.workers.get(model.name)
+        if current is None:
+            raise WorkerStartError(f"model {model.name!r} is not being served here; nothing to replace")
+        # A new name per start: a replaced worker of the same version may still be draining on its socket.
+        socket_path = self._settings.run_dir / f"{model.name}@{model.version}.{next(self._starts)}.sock"
+        candidate = self._new_worker(
+            replace(current.launch, model=model, socket_path=socket_path), current.kind
+        )
+        process = await self._spawn(candidate)
+        if process is None:
+            await candidate.client.aclose()
+            raise WorkerStartError(
+                f"version {model.version} of {model.name} cannot start: {candidate.last_exit}"
+            )
+        waiter = asyncio.create_task(process.wait())
+        if not await self._wait_ready(candidate, waiter):
+            code = await waiter
+            self._processes.pop(candidate, None)
+            candidate.socket_path.unlink(missing_ok=True)
+            await candidate.client.aclose()
+            raise WorkerStartError(
+                f"version {model.version} of {model.name} did not load ({_describe_exit(code)})"
+            )
+        candidate.state = WorkerState.READY
+        candidate.ready_event.set()
+        self._tasks[candidate] = asyncio.create_task(self._keep_running(candidate, (process, waiter)))
+        return candidate
+
+    def switch(self, worker: Worker) -> Worker:
+        """Route the worker's model name to `worker` from now on; returns the worker it replaced.
+
+        One dict assignment on the event loop: a request picks the old or the new worker, never neither.
+        """
+        replaced = self.workers[worker.model.name]
+        self.workers[worker.model.name] = worker
+        return replaced
+
+    async def retire(self, worker: Worker, drain_timeout_s: float) -> None:
+        """Stop a replaced worker once the requests it is answering are done, or the time is up."""
+        self._retiring.add(worker)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.transport.idle.wait(), drain_timeout_s)
+            if worker.transport.in_flight > 0:
+                log.warning(
+                    "stopping the replaced %s with %d request(s) unfinished after %.0f s",
+                    worker.model.name,
+                    worker.transport.in_flight,
+                    drain_timeout_s,
+                )
+            await self._stop(worker)
+        finally:
+            self._retiring.discard(worker)
+            await worker.client.aclose()
+
+    async def _stop(self, worker: Worker) -> None:
+        """Stop one worker for good: no restart, SIGTERM, SIGKILL after the stop timeout."""
+        task = self._tasks.pop(worker, None)
+        if task is not None:  # first, so that no restart races the signals below
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        process = self._processes.pop(worker, None)
+        if process is not None and process.returncode is None:
+            self._signal(worker, signal.SIGTERM, process)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), self._settings.workers.stop_timeout_s)
+            self._signal(worker, signal.SIGKILL, process)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 5)
+        worker.state, worker.pid = WorkerState.STOPPED, None
+        worker.ready_event.clear()
+        worker.socket_path.unlink(missing_ok=True)
 
     async def _wait_ready(self, worker: Worker, exited: asyncio.Task[int]) -> bool:
         """Probe the worker's readiness until it answers, it exits, or the start-up time runs out."""
@@ -194,56 +307,30 @@ class Supervisor:
             await asyncio.sleep(HEALTH_POLL_S)
         if not exited.done():
             log.error("worker %s did not become ready in time; killing it", worker.model.name)
-            self._signal(worker.model.name, signal.SIGKILL)
+            self._signal(worker, signal.SIGKILL)
         return False
 
-    def _signal(self, name: str, signum: signal.Signals) -> None:
-        process = self._processes.get(name)
+    def _signal(
+        self, worker: Worker, signum: signal.Signals, process: asyncio.subprocess.Process | None = None
+    ) -> None:
+        process = process or self._processes.get(worker)
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signum)
 
     async def stop_workers(self, names: Collection[str]) -> None:
         """Stop the named workers (no restart) while the others keep serving; start() revives them."""
-        tasks = [self._tasks.pop(name) for name in names if name in self._tasks]
-        for task in tasks:  # first, so that no restart races the signals below
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        processes = {n: p for n, p in self._processes.items() if n in names and p.returncode is None}
-        for name in processes:
-            self._signal(name, signal.SIGTERM)
-        if processes:
-            waits = [asyncio.create_task(p.wait()) for p in processes.values()]
-            _, pending = await asyncio.wait(waits, timeout=self._settings.workers.stop_timeout_s)
-            for name in processes:
-                self._signal(name, signal.SIGKILL)
-            if pending:
-                await asyncio.wait(pending, timeout=5)
-        for name in names:
-            worker = self.workers[name]
-            worker.state, worker.pid = WorkerState.STOPPED, None
-            worker.ready_event.clear()
-            worker.socket_path.unlink(missing_ok=True)
+        await asyncio.gather(*(self._stop(self.workers[name]) for name in names))
 
     async def stop(self) -> None:
         """SIGTERM every worker, SIGKILL those still alive after the stop timeout, remove their sockets."""
         self._stopping = True
-        for name in self._processes:
-            self._signal(name, signal.SIGTERM)
-        processes = [p for p in self._processes.values() if p.returncode is None]
-        if processes:
-            _, pending = await asyncio.wait(
-                [asyncio.create_task(p.wait()) for p in processes],
-                timeout=self._settings.workers.stop_timeout_s,
-            )
-            for name in self._processes:
-                self._signal(name, signal.SIGKILL)
-            if pending:
-                await asyncio.wait(pending, timeout=5)
-        for task in self._tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        every = [*self.workers.values(), *self._retiring]
+        await asyncio.gather(*(self._stop(worker) for worker in every))
         for worker in self.workers.values():
-            worker.state = WorkerState.STOPPED
-            worker.socket_path.unlink(missing_ok=True)
             await worker.client.aclose()
+
+
+def _describe_exit(code: int) -> str:
+    """A process's exit status as a person reads it."""
+    return f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"

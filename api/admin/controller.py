@@ -36,6 +36,7 @@ def engine_objects(gateway: GatewayState) -> list[dict[str, Any]]:
     return [
         {
             "model": w.model.name,
+            "version": w.model.version,
             "state": w.state.value,
             "pid": w.pid,
             "restarts": w.restarts,
@@ -97,6 +98,7 @@ class AdminController(Controller):
         data = [
             {
                 "name": m.name,
+                "version": m.version,
                 "aliases": list(m.aliases),
                 "format": m.format,
                 "architecture": m.architecture,

@@ -38,6 +38,8 @@ from appliance.supervisor import WorkerState
 log = logging.getLogger(__name__)
 
 SERVED_MODEL = "X-Served-Model"
+SERVED_VERSION = "X-Served-Model-Version"
+"""The version of the model that answered: during a blue-green switch, old and new both answer."""
 SKIPPED = "X-Fallback-Skipped"
 CANNED = "X-Canned-Answer"
 _ERROR_EVENT = b'data: {"error"'
@@ -173,6 +175,7 @@ async def _until_opened(call: _Call, work: Awaitable[T]) -> T:
 async def _plain(call: _Call) -> Response[bytes]:
     """A non-streamed attempt; it has no first token to time, so it gives up only when the circuit opens."""
     worker = call.gateway.supervisor.workers[call.model.name]
+    call.headers[SERVED_VERSION] = worker.model.version
     try:
         sent = worker.client.post(call.path, content=call.payload, headers=worker_headers(call.request))
         upstream = await _until_opened(call, sent)
@@ -195,6 +198,7 @@ async def _open_stream(call: _Call) -> tuple[httpx.Response, AsyncIterator[bytes
     """Send the request and read up to the first whole event: (upstream, the rest, the first events), or
     the engine's non-200 answer to return as is. Closes the upstream on any way out but success."""
     worker = call.gateway.supervisor.workers[call.model.name]
+    call.headers[SERVED_VERSION] = worker.model.version
     upstream: httpx.Response | None = None
     try:
         async with asyncio.timeout(call.gateway.settings.fallback.first_token_timeout_s):

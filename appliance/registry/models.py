@@ -9,9 +9,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.errors import ConflictError, ModelNotFoundError
+from appliance.errors import ConflictError, InvalidRequestError, ModelNotFoundError
 from appliance.gguf_info import GgufInfo
-from appliance.registry.schema import ModelRow
+from appliance.registry.schema import ModelRow, utc_now
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,19 @@ class ModelInfo:
     status: str
     created: int
     """Registration time, Unix seconds (OpenAI's `created`)."""
+    version: str = "1"
+    active: bool = True
+    """Whether this version is the one its name serves."""
 
     @property
     def public_names(self) -> tuple[str, ...]:
         """Every name a request may use for this model."""
         return (self.name, *self.aliases)
+
+
+def _valid_version(version: str) -> bool:
+    """Versions become file and socket names: keep them short and plain."""
+    return 0 < len(version) <= 32 and all(c.isascii() and (c.isalnum() or c in "._-") for c in version)
 
 
 def _info(row: ModelRow) -> ModelInfo:
@@ -56,11 +64,17 @@ def _info(row: ModelRow) -> ModelInfo:
         chat_template_override=row.chat_template_override,
         status=row.status,
         created=int(row.created_at.timestamp()),
+        version=row.version,
+        active=row.active,
     )
 
 
 class ModelRegistry:
-    """Adds, finds and lists models; names and aliases are unique across all models."""
+    """Adds, finds and lists models; names and aliases are unique across all models.
+
+    A name may have several versions (rows); exactly one is active, and everything that serves or lists
+    models sees only active versions. Activation itself (load beside, check, switch) is the gateway's.
+    """
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
@@ -73,21 +87,47 @@ class ModelRegistry:
         name: str,
         aliases: tuple[str, ...] = (),
         chat_template_override: str | None = None,
+        version: str | None = None,
     ) -> ModelInfo:
-        """Register a GGUF file under `name` and `aliases`; a taken name raises ConflictError."""
+        """Register a GGUF file under `name` and `aliases`; a taken name raises ConflictError.
+
+        With `version`, a file for a name that exists becomes a new, inactive version of it (it keeps the
+        name's aliases); activating it is a separate step.
+        """
         wanted = {name, *aliases}
         if len(wanted) != 1 + len(aliases):
             raise ConflictError("a model's name and aliases must all differ", param="alias")
+        if version is not None and not _valid_version(version):
+            raise InvalidRequestError(
+                f"version {version!r}: use 1 to 32 letters, digits, '.', '_' or '-'", param="version"
+            )
         with self._sessions.begin() as session:
-            for existing in session.scalars(select(ModelRow)):
+            same_name = list(session.scalars(select(ModelRow).where(ModelRow.name == name)))
+            for existing in session.scalars(select(ModelRow).where(ModelRow.name != name)):
                 taken = wanted & {existing.name, *existing.aliases}
                 if taken:
                     raise ConflictError(
                         f"name {sorted(taken)[0]!r} is already used by model {existing.name!r}", param="name"
                     )
+            if same_name and version is None:
+                raise ConflictError(
+                    f"name {name!r} is already used by model {name!r} (give a version to add a new one)",
+                    param="name",
+                )
+            if any(row.version == version for row in same_name):
+                raise ConflictError(f"model {name!r} already has a version {version!r}", param="version")
+            active = next((row for row in same_name if row.active), None)
+            if active is not None and aliases and set(aliases) != set(active.aliases):
+                raise ConflictError(
+                    f"a new version keeps the aliases of {name!r} ({', '.join(active.aliases) or 'none'})",
+                    param="alias",
+                )
             row = ModelRow(
                 name=name,
-                aliases=list(aliases),
+                version=version or "1",
+                active=active is None,
+                activated_at=utc_now() if active is None else None,
+                aliases=list(active.aliases) if active is not None else list(aliases),
                 format="gguf",
                 architecture=gguf.architecture,
                 quantization=gguf.quantization,
@@ -96,17 +136,63 @@ class ModelRegistry:
                 size_bytes=gguf.size_bytes,
                 context_length=gguf.context_length,
                 has_chat_template=gguf.chat_template is not None,
-                chat_template_override=chat_template_override,
-                status="enabled",
+                chat_template_override=(
+                    chat_template_override if active is None else active.chat_template_override
+                ),
+                status="enabled" if active is None else active.status,
             )
             session.add(row)
             session.flush()
             return _info(row)
 
-    def list(self) -> list[ModelInfo]:
-        """Every registered model, in the order they were added."""
+    def versions(self, name: str) -> builtins.list[ModelInfo]:
+        """Every version of the model called `name`, oldest first; ModelNotFoundError if there is none."""
         with self._sessions() as session:
-            return [_info(row) for row in session.scalars(select(ModelRow).order_by(ModelRow.id))]
+            rows = session.scalars(select(ModelRow).where(ModelRow.name == name).order_by(ModelRow.id))
+            found = [_info(row) for row in rows]
+        if not found:
+            raise ModelNotFoundError(f"The model `{name}` does not exist.", param="name")
+        return found
+
+    def version(self, name: str, version: str) -> ModelInfo:
+        """One version of a model, or ModelNotFoundError."""
+        for model in self.versions(name):
+            if model.version == version:
+                return model
+        raise ModelNotFoundError(f"The model `{name}` has no version `{version}`.", param="version")
+
+    def previous(self, name: str) -> ModelInfo:
+        """The version that was active before the current one (what a rollback goes back to)."""
+        with self._sessions() as session:
+            row = session.scalars(
+                select(ModelRow)
+                .where(ModelRow.name == name, ModelRow.active.is_(False), ModelRow.activated_at.is_not(None))
+                .order_by(ModelRow.activated_at.desc(), ModelRow.id.desc())
+            ).first()
+            if row is None:
+                raise ModelNotFoundError(f"The model `{name}` has no earlier active version.", param="name")
+            return _info(row)
+
+    def activate(self, name: str, version: str) -> ModelInfo:
+        """Make `version` the one `name` serves, in one transaction; the status and aliases carry over."""
+        with self._sessions.begin() as session:
+            rows = list(session.scalars(select(ModelRow).where(ModelRow.name == name)))
+            chosen = next((row for row in rows if row.version == version), None)
+            if chosen is None:
+                raise ModelNotFoundError(f"The model `{name}` has no version `{version}`.", param="version")
+            current = next((row for row in rows if row.active), chosen)
+            chosen.status, chosen.aliases = current.status, list(current.aliases)
+            for row in rows:
+                row.active = row is chosen
+            chosen.activated_at = utc_now()
+            session.flush()
+            return _info(chosen)
+
+    def list(self) -> list[ModelInfo]:
+        """Every registered model (its active version), in the order they were added."""
+        with self._sessions() as session:
+            rows = session.scalars(select(ModelRow).where(ModelRow.active.is_(True)).order_by(ModelRow.id))
+            return [_info(row) for row in rows]
 
     def enabled(self) -> builtins.list[ModelInfo]:
         """The models the supervisor should serve."""
@@ -115,19 +201,41 @@ class ModelRegistry:
     def set_status(self, name: str, status: str) -> ModelInfo:
         """Mark a model `enabled` or `disabled`; the supervisor reads the status at its next start."""
         with self._sessions.begin() as session:
-            row = session.scalars(select(ModelRow).where(ModelRow.name == name)).one_or_none()
-            if row is None:
+            rows = list(session.scalars(select(ModelRow).where(ModelRow.name == name)))
+            if not rows:
                 raise ModelNotFoundError(f"The model `{name}` does not exist.", param="name")
-            row.status = status
+            for row in rows:  # every version: an activation carries the status over anyway
+                row.status = status
             session.flush()
-            return _info(row)
+            return _info(next(row for row in rows if row.active))
 
     def remove(self, name: str) -> ModelInfo:
-        """Delete a model's registry entry (its file stays where it is)."""
+        """Delete a model's registry entries, every version (their files stay where they are).
+
+        Returns the active version; `versions` first when each version's file matters (the store's).
+        """
         with self._sessions.begin() as session:
-            row = session.scalars(select(ModelRow).where(ModelRow.name == name)).one_or_none()
-            if row is None:
+            rows = list(session.scalars(select(ModelRow).where(ModelRow.name == name)))
+            if not rows:
                 raise ModelNotFoundError(f"The model `{name}` does not exist.", param="name")
+            removed = _info(next(row for row in rows if row.active))
+            for row in rows:
+                session.delete(row)
+            return removed
+
+    def remove_version(self, name: str, version: str) -> ModelInfo:
+        """Delete one inactive version's entry; the active one is refused (activate another first)."""
+        with self._sessions.begin() as session:
+            row = session.scalars(
+                select(ModelRow).where(ModelRow.name == name, ModelRow.version == version)
+            ).one_or_none()
+            if row is None:
+                raise ModelNotFoundError(f"The model `{name}` has no version `{version}`.", param="version")
+            if row.active:
+                raise ConflictError(
+                    f"version {version!r} of {name!r} is the active one; activate another first",
+                    param="version",
+                )
             removed = _info(row)
             session.delete(row)
             return removed
@@ -138,3 +246,17 @@ class ModelRegistry:
             if name in model.public_names:
                 return model
         raise ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
+
+    def add_awq_folder(
+        self, folder: Path, facts: GgufInfo, *, name: str, aliases: tuple[str, ...] = ()
+    ) -> ModelInfo:
+        """Register an AWQ model folder (format `awq`, for vLLM) under `add`'s rules for names.
+
+        `facts` come from the folder's config.json; `sha256` is the store manifest's digest over its files.
+        """
+        added = self.add(folder, facts, name=name, aliases=aliases)
+        with self._sessions.begin() as session:
+            row = session.get_one(ModelRow, added.id)
+            row.format = "awq"
+            session.flush()
+            return _info(row)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -21,12 +21,18 @@ class Base(DeclarativeBase):
 
 
 class ModelRow(Base):
-    """One registered model file and what its header says about it."""
+    """One registered model file (one version of a name) and what its header says about it."""
 
     __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_models_name_version"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(32), default="1")
+    active: Mapped[bool] = mapped_column(default=True)
+    """The version the name serves; exactly one row per name is active."""
+    activated_at: Mapped[datetime | None] = mapped_column(default=None)
+    """When this version last became active: rollback goes to the most recent inactive one."""
     aliases: Mapped[list[str]] = mapped_column(JSON, default=list)
     format: Mapped[str] = mapped_column(String(16))
     architecture: Mapped[str] = mapped_column(String(64))

@@ -127,7 +127,7 @@ def test_models_add_real_model_then_list_and_clashes(model_path: Path, tmp_path:
     assert listed.returncode == 0, listed.stderr
     rows = listed.stdout.splitlines()
     assert len(rows) == 2
-    assert rows[1].split() == ["m", "a", "llama", "Q4_1", "98.4", "8192", "enabled"]
+    assert rows[1].split() == ["m", "1", "a", "llama", "Q4_1", "98.4", "8192", "enabled"]
 
     tiny = write_tiny_gguf(tmp_path / "tiny.gguf")
     line = _assert_one_error_line(run_appliance("models", "add", str(tiny), "--name", "m"))
