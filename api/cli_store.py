@@ -12,6 +12,7 @@ import typer
 from appliance.registry.registry import Registry, open_registry
 from appliance.settings import home_from_environment, load_settings, write_default_settings
 from appliance.store.format import Progress
+from appliance.store.housekeeping import StoreBusyError, entry_bytes
 from appliance.store.store import ModelStore
 
 PASSPHRASE_VARIABLE = "APPLIANCE_STORE_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
@@ -56,22 +57,39 @@ def models_import(
     path: Path,
     name: Annotated[str, typer.Option(help="model name")],
     alias: Annotated[list[str] | None, typer.Option(help="another name for the model; repeatable")] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(help="a GGUF file as a new version of an existing model (then `models activate`)"),
+    ] = None,
 ) -> None:
-    """Encrypt a GGUF file into the store and register it (the original file is left alone)."""
+    """Encrypt a GGUF file or an AWQ model folder into the store and register it (the original stays)."""
     store, registry = _open_store()
-    size = path.stat().st_size if path.is_file() else 0
-    model = store.import_gguf(
-        path, name=name, aliases=tuple(alias or ()), progress=_progress("encrypting", size)
-    )
+    if path.is_dir():
+        size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+        model = store.import_awq_folder(
+            path, name=name, aliases=tuple(alias or ()), progress=_progress("encrypting", size)
+        )
+    else:
+        size = path.stat().st_size if path.is_file() else 0
+        model = store.import_gguf(
+            path,
+            name=name,
+            aliases=tuple(alias or ()),
+            progress=_progress("encrypting", size),
+            version=version,
+        )
     registry.audit.record("models.import", outcome="success", target=model.name, detail="cli")
-    typer.echo(f"imported {model.name} ({model.architecture}, {model.quantization}) into the encrypted store")
+    typer.echo(
+        f"imported {model.name} version {model.version} ({model.architecture}, {model.quantization}) "
+        "into the encrypted store" + ("" if model.active else "; switch with `appliance models activate`")
+    )
 
 
 def models_verify(name: str) -> None:
     """Decrypt a stored model end to end and check every chunk and its SHA-256."""
     store, registry = _open_store()
     model = next((m for m in registry.models.list() if name in m.public_names), None)
-    total = model.size_bytes if model is not None else 0
+    total = store.content_bytes(model) if model is not None else 0
     store.verify(name, progress=_progress("verifying", total))
     typer.echo(f"{name}: ok")
 
@@ -114,6 +132,26 @@ def store_list() -> None:
     for m in store.list():
         encrypted = "yes" if m.encrypted else "no"
         typer.echo(f"{m.name:20}  {encrypted:9}  {m.plain_bytes / 1e6:9.1f}  {m.stored_bytes / 1e6:9.1f}")
+    try:
+        orphans = store.orphans()
+    except StoreBusyError:
+        typer.echo("an import or re-encryption is running: leftover files are not counted now")
+        return
+    if orphans:
+        typer.echo(f"\n{len(orphans)} leftover file(s) no model uses; `appliance store clean` removes them:")
+        for entry in orphans:
+            typer.echo(f"  {entry.name}  {entry_bytes(entry) / 1e6:.1f} MB")
+
+
+@store_app.command("clean")
+def store_clean() -> None:
+    """Remove files in the store that no model uses (left by an interrupted import or re-encryption)."""
+    store, registry = _open_store()
+    removed = store.clean()
+    for entry in removed:
+        typer.echo(f"removed {entry.name}")
+    registry.audit.record("store.clean", outcome="success", detail=f"cli: {len(removed)} removed")
+    typer.echo(f"{len(removed)} leftover file(s) removed")
 
 
 @store_app.command("rotate-key")

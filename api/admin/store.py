@@ -1,4 +1,7 @@
-"""Admin routes of the encrypted store: list, verify, export, remove, unlock, lock. Admin only, audited."""
+"""Admin routes of the encrypted store: list, verify, re-encrypt, export, remove, unlock, lock.
+
+Admin only, audited.
+"""
 
 from __future__ import annotations
 
@@ -120,6 +123,17 @@ class StoreController(Controller):
         """Decrypt the model end to end; 422 `store_integrity_error` if any chunk or the hash fails."""
         model = await _audited(request, gateway, "models.verify", name, lambda: _store(gateway).verify(name))
         return {"name": model.name, "verified": True, "sha256": model.sha256}
+
+    @post("/models/{name:str}/reencrypt", status_code=200)
+    async def reencrypt_model(
+        self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], name: str
+    ) -> dict[str, Any]:
+        """Re-encrypt the model under a new data key; the old file goes only once the new one verifies."""
+        model = await _audited(
+            request, gateway, "models.reencrypt", name, lambda: _store(gateway).reencrypt(name)
+        )
+        # A running worker keeps the plaintext it loaded; the next start decrypts the new file.
+        return {"name": model.name, "reencrypted": True, "sha256": model.sha256}
 
     @post("/models/{name:str}/export", status_code=200)
     async def export_model(

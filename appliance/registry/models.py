@@ -88,6 +88,7 @@ class ModelRegistry:
         aliases: tuple[str, ...] = (),
         chat_template_override: str | None = None,
         version: str | None = None,
+        model_format: str = "gguf",
     ) -> ModelInfo:
         """Register a GGUF file under `name` and `aliases`; a taken name raises ConflictError.
 
@@ -128,7 +129,7 @@ class ModelRegistry:
                 active=active is None,
                 activated_at=utc_now() if active is None else None,
                 aliases=list(active.aliases) if active is not None else list(aliases),
-                format="gguf",
+                format=model_format,
                 architecture=gguf.architecture,
                 quantization=gguf.quantization,
                 path=str(path.resolve()),
@@ -254,9 +255,4 @@ class ModelRegistry:
 
         `facts` come from the folder's config.json; `sha256` is the store manifest's digest over its files.
         """
-        added = self.add(folder, facts, name=name, aliases=aliases)
-        with self._sessions.begin() as session:
-            row = session.get_one(ModelRow, added.id)
-            row.format = "awq"
-            session.flush()
-            return _info(row)
+        return self.add(folder, facts, name=name, aliases=aliases, model_format="awq")

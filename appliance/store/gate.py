@@ -20,7 +20,8 @@ from appliance.errors import ConflictError, InvalidRequestError
 from appliance.registry.registry import Registry
 from appliance.store.keys import Kek, make_non_dumpable, passphrase_kek
 from appliance.store.loading import ModelSource, sealed_model_source
-from appliance.store.store import ModelStore, StoreLockedError
+from appliance.store.locked import StoreLockedError
+from appliance.store.store import ModelStore
 from appliance.supervisor import Supervisor
 
 StoreMode = Literal["keyfile", "passphrase"]

@@ -1,7 +1,8 @@
 """How the supervisor hands a worker its model: the plain path, or a sealed memfd for an encrypted model.
 
 The worker then loads `/proc/self/fd/N`: llama.cpp opens, seeks and maps that path like any file, and the
-plaintext never touches a disk-backed file.
+plaintext never touches a disk-backed file. An encrypted AWQ folder (vLLM) goes to a private tmpfs folder
+instead, removed once vLLM has loaded it (tmpfs.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from appliance.engines.kind import Launch
-from appliance.store.store import ModelStore
+from appliance.store.store import AWQ, ModelStore
+from appliance.store.tmpfs import private_memory_parent, remove_folder, remove_when_loaded
 
 ModelSource = Callable[[Launch], AbstractAsyncContextManager[tuple[Launch, tuple[int, ...]]]]
 """Gives the launch to start (its model path possibly replaced) and the descriptors the worker inherits."""
@@ -31,13 +33,51 @@ def _close_memfd(done: asyncio.Future[int]) -> None:
         os.close(done.result())
 
 
+def _remove_folder(done: asyncio.Future[Path]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        remove_folder(done.result())
+
+
+@asynccontextmanager
+async def _tmpfs_folder(
+    store: ModelStore, launch: Launch, cleaners: set[asyncio.Task[None]]
+) -> AsyncIterator[tuple[Launch, tuple[int, ...]]]:
+    """Decrypt an AWQ folder into private tmpfs for one vLLM start; a task removes it once vLLM has it."""
+    parent = private_memory_parent(launch.settings.run_dir)
+    decrypting = asyncio.ensure_future(asyncio.to_thread(store.decrypt_to_folder, launch.model, parent))
+    try:
+        folder = await asyncio.shield(decrypting)
+    except asyncio.CancelledError:
+        decrypting.add_done_callback(_remove_folder)  # the thread finishes; its plaintext must not stay
+        raise
+    worker_gone, worker_end = os.pipe()  # the worker inherits worker_end: EOF on worker_gone = it exited
+    try:
+        model = dataclasses.replace(launch.model, path=folder)
+        yield dataclasses.replace(launch, model=model), (worker_end,)
+    except BaseException:
+        os.close(worker_gone)
+        remove_folder(folder)  # the worker never started
+        raise
+    finally:
+        os.close(worker_end)
+    cleaner = asyncio.create_task(remove_when_loaded(folder, worker_gone, launch))
+    cleaners.add(cleaner)
+    cleaner.add_done_callback(cleaners.discard)
+
+
 def sealed_model_source(store: ModelStore) -> ModelSource:
-    """A source that decrypts encrypted models into a sealed memfd and passes plain ones through."""
+    """A source that decrypts encrypted models (into a sealed memfd; AWQ: tmpfs) and passes plain ones on."""
+    cleaners: set[asyncio.Task[None]] = set()
+    """The tasks that remove tmpfs folders, held so that none is garbage-collected while it waits."""
 
     @asynccontextmanager
     async def source(launch: Launch) -> AsyncIterator[tuple[Launch, tuple[int, ...]]]:
         if not store.is_encrypted(launch.model):
             yield launch, ()
+            return
+        if launch.model.format == AWQ:
+            async with _tmpfs_folder(store, launch, cleaners) as opened:
+                yield opened
             return
         # Decrypting hundreds of MB takes a while: keep the event loop (and the API) responsive meanwhile.
         decrypting = asyncio.ensure_future(asyncio.to_thread(store.decrypt_to_memfd, launch.model))

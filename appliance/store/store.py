@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,23 +24,19 @@ from appliance.errors import (
     ModelNotFoundError,
     StoreIntegrityError,
 )
-from appliance.gguf_info import read_gguf_info
+from appliance.gguf_info import GgufInfo, read_gguf_info
+from appliance.registry.awq import awq_folder_facts
 from appliance.registry.models import ModelInfo
 from appliance.registry.registry import Registry
-from appliance.registry.store_keys import KekRecord, ModelKey
+from appliance.registry.store_keys import ModelKey
+from appliance.store.folders import decrypt_folder, import_folder, read_manifest, remove_tree, verify_folder
 from appliance.store.format import DEFAULT_CHUNK_SIZE, Progress, Reader, decrypt_chunks, encrypt_stream
+from appliance.store.housekeeping import entry_bytes, no_writers, remove_entries, unreferenced, writing
+from appliance.store.kek import StoreKek
 from appliance.store.keys import (
-    KEY_FILE,
     Kek,
-    KeyFileError,
-    make_non_dumpable,
     new_data_key,
-    new_kek,
-    passphrase_kek,
-    read_key_file,
-    unwrap_key,
     wrap_key,
-    write_key_file,
 )
 from appliance.store.streams import ChunkReader, FdWriter, HashingReader
 
@@ -47,14 +44,8 @@ STORE_FOLDER = "store"
 SUFFIX = ".aplm"
 SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 SALT_BYTES = 16
-
-
-class StoreLockedError(ApplianceError):
-    """The store is in passphrase mode and no passphrase was given: encrypted models cannot be opened."""
-
-    status_code = 503
-    code = "store_locked"
-    retry_after_s = 30
+AWQ = "awq"
+"""The registry format of an AWQ model folder (served by vLLM, loaded from a private tmpfs folder)."""
 
 
 class UnencryptedModelError(ApplianceError):
@@ -101,9 +92,7 @@ class ModelStore:
     ) -> None:
         self._home = home
         self._registry = registry
-        self._passphrase = passphrase
-        self._unlocked = kek
-        """A passphrase-mode KEK already derived (by an unlocked gateway), so no passphrase is kept."""
+        self._keys = StoreKek(home, registry, passphrase=passphrase, unlocked=kek)
         self._chunk_size = chunk_size
 
     @property
@@ -114,72 +103,22 @@ class ModelStore:
     @property
     def key_file(self) -> Path:
         """The key file of key-file mode."""
-        return self._home / KEY_FILE
+        return self._keys.key_file
 
-    # --- keys -------------------------------------------------------------------------------------------
+    # --- keys (appliance/store/kek.py) ------------------------------------------------------------------
 
     def _kek(self) -> Kek:
-        """The current KEK, checked against the fingerprint the registry recorded."""
-        make_non_dumpable()  # from here on this process holds key material
-        record = self._registry.store_keys.kek()
-        if record is not None and record.mode == "passphrase":
-            if self._unlocked is not None and self._unlocked.fingerprint == record.fingerprint:
-                return self._unlocked
-            if self._passphrase is None or record.scrypt_salt is None:
-                raise StoreLockedError("the model store is locked: it needs the admin passphrase")
-            kek = passphrase_kek(self._passphrase, record.scrypt_salt)
-            if kek.fingerprint != record.fingerprint:
-                raise StoreIntegrityError("wrong store passphrase")
-            return kek
-        if record is None:
-            kek = read_key_file(self.key_file) if self.key_file.exists() else new_kek()
-            if not self.key_file.exists():
-                write_key_file(self.key_file, kek)
-            self._registry.store_keys.set_kek(KekRecord(kek.fingerprint, "keyfile", None))
-            return kek
-        if not self.key_file.exists():
-            raise KeyFileError(f"{self.key_file}: the store key file is missing")
-        kek = read_key_file(self.key_file)
-        if kek.fingerprint == record.fingerprint:
-            return kek
-        pending = self.key_file.with_name(KEY_FILE + ".new")
-        if pending.exists() and read_key_file(pending).fingerprint == record.fingerprint:
-            # A rotation committed the re-wrapped keys but stopped before installing the new key file.
-            os.replace(pending, self.key_file)
-            return read_key_file(self.key_file)
-        raise StoreIntegrityError(f"{self.key_file} is not the key of this store (wrong key file)")
+        return self._keys.kek()
 
     def _key_record(self, model: ModelInfo) -> ModelKey:
-        key = self._registry.store_keys.get(model.id)
-        if key is None:
-            raise ModelFileError(f"model {model.name!r} is not in the encrypted store", param="name")
-        return key
+        return self._keys.key_record(model)
 
     def _data_key(self, model: ModelInfo) -> bytes:
-        return unwrap_key(self._kek(), self._key_record(model).wrapped_key, what=f"model {model.name!r}")
+        return self._keys.data_key(model)
 
     def rotate_key(self, new_passphrase: str | None = None) -> int:
         """Re-wrap every data key under a new KEK (a new key file, or a passphrase); returns how many."""
-        old = self._kek()
-        keys = self._registry.store_keys.all()
-        data_keys = {k.model_id: unwrap_key(old, k.wrapped_key, what=f"model #{k.model_id}") for k in keys}
-        if new_passphrase is not None:
-            salt = secrets.token_bytes(SALT_BYTES)
-            new = passphrase_kek(new_passphrase, salt)
-            record = KekRecord(new.fingerprint, "passphrase", salt)
-            rewrapped = {model_id: wrap_key(new, key) for model_id, key in data_keys.items()}
-            self._registry.store_keys.set_kek(record, rewrapped)
-            self.key_file.unlink(missing_ok=True)
-            self._passphrase = new_passphrase
-            return len(rewrapped)
-        new = new_kek()
-        pending = self.key_file.with_name(KEY_FILE + ".new")
-        write_key_file(pending, new)
-        rewrapped = {model_id: wrap_key(new, key) for model_id, key in data_keys.items()}
-        # Commit first, then install the key file: _kek() finishes a rotation interrupted in between.
-        self._registry.store_keys.set_kek(KekRecord(new.fingerprint, "keyfile", None), rewrapped)
-        os.replace(pending, self.key_file)
-        return len(rewrapped)
+        return self._keys.rotate(new_passphrase)
 
     # --- operations -------------------------------------------------------------------------------------
 
@@ -194,19 +133,75 @@ class ModelStore:
         return self._registry.store_keys.get(model.id) is not None
 
     def import_gguf(
-        self, source: Path, *, name: str, aliases: tuple[str, ...] = (), progress: Progress | None = None
+        self,
+        source: Path,
+        *,
+        name: str,
+        aliases: tuple[str, ...] = (),
+        progress: Progress | None = None,
+        version: str | None = None,
     ) -> ModelInfo:
-        """Encrypt a GGUF file into the store and register it; a failed import leaves no file or row."""
+        """Encrypt a GGUF file into the store and register it; a failed import leaves no file or row.
+
+        With `version`, it becomes a new version of the existing model `name` (`appliance models activate`).
+        """
         info = read_gguf_info(source)
+        self._check_names(name, aliases, new_version=version is not None)
+        kek = self._kek()
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with writing(self.folder):
+            return self._import_locked(source, info, name, aliases, kek, progress, version)
+
+    def _check_names(self, name: str, aliases: tuple[str, ...], *, new_version: bool = False) -> None:
+        """Refuse names already taken before any work is done (the registry checks again when adding)."""
         for existing in self._registry.models.list():
+            if new_version and existing.name == name:
+                continue  # a new version of this very model: the registry checks the version itself
             taken = {name, *aliases} & set(existing.public_names)
             if taken:
                 raise ConflictError(
                     f"name {sorted(taken)[0]!r} is already used by model {existing.name!r}", param="name"
                 )
+
+    def import_awq_folder(
+        self, source: Path, *, name: str, aliases: tuple[str, ...] = (), progress: Progress | None = None
+    ) -> ModelInfo:
+        """Encrypt every file of an AWQ model folder into the store and register it (format `awq`)."""
+        awq_folder_facts(source, name, "")  # refuse a folder that is not an AWQ model before any work
+        self._check_names(name, aliases)
         kek = self._kek()
-        data_key, file_id = new_data_key(), secrets.token_hex(16)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data_key, file_id = new_data_key(), secrets.token_hex(16)
+        with writing(self.folder):
+            chunk = self._chunk_size
+            final, manifest = import_folder(self.folder, source, data_key, file_id, chunk, progress)
+            try:
+                facts = awq_folder_facts(source, name, manifest.digest())
+                model = self._registry.models.add_awq_folder(final, facts, name=name, aliases=aliases)
+                try:
+                    stored = entry_bytes(final)
+                    key = ModelKey(model.id, file_id, wrap_key(kek, data_key), kek.fingerprint, stored)
+                    self._registry.store_keys.add(key)
+                except BaseException:
+                    self._registry.store_keys.remove_model(model.id)
+                    raise
+            except BaseException:
+                remove_tree(final)
+                raise
+        return model
+
+    def _import_locked(
+        self,
+        source: Path,
+        info: GgufInfo,
+        name: str,
+        aliases: tuple[str, ...],
+        kek: Kek,
+        progress: Progress | None,
+        version: str | None = None,
+    ) -> ModelInfo:
+        """import_gguf's writing part, under the writers' lock (so a clean-up never takes its temp file)."""
+        data_key, file_id = new_data_key(), secrets.token_hex(16)
         final = self.folder / f"{file_id}{SUFFIX}"
         tmp = self.folder / f".{file_id}.{os.getpid()}.tmp"
         digest = hashlib.sha256()
@@ -216,7 +211,7 @@ class ModelStore:
             if digest.hexdigest() != info.sha256:
                 raise ModelFileError(f"{source}: the file changed while it was being imported")
             os.replace(tmp, final)
-            model = self._registry.models.add(final, info, name=name, aliases=aliases)
+            model = self._registry.models.add(final, info, name=name, aliases=aliases, version=version)
             try:
                 wrapped = wrap_key(kek, data_key)
                 stored = final.stat().st_size
@@ -241,6 +236,10 @@ class ModelStore:
     def verify(self, name: str, progress: Progress | None = None) -> ModelInfo:
         """Decrypt a model end to end (authenticating every chunk) and check its SHA-256; raise if not."""
         model = self._find(name)
+        if model.format == AWQ:
+            if verify_folder(model.path, self._data_key(model), progress).digest() != model.sha256:
+                raise StoreIntegrityError(f"model {name!r}'s manifest is not the one that was imported")
+            return model
         digest, done = hashlib.sha256(), 0
         try:
             for chunk in self._plain_chunks(model):
@@ -254,12 +253,28 @@ class ModelStore:
             raise StoreIntegrityError(f"model {name!r} decrypts, but not to the file that was imported")
         return model
 
+    def content_bytes(self, model: ModelInfo) -> int:
+        """The plaintext bytes a verify or an export goes through (an AWQ folder's: all its files)."""
+        if model.format == AWQ and self.is_encrypted(model):
+            return sum(entry.size for entry in read_manifest(model.path, self._data_key(model)).files)
+        return model.size_bytes
+
     def reencrypt(
         self, name: str, progress: Progress | None = None, verify_progress: Progress | None = None
     ) -> ModelInfo:
         """Re-encrypt a model under a new data key; the old file goes only once the new one verifies."""
         model = self._find(name)
         self._key_record(model)  # a plain model has nothing to re-encrypt: ModelFileError
+        if model.format == AWQ:
+            raise ModelFileError(f"re-encrypting the AWQ folder model {name!r} is not supported yet")
+        with writing(self.folder):
+            return self._reencrypt_locked(model, progress, verify_progress)
+
+    def _reencrypt_locked(
+        self, model: ModelInfo, progress: Progress | None, verify_progress: Progress | None
+    ) -> ModelInfo:
+        """reencrypt's writing part, under the writers' lock."""
+        name = model.name
         kek = self._kek()
         data_key, file_id = new_data_key(), secrets.token_hex(16)
         final = self.folder / f"{file_id}{SUFFIX}"
@@ -312,6 +327,8 @@ class ModelStore:
     def export(self, name: str, target: Path) -> Path:
         """Decrypt a model to `target` (a new file, mode 0600; into it if it is a folder), atomically."""
         model = self._find(name)
+        if model.format == AWQ and self.is_encrypted(model):
+            return self._export_folder(model, target)
         if target.is_dir():
             target = target / f"{model.name}.gguf"
         if target.exists():
@@ -325,14 +342,59 @@ class ModelStore:
             raise
         return target
 
+    def _export_folder(self, model: ModelInfo, target: Path) -> Path:
+        """Re-create an AWQ model's folder at `target` (or in it, named after the model), atomically."""
+        if target.is_dir():
+            target = target / model.name
+        if target.exists():
+            raise ConflictError(f"{target} exists already; export does not overwrite", param="to")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            tmp.mkdir(mode=0o700)
+            decrypt_folder(model.path, self._data_key(model), tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+        return target
+
+    def decrypt_to_folder(self, model: ModelInfo, parent: Path) -> Path:
+        """Decrypt an AWQ model into a new folder (mode 0700) under `parent`; the caller removes it."""
+        target = Path(tempfile.mkdtemp(prefix=f"model-{model.name}-", dir=parent))
+        try:
+            decrypt_folder(model.path, self._data_key(model), target)
+        except BaseException:
+            remove_tree(target)
+            raise
+        return target
+
     def remove(self, name: str) -> ModelInfo:
-        """Unregister a model; an encrypted one also loses its key and file (a plain file stays)."""
+        """Unregister a model, every version; encrypted ones also lose key and file (plain files stay)."""
         model = self._find(name)
-        encrypted = self.is_encrypted(model)
-        self._registry.store_keys.remove_model(model.id)
-        if encrypted:
-            model.path.unlink(missing_ok=True)
+        versions = sorted(self._registry.models.versions(model.name), key=lambda v: v.active)
+        encrypted = [version.path for version in versions if self.is_encrypted(version)]
+        for version in versions:  # the active one last: an interruption leaves the name still served
+            self._registry.store_keys.remove_model(version.id)
+        remove_entries(encrypted)
         return model
+
+    def orphans(self) -> builtins.list[Path]:
+        """Files and folders in the store that no registry row names; StoreBusyError while a writer runs."""
+        with no_writers(self.folder):
+            return self._unreferenced()
+
+    def clean(self) -> builtins.list[Path]:
+        """Remove the orphans (never a file a row names, never a running import's); returns them."""
+        with no_writers(self.folder):
+            found = self._unreferenced()
+            remove_entries(found)
+        return found
+
+    def _unreferenced(self) -> builtins.list[Path]:
+        # Every key's file id, of every model version, and the paths of the models listed.
+        file_ids = {key.file_id for key in self._registry.store_keys.all()}
+        paths = [model.path for model in self._registry.models.list()]
+        return unreferenced(self.folder, file_ids, paths)
 
     def list(self) -> list[StoredModel]:
         """Every registered model with its plaintext and stored sizes."""

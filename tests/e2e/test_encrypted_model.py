@@ -209,3 +209,36 @@ def test_admin_store_routes(encrypted: RunningAppliance, model_path: Path, tmp_p
         assert ("models.remove", "second", "success") in actions
         assert ("models.verify", "second", "failure") in actions
         assert ("models.verify", "nope", "failure") in actions
+
+
+def test_admin_reencrypt_route(encrypted: RunningAppliance, reference_text: str) -> None:
+    """Re-encrypt through the admin API: a new file under a new data key, the old one gone, audited."""
+    admin = httpx.Client(
+        base_url=encrypted.base_url, headers=encrypted.headers(encrypted.admin_key), timeout=60
+    )
+    user = httpx.Client(base_url=encrypted.base_url, headers=encrypted.headers(), timeout=60)
+    folder = encrypted.home / "store"
+    with admin, user:
+        [before] = folder.glob("*.aplm")
+        old_bytes = before.read_bytes()
+        assert user.post("/admin/store/models/default/reencrypt").status_code == 403
+        assert list(folder.glob("*.aplm")) == [before]
+        done = admin.post("/admin/store/models/default/reencrypt")
+        assert done.status_code == 200, done.text
+        assert done.json()["name"] == "smollm2-135m"
+        assert done.json()["reencrypted"] is True
+        [after] = folder.glob("*.aplm")
+        assert after != before
+        # A new data key: not one 64-byte run of the old ciphertext (past the header) survives.
+        new_bytes = after.read_bytes()
+        assert old_bytes[4096 : 4096 + 64] not in new_bytes
+        assert admin.post("/admin/store/models/default/verify").json()["verified"] is True
+        missing = admin.post("/admin/store/models/nope/reencrypt")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["param"] == "name"
+        actions = [(e["action"], e["target"], e["outcome"]) for e in admin.get("/admin/audit").json()["data"]]
+        assert ("models.reencrypt", "default", "success") in actions
+        assert ("models.reencrypt", "nope", "failure") in actions
+        assert ("models.reencrypt", "default", "failure") not in actions
+    # The running worker keeps serving from the memfd it was given before the re-encryption.
+    assert _complete(encrypted) == reference_text

@@ -179,11 +179,11 @@ def test_reencrypt_changes_the_file_and_the_model_serves_the_same_tokens(
 ) -> None:
     """`appliance models reencrypt`: new bytes under a new key, old file gone; unlocked, the same tokens."""
     folder = locked.home / "store"
-    [before] = list(folder.iterdir())
+    [before] = list(folder.glob("*.aplm"))
     old_bytes = before.read_bytes()
     done = _ok(locked.home, "models", "reencrypt", "default", APPLIANCE_STORE_PASSPHRASE=PASSPHRASE)
     assert "re-encrypted smollm2-135m under a new data key" in done
-    [after] = list(folder.iterdir())
+    [after] = list(folder.glob("*.aplm"))
     assert after != before
     assert not before.exists()
     new_bytes = after.read_bytes()

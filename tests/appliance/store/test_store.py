@@ -11,34 +11,19 @@ import pytest
 
 from appliance.errors import ConflictError, ModelFileError, StoreIntegrityError
 from appliance.gguf_info import read_gguf_info
-from appliance.registry.registry import Registry, open_registry
+from appliance.registry.registry import Registry
+from appliance.store.housekeeping import LOCK_FILE
 from appliance.store.keys import KeyFileError, new_kek, read_key_file, unwrap_key, write_key_file
-from appliance.store.store import ModelStore, StoreLockedError, UnencryptedModelError
+from appliance.store.locked import StoreLockedError
+from appliance.store.store import ModelStore, UnencryptedModelError
+from tests.appliance.store.conftest import CHUNK
 from tests.gguf_files import write_tiny_gguf
-
-CHUNK = 64
-
-
-@pytest.fixture
-def registry(appliance_home: Path) -> Registry:
-    """A real, migrated registry in the test's home."""
-    return open_registry(appliance_home / "registry.db")
-
-
-@pytest.fixture
-def store(appliance_home: Path, registry: Registry) -> ModelStore:
-    """A store with a small chunk size, so tiny files span several chunks."""
-    return ModelStore(appliance_home, registry, chunk_size=CHUNK)
-
-
-@pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    """A valid GGUF of a few hundred bytes."""
-    return write_tiny_gguf(tmp_path / "tiny.gguf")
 
 
 def _store_files(store: ModelStore) -> list[str]:
-    return sorted(p.name for p in store.folder.iterdir()) if store.folder.exists() else []
+    if not store.folder.exists():
+        return []
+    return sorted(p.name for p in store.folder.iterdir() if p.name != LOCK_FILE)
 
 
 def test_real_model_round_trip(
@@ -245,3 +230,22 @@ def test_reencrypt_refuses_a_plain_model(store: ModelStore, registry: Registry, 
     registry.models.add(tiny, read_gguf_info(tiny), name="plain")
     with pytest.raises(ModelFileError):
         store.reencrypt("plain")
+
+
+def test_a_new_version_is_imported_beside_and_remove_takes_every_version(
+    store: ModelStore, registry: Registry, tiny: Path
+) -> None:
+    """`import --version 2` stores a second encrypted file for the same name, inactive; removing the model
+    deletes both files and both rows."""
+    first = store.import_gguf(tiny, name="m", aliases=("a",))
+    second = store.import_gguf(tiny, name="m", version="2")
+    assert (second.version, second.active, second.aliases) == ("2", False, ("a",))
+    assert store.is_encrypted(second)
+    assert second.path != first.path
+    assert len(list(store.folder.glob("*.aplm"))) == 2
+    with pytest.raises(ConflictError, match="already used"):
+        store.import_gguf(tiny, name="other", aliases=("m",))
+    store.remove("a")
+    assert list(store.folder.glob("*.aplm")) == []
+    assert registry.models.list() == []
+    assert registry.store_keys.all() == []

@@ -1,0 +1,205 @@
+"""AWQ model folders in the store: every file encrypted on its own, plus an encrypted manifest.
+
+A folder model lives in `store/<file id>.awq/`: `<n>.aplm` for the n-th file of the source folder and
+`manifest.aplm`, the list of the original relative names with their sizes and SHA-256. All of them are in the
+streaming format of format.py under the model's one data key; each has its own salt and its own id in the
+header (`<file id>/<n>`, `<file id>/manifest`), so each gets its own key and no file can stand in for another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import msgspec
+
+from appliance.errors import ModelFileError, StoreIntegrityError
+from appliance.store.format import Progress, decrypt_chunks, encrypt_stream
+from appliance.store.streams import FdWriter, HashingReader
+
+FOLDER_SUFFIX = ".awq"
+MANIFEST = "manifest.aplm"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+"""A damaged or hostile store must not make the reader hold an unbounded manifest in memory."""
+
+
+class FolderFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One file of a folder model: its relative name in the original folder and what it must decrypt to."""
+
+    name: str
+    stored: str
+    size: int
+    sha256: str
+
+
+class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The files of a folder model, in the order they were imported."""
+
+    files: list[FolderFile]
+
+    def digest(self) -> str:
+        """One SHA-256 over every file's name, size and hash: what the registry keeps as the model's hash."""
+        lines = sorted(f"{f.name}\0{f.size}\0{f.sha256}\n" for f in self.files)
+        return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def source_files(folder: Path) -> list[tuple[str, Path]]:
+    """Every regular file under `folder` (links followed: Hugging Face caches link to blobs), by name."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            found.append((path.relative_to(folder).as_posix(), path))
+    if not found:
+        raise ModelFileError(f"{folder}: the folder holds no files")
+    return found
+
+
+def _new_private_file(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+def _offset(progress: Progress | None, base: int) -> Progress | None:
+    """Progress over the whole folder from the progress within one of its files."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda done: report(base + done)
+
+
+def encrypt_folder(
+    source: Path, target: Path, data_key: bytes, file_id: str, chunk_size: int, progress: Progress | None
+) -> Manifest:
+    """Encrypt every file of `source` into the new folder `target` (mode 0700), manifest last."""
+    target.mkdir(mode=0o700)
+    files, done = [], 0
+    for index, (name, path) in enumerate(source_files(source)):
+        stored, digest = f"{index}.aplm", hashlib.sha256()
+        fd = _new_private_file(target / stored)
+        try:
+            with path.open("rb") as plain:
+                size = encrypt_stream(
+                    HashingReader(plain, digest.update),
+                    FdWriter(fd),
+                    data_key,
+                    f"{file_id}/{index}",
+                    chunk_size=chunk_size,
+                    progress=_offset(progress, done),
+                )
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        files.append(FolderFile(name, stored, size, digest.hexdigest()))
+        done += size
+    manifest = Manifest(files)
+    fd = _new_private_file(target / MANIFEST)
+    try:
+        encoded = msgspec.json.encode(manifest)
+        encrypt_stream(_BytesReader(encoded), FdWriter(fd), data_key, f"{file_id}/manifest")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return manifest
+
+
+class _BytesReader:
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+
+    def read(self, size: int = -1, /) -> bytes:
+        cut = len(self._data) if size < 0 else size
+        part, self._data = self._data[:cut], self._data[cut:]
+        return bytes(part)
+
+
+def read_manifest(folder: Path, data_key: bytes) -> Manifest:
+    """The decrypted, authenticated manifest of a stored folder model."""
+    parts, size = [], 0
+    try:
+        with (folder / MANIFEST).open("rb") as handle:
+            for chunk in decrypt_chunks(handle, data_key):
+                size += len(chunk)
+                if size > MAX_MANIFEST_BYTES:
+                    raise StoreIntegrityError(f"{folder}: the manifest is too large")
+                parts.append(chunk)
+    except FileNotFoundError as error:
+        raise StoreIntegrityError(f"{folder}: the encrypted folder or its manifest is missing") from error
+    try:
+        manifest = msgspec.json.decode(b"".join(parts), type=Manifest)
+    except msgspec.DecodeError as error:
+        raise StoreIntegrityError(f"{folder}: the manifest is damaged") from error
+    for entry in manifest.files:
+        name = PurePosixPath(entry.name)
+        if name.is_absolute() or ".." in name.parts or "/" in entry.stored:
+            raise StoreIntegrityError(f"{folder}: the manifest names a path outside the folder")
+    return manifest
+
+
+def _check(
+    entry: FolderFile, chunks: Iterator[bytes], sink: FdWriter | None, progress: Progress | None, base: int
+) -> int:
+    """Consume one file's chunks (writing them to `sink`) and compare with the manifest's size and hash."""
+    digest, done = hashlib.sha256(), 0
+    for chunk in chunks:
+        digest.update(chunk)
+        if sink is not None:
+            sink.write(chunk)
+        done += len(chunk)
+        if progress is not None:
+            progress(base + done)
+    if done != entry.size or digest.hexdigest() != entry.sha256:
+        raise StoreIntegrityError(f"{entry.name} decrypts, but not to the file that was imported")
+    return done
+
+
+def verify_folder(folder: Path, data_key: bytes, progress: Progress | None = None) -> Manifest:
+    """Decrypt every file of a folder model and check it against the manifest; returns the manifest."""
+    manifest, done = read_manifest(folder, data_key), 0
+    for entry in manifest.files:
+        with (folder / entry.stored).open("rb") as handle:
+            done += _check(entry, decrypt_chunks(handle, data_key), None, progress, done)
+    return manifest
+
+
+def decrypt_folder(folder: Path, data_key: bytes, target: Path) -> Manifest:
+    """Re-create the original folder's files under the existing folder `target` (files mode 0600)."""
+    manifest = read_manifest(folder, data_key)
+    for entry in manifest.files:
+        path = target / entry.name
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = _new_private_file(path)
+        try:
+            with (folder / entry.stored).open("rb") as handle:
+                _check(entry, decrypt_chunks(handle, data_key), FdWriter(fd), None, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return manifest
+
+
+def import_folder(
+    store_folder: Path,
+    source: Path,
+    data_key: bytes,
+    file_id: str,
+    chunk_size: int,
+    progress: Progress | None,
+) -> tuple[Path, Manifest]:
+    """Encrypt `source` into a temp folder in the store, then rename it to `<file id>.awq` atomically."""
+    final = store_folder / f"{file_id}{FOLDER_SUFFIX}"
+    tmp = store_folder / f".{file_id}.{os.getpid()}.tmp"
+    try:
+        manifest = encrypt_folder(source, tmp, data_key, file_id, chunk_size, progress)
+        os.replace(tmp, final)
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    return final, manifest
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder and everything in it; nothing if it is not there."""
+    if path.exists():
+        shutil.rmtree(path)
