@@ -1,5 +1,6 @@
-"""POST /admin/models/import: register a GGUF file that is on the appliance, plain or encrypted into the
-store, as a background job. Admin only, audited; cheap checks answer at once, the long part is the job."""
+"""POST /admin/models/import: register a GGUF file (plain or encrypted into the store) or encrypt an AWQ model
+folder, found on the appliance, as a background job. Admin only, audited; cheap checks answer at once, the
+long part is the job."""
 
 from __future__ import annotations
 
@@ -15,20 +16,38 @@ from api.auth import admin_only
 from api.state import GatewayState
 from appliance.errors import ApplianceError, ConflictError, InvalidRequestError, ModelFileError
 from appliance.gguf_info import GGUF_MAGIC, read_gguf_info
+from appliance.registry.awq import awq_folder_facts
 from appliance.registry.keys import KeyInfo
 from appliance.registry.models import ModelInfo
 
 SERVED_AFTER_RESTART = "the gateway serves it from its next start"
+ACTIVATE_TO_SERVE = "a new version: activate it to serve it"
 
 
 class ImportRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Body of POST /admin/models/import: a GGUF file's path on the appliance and the name to give it."""
+    """Body of POST /admin/models/import: a GGUF file's or AWQ folder's path on the appliance and its name."""
 
     path: str
     name: str
     encrypt: bool = True
     """Encrypt a copy into the store (the file is left alone); false registers the file where it is."""
     aliases: list[str] = msgspec.field(default_factory=list)
+    version: str | None = None
+    """Import a GGUF file as a new version of the existing model `name` (then activate it)."""
+
+
+def _checked_folder(source: Path, data: ImportRequest) -> Path:
+    """An AWQ model folder: only into the store (vLLM loads it from private tmpfs), as a new model."""
+    if not data.encrypt:
+        raise InvalidRequestError(
+            f"{source}: an AWQ model folder is imported encrypted only", param="encrypt"
+        )
+    if data.version is not None:
+        raise InvalidRequestError(
+            "versions are for GGUF files; give no version for a folder", param="version"
+        )
+    awq_folder_facts(source, data.name, "")  # ModelFileError for a folder that is not an AWQ model
+    return source
 
 
 def _checked_file(path: str) -> Path:
@@ -37,7 +56,7 @@ def _checked_file(path: str) -> Path:
     if not source.is_absolute():
         raise InvalidRequestError(f"{path!r}: give an absolute path on the appliance", param="path")
     if not source.is_file():
-        raise InvalidRequestError(f"{path}: no such file", param="path")
+        raise InvalidRequestError(f"{path}: no such file or folder", param="path")
     try:
         with source.open("rb") as handle:
             magic = handle.read(len(GGUF_MAGIC))
@@ -48,8 +67,20 @@ def _checked_file(path: str) -> Path:
     return source
 
 
-def _check_names_free(gateway: GatewayState, names: list[str]) -> None:
+def _checked_source(data: ImportRequest) -> tuple[Path, bool, int]:
+    """(the checked path, whether it is an AWQ folder, how many bytes the import reads)."""
+    path = Path(data.path)
+    if path.is_absolute() and path.is_dir():
+        folder = _checked_folder(path, data)
+        return folder, True, sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    source = _checked_file(data.path)
+    return source, False, source.stat().st_size
+
+
+def _check_names_free(gateway: GatewayState, names: list[str], new_version: bool) -> None:
     for model in gateway.registry.models.list():
+        if new_version and model.name == names[0]:
+            continue  # a new version of this model: the registry checks the version number itself
         taken = set(names) & set(model.public_names)
         if taken:
             raise ConflictError(
@@ -60,12 +91,14 @@ def _check_names_free(gateway: GatewayState, names: list[str]) -> None:
 def _model_object(model: ModelInfo, encrypted: bool) -> dict[str, Any]:
     return {
         "name": model.name,
+        "version": model.version,
+        "format": model.format,
         "aliases": list(model.aliases),
         "architecture": model.architecture,
         "quantization": model.quantization,
         "size_bytes": model.size_bytes,
         "encrypted": encrypted,
-        "note": SERVED_AFTER_RESTART,
+        "note": SERVED_AFTER_RESTART if model.active else ACTIVATE_TO_SERVE,
     }
 
 
@@ -88,8 +121,8 @@ class ImportController(Controller):
         audit = gateway.registry.audit
         actor = request.user.id  # read now: the job ends after this request is gone
         try:
-            source = _checked_file(data.path)
-            _check_names_free(gateway, [data.name, *data.aliases])
+            source, folder, size = _checked_source(data)
+            _check_names_free(gateway, [data.name, *data.aliases], new_version=data.version is not None)
             if data.encrypt:
                 gateway.store.refuse_if_locked()
         except ApplianceError as error:
@@ -105,13 +138,18 @@ class ImportController(Controller):
 
         def encrypt_into_store(progress: ProgressCallback) -> dict[str, Any]:
             store = gateway.store.store()
-            model = store.import_gguf(source, name=data.name, aliases=aliases, progress=progress)
+            if folder:
+                model = store.import_awq_folder(source, name=data.name, aliases=aliases, progress=progress)
+            else:
+                model = store.import_gguf(
+                    source, name=data.name, aliases=aliases, progress=progress, version=data.version
+                )
             return _model_object(model, encrypted=True)
 
         def register_in_place(progress: ProgressCallback) -> dict[str, Any]:
             # Reading the header also hashes the whole file: that is the long part of a plain add.
             model = gateway.registry.models.add(
-                source, read_gguf_info(source), name=data.name, aliases=aliases
+                source, read_gguf_info(source), name=data.name, aliases=aliases, version=data.version
             )
             return _model_object(model, encrypted=False)
 
@@ -125,10 +163,15 @@ class ImportController(Controller):
                 detail=str(job.error["message"]) if job.error else str(source),
             )
 
+        size = (
+            sum(f.stat().st_size for f in source.rglob("*") if f.is_file())
+            if folder
+            else source.stat().st_size
+        )
         job = jobs.start(
             action,
             data.name,
-            source.stat().st_size,
+            size,
             encrypt_into_store if data.encrypt else register_in_place,
             audit_outcome,
         )

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from api.admin.jobs import Jobs, ProgressCallback
+from tests.awq_folders import write_awq_folder
 from tests.e2e.server import RunningAppliance, start_appliance
 
 POLL_STEPS = 600  # of 0.1 s: a bound on waiting, not a timing assertion
@@ -85,6 +86,40 @@ def test_plain_import_registers_the_file_where_it_is(running: RunningAppliance, 
     stored = {s["name"]: s for s in admin(running, "GET", "/admin/store/models").json()["data"]}
     assert stored["in-place"]["encrypted"] is False
     assert ("models.add", "success", "in-place") in audit_actions(running)
+
+
+def test_an_awq_folder_is_imported_encrypted(running: RunningAppliance, tmp_path: Path) -> None:
+    """A folder path imports an AWQ model into the store (format awq); asked plain, it is refused at once."""
+    folder = write_awq_folder(tmp_path / "tiny-awq")
+    plain = admin(
+        running, "POST", "/admin/models/import", json={"path": str(folder), "name": "a", "encrypt": False}
+    )
+    assert plain.status_code == 400
+    assert plain.json()["error"]["param"] == "encrypt"
+    started = admin(running, "POST", "/admin/models/import", json={"path": str(folder), "name": "tiny-awq"})
+    assert started.status_code == 202, started.text
+    done = finished_job(running, started.json()["id"])
+    assert done["state"] == "succeeded", done
+    assert (done["result"]["format"], done["result"]["encrypted"]) == ("awq", True)
+    models = {m["name"]: m for m in admin(running, "GET", "/admin/models").json()["data"]}
+    assert models["tiny-awq"]["format"] == "awq"
+
+
+def test_a_file_imports_as_a_new_version_of_a_served_model(
+    running: RunningAppliance, model_path: Path
+) -> None:
+    """With a version, the served model's name is no conflict: version 2 is stored beside, inactive."""
+    body = {"path": str(model_path), "name": "smollm2-135m", "version": "2"}
+    started = admin(running, "POST", "/admin/models/import", json=body)
+    assert started.status_code == 202, started.text
+    done = finished_job(running, started.json()["id"])
+    assert done["state"] == "succeeded", done
+    assert (done["result"]["version"], done["result"]["note"]) == (
+        "2",
+        "a new version: activate it to serve it",
+    )
+    versions = admin(running, "GET", "/admin/models/smollm2-135m/versions").json()["data"]
+    assert [(v["version"], v["active"]) for v in versions] == [("1", True), ("2", False)]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 import sys
 import time
 from pathlib import Path
@@ -26,29 +25,7 @@ from appliance.store.tmpfs import (
     private_memory_parent,
 )
 from tests.api.console import run_appliance
-
-WEIGHTS = bytes(range(256)) * 3 + b"canary-weights-0123456789abcdef"
-
-
-def write_awq_folder(folder: Path) -> Path:
-    """A tiny folder shaped like a Hugging Face AWQ model: config, safetensors weights, tokenizer files."""
-    folder.mkdir()
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "hidden_size": 64,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 2,
-        "max_position_embeddings": 2048,
-        "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128},
-    }
-    (folder / "config.json").write_text(json.dumps(config))
-    # safetensors: an 8-byte little-endian header length, the JSON header, then the raw tensor bytes.
-    header = json.dumps({"w": {"dtype": "U8", "shape": [len(WEIGHTS)], "data_offsets": [0, len(WEIGHTS)]}})
-    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode() + WEIGHTS)
-    (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE"}}))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
-    return folder
+from tests.awq_folders import write_awq_folder
 
 
 def _originals(folder: Path) -> dict[str, bytes]:
