@@ -19,7 +19,7 @@ from appliance.errors import ConflictError
 from appliance.probe import probe_worker
 from appliance.registry.models import ModelInfo, ModelRegistry
 from appliance.settings import ActivationCheck, Settings
-from appliance.supervisor import Supervisor, Worker, WorkerStartError
+from appliance.supervisor import Supervisor, Worker, WorkerStartError, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,33 @@ async def run_check(worker: Worker, check: ActivationCheck, timeout_s: float) ->
     return CheckOutcome(name, True, f"{tokens} token(s): {text!r}")
 
 
+async def _share_cores(serving: Worker) -> int:
+    """Halve a CPU worker's compute threads while a new version loads and is checked beside it.
+
+    Two llama.cpp workers each decoding with every core oversubscribe the CPU, and their OpenMP threads then
+    wait on each other at every barrier: measured here, a 2-token probe took over 30 s and an activation
+    under load 24 s instead of 2. Returns the threads to restore (0: nothing was changed).
+    """
+    kind = serving.kind
+    if kind.compute_threads is None or kind.set_threads is None:
+        return 0
+    full = kind.compute_threads(serving.launch)
+    if full < 2:
+        return 0
+    await _set_threads(serving, full // 2)
+    return full
+
+
+async def _set_threads(worker: Worker, threads: int) -> None:
+    """Best effort: a worker that died meanwhile restarts with its full threads anyway."""
+    if not threads or worker.kind.set_threads is None or worker.state is not WorkerState.READY:
+        return
+    try:
+        await worker.kind.set_threads(worker.client, threads)
+    except httpx.HTTPError as error:
+        log.warning("could not set %s to %d threads: %s", worker.model.name, threads, error)
+
+
 class Activations:
     """Activating and rolling back model versions in a running gateway, one activation per model at a time."""
 
@@ -137,8 +164,15 @@ class Activations:
 
     async def _activate(self, current: ModelInfo, target: ModelInfo) -> Activation:
         log.info("activating %s version %s beside version %s", target.name, target.version, current.version)
-        candidate = await self._supervisor.start_candidate(target)
+        serving = self._supervisor.workers[current.name]
+        full = await _share_cores(serving)
         try:
+            candidate = await self._supervisor.start_candidate(target)
+        except BaseException:
+            await _set_threads(serving, full)
+            raise
+        try:
+            await _set_threads(candidate, full and max(1, full // 2))
             checks = await self._check(candidate)
             failed = [check for check in checks if not check.ok]
             if failed:
@@ -149,16 +183,20 @@ class Activations:
             activated = self._models.activate(target.name, target.version)
         except BaseException:
             await self._supervisor.retire(candidate, drain_timeout_s=0)
+            await _set_threads(serving, full)
             raise
         replaced = self._supervisor.switch(candidate)
         self._chains.probe_done(target.name, True, f"version {target.version} activated")
-        retiring = asyncio.create_task(
-            self._supervisor.retire(replaced, self._settings.server.drain_timeout_s)
-        )
+        retiring = asyncio.create_task(self._retire(replaced, candidate, full))
         self._retiring.add(retiring)  # keep a reference: the loop holds tasks only weakly
         retiring.add_done_callback(self._retiring.discard)
         log.info("%s now serves version %s (was %s)", target.name, target.version, current.version)
         return Activation(activated, current.version, checks)
+
+    async def _retire(self, replaced: Worker, serving: Worker, full_threads: int) -> None:
+        """Stop the replaced worker once idle, then give the one serving all the cores again."""
+        await self._supervisor.retire(replaced, self._settings.server.drain_timeout_s)
+        await _set_threads(serving, full_threads)
 
     async def _check(self, candidate: Worker) -> tuple[CheckOutcome, ...]:
         """The deep probe, then the prompt suite; stops at the first failure."""

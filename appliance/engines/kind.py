@@ -44,3 +44,7 @@ class EngineKind:
     """One readiness probe over the worker's socket: True once it serves."""
     metrics_path: str | None = None
     """Where the worker exposes Prometheus metrics that the gateway merges into its own, if anywhere."""
+    compute_threads: Callable[[Launch], int] | None = None
+    """CPU threads the worker decodes with, for kinds that compute on the CPU (None: not CPU-bound)."""
+    set_threads: Callable[[httpx.AsyncClient, int], Awaitable[None]] | None = None
+    """Change a running worker's compute threads (CPU kinds): two workers of one model share the cores."""

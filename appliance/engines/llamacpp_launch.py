@@ -12,6 +12,17 @@ from appliance.hardware import physical_cores
 from appliance.settings import atomic_write_text
 
 
+def llamacpp_threads(launch: Launch) -> int:
+    """The worker's compute threads: the setting, or one per physical core."""
+    return launch.settings.workers.threads or physical_cores()
+
+
+async def llamacpp_set_threads(client: httpx.AsyncClient, threads: int) -> None:
+    """Tell a running worker to decode with `threads` threads from its next step on."""
+    answer = await client.post("/threads", json={"threads": threads}, timeout=5.0)
+    answer.raise_for_status()
+
+
 def llamacpp_command(launch: Launch) -> list[str]:
     """The worker's argv; a chat template override is written next to its socket first."""
     model, workers = launch.model, launch.settings.workers
@@ -29,7 +40,7 @@ def llamacpp_command(launch: Launch) -> list[str]:
         # The whole context; the worker keeps each slot's share within the model's trained context.
         str(workers.context_length),
         "--threads",
-        str(workers.threads or physical_cores()),
+        str(llamacpp_threads(launch)),
         "--parallel",
         str(workers.parallel),
         "--queue-depth",
@@ -53,4 +64,6 @@ LLAMACPP = EngineKind(
     command=lambda launch: in_network_namespace(llamacpp_command(launch)),
     environment=lambda _launch: worker_environment(),
     is_ready=llamacpp_is_ready,
+    compute_threads=llamacpp_threads,
+    set_threads=llamacpp_set_threads,
 )

@@ -15,6 +15,7 @@ import uvicorn
 from appliance.egress import EGRESS_SELF_TEST_FLAG, GUARDED_LOOP, install_worker_guard, worker_self_test
 from appliance.engines.llamacpp.model import LoadedModel, WorkerConfig
 from appliance.engines.llamacpp.routes import create_worker_app
+from appliance.errors import ApplianceError
 from appliance.store.keys import make_non_dumpable
 
 PR_SET_PDEATHSIG = 1
@@ -86,7 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     config, socket_path = _parse(argv)
     if str(config.model_path).startswith("/proc/self/fd/"):
         make_non_dumpable()  # decrypted weights from the store: no core dumps, no ptrace by others
-    model = LoadedModel(config)
+    try:
+        model = LoadedModel(config)
+    except ApplianceError as error:  # a damaged or unreadable file: one line for the log, not a traceback
+        print(f"llamacpp-worker: cannot serve {config.name}: {error.message}", file=sys.stderr)
+        sys.exit(1)
     socket_path.unlink(missing_ok=True)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _already_exiting)

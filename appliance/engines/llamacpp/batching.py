@@ -98,6 +98,8 @@ class BatchingCore:
         self._wake = threading.Event()
         self._shutting_down = False
         self._closed = False
+        self._threads_wanted: int | None = None
+        """Set from the event loop, applied by the scheduler between two decodes (see set_threads)."""
         self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
         self._thread.start()
 
@@ -161,8 +163,20 @@ class BatchingCore:
 
     # --- the scheduler thread -------------------------------------------------------------------------
 
+    def set_threads(self, threads: int) -> None:
+        """Decode with `threads` compute threads from the next step on.
+
+        The gateway halves the threads of the serving worker while a new version of its model loads and is
+        checked beside it, so that the two never ask for more threads than there are cores.
+        """
+        self._threads_wanted = threads
+        self._wake.set()
+
     def _run(self) -> None:
         while not self._closed:
+            wanted, self._threads_wanted = self._threads_wanted, None
+            if wanted is not None:
+                self._context.set_threads(wanted)
             if self._shutting_down:
                 self._fail_everything(EngineUnavailableError("The engine is shutting down; retry shortly."))
             self._admit()

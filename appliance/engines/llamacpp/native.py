@@ -112,6 +112,10 @@ class NativeContext:
         self.batch = llama_cpp.llama_batch_init(shape.batch_tokens, 0, 1)
         self.batch_capacity = shape.batch_tokens
 
+    def set_threads(self, threads: int) -> None:
+        """Compute the next decodes with `threads` threads (call between decodes, on the decoding thread)."""
+        llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
+
     def logits(self, rows: int) -> NDArray[np.float32]:
         """The logits of the last decode's `rows` outputs, in batch order, as a view (no copy)."""
         pointer = llama_cpp.llama_get_logits(self.ctx)

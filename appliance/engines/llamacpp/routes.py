@@ -36,6 +36,9 @@ from appliance.protocol import (
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+MAX_THREADS = 1024
+
+
 def _logit_bias(model: LoadedModel, raw: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
     if not raw:
         return ()
@@ -187,6 +190,21 @@ async def health(model: NamedDependency[LoadedModel]) -> dict[str, Any]:
     }
 
 
+class ThreadsRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /threads (the gateway's only: the worker listens on its private unix socket)."""
+
+    threads: int
+
+
+@post("/threads", status_code=200)
+async def set_threads(model: NamedDependency[LoadedModel], data: ThreadsRequest) -> dict[str, Any]:
+    """Change how many compute threads decode, from the next step on (blue-green hand-over)."""
+    if not 1 <= data.threads <= MAX_THREADS:
+        raise InvalidRequestError(f"threads must be between 1 and {MAX_THREADS}", param="threads")
+    model.batching.set_threads(data.threads)
+    return {"threads": data.threads}
+
+
 @get("/metrics", media_type="text/plain; version=0.0.4")
 async def metrics(model: NamedDependency[LoadedModel]) -> str:
     """The worker's own counters in Prometheus text format."""
@@ -216,7 +234,7 @@ def create_worker_app(model: LoadedModel) -> Litestar:
         return model
 
     return Litestar(
-        route_handlers=[chat_completions, completions, embeddings, health, metrics],
+        route_handlers=[chat_completions, completions, embeddings, health, metrics, set_threads],
         dependencies={"model": provide_model},
         exception_handlers={ApplianceError: _error_response},
         openapi_config=None,

@@ -108,3 +108,17 @@ def test_shutdown_ends_queued_work_with_503(model_path: Path) -> None:
         assert reply.json()["error"]["code"] == "engine_unavailable"
     finally:
         loaded.close()
+
+
+def test_threads_change_between_steps_and_greedy_output_stays_the_same(model: LoadedModel) -> None:
+    """POST /threads (the blue-green hand-over) takes 1..MAX_THREADS; one thread or two, the same tokens."""
+    prompt = {"model": "m", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+    with TestClient(create_worker_app(model)) as client:
+        two = client.post("/v1/completions", json=prompt).json()["choices"][0]["text"]
+        assert client.post("/threads", json={"threads": 1}).json() == {"threads": 1}
+        one = client.post("/v1/completions", json=prompt).json()["choices"][0]["text"]
+        refused = client.post("/threads", json={"threads": 0})
+        assert client.post("/threads", json={"threads": 2}).status_code == 200
+    assert one == two
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "threads"
