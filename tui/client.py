@@ -9,6 +9,8 @@ import msgspec
 
 # Verifying decrypts and hashes a whole model in the gateway: minutes for a large one, not the usual seconds.
 VERIFY_TIMEOUT_S = 1800.0
+# Activating loads a worker and runs the checks before the answer comes: minutes for a big model.
+ACTIVATION_TIMEOUT_S = 1800.0
 
 
 class ConnectionLost(Exception):
@@ -160,6 +162,39 @@ class Model(msgspec.Struct, frozen=True):
     aliases: tuple[str, ...] = ()
     architecture: str = ""
     context_length: int = 0
+    version: str = "1"
+    """The version this name serves."""
+
+
+class ModelVersion(msgspec.Struct, frozen=True):
+    """One registered version of a model; `active` marks the one its name serves."""
+
+    name: str
+    version: str
+    active: bool
+    format: str = ""
+    quantization: str = ""
+    size_bytes: int = 0
+    sha256: str = ""
+    path: str = ""
+    created: int = 0
+
+
+class ActivationCheck(msgspec.Struct, frozen=True):
+    """One check an activation ran on the new version (deep probe, a prompt of the suite)."""
+
+    check: str
+    ok: bool
+    detail: str = ""
+
+
+class Activated(msgspec.Struct, frozen=True):
+    """A switch that went through: the version now serving, the one it replaced, and the checks it passed."""
+
+    name: str
+    version: str
+    replaced_version: str
+    checks: tuple[ActivationCheck, ...] = ()
 
 
 class JobError(msgspec.Struct, frozen=True):
@@ -212,6 +247,18 @@ class AdminSource(Protocol):
 
     async def remove_model(self, name: str) -> None:
         """Remove a (disabled) model from the registry."""
+        ...
+
+    async def model_versions(self, name: str) -> list[ModelVersion]:
+        """Every version of a model, oldest first, the serving one marked."""
+        ...
+
+    async def activate_version(self, name: str, version: str) -> Activated:
+        """Load `version` beside the serving one, check it, switch; AdminApiError (409) when refused."""
+        ...
+
+    async def roll_back(self, name: str) -> Activated:
+        """Switch back to the version that served before, with the same checks."""
         ...
 
     async def import_model(self, path: str, name: str, encrypt: bool) -> Job:
@@ -314,6 +361,26 @@ class AdminClient:
     async def remove_model(self, name: str) -> None:
         """Remove a (disabled) model from the registry."""
         await self._call("DELETE", f"/admin/console/models/{name}")
+
+    async def model_versions(self, name: str) -> list[ModelVersion]:
+        """Every version of a model, oldest first, the serving one marked."""
+        body = await self._call("GET", f"/admin/models/{name}/versions")
+        return msgspec.convert(body["data"], list[ModelVersion])
+
+    async def activate_version(self, name: str, version: str) -> Activated:
+        """Load `version` beside the serving one, check it, switch (a long call); 409 when refused."""
+        body = await self._call(
+            "POST",
+            f"/admin/models/{name}/activate",
+            json={"version": version},
+            timeout=ACTIVATION_TIMEOUT_S,
+        )
+        return msgspec.convert(body, Activated)
+
+    async def roll_back(self, name: str) -> Activated:
+        """Switch back to the version that served before, with the same checks (a long call)."""
+        body = await self._call("POST", f"/admin/models/{name}/rollback", timeout=ACTIVATION_TIMEOUT_S)
+        return msgspec.convert(body, Activated)
 
     async def import_model(self, path: str, name: str, encrypt: bool) -> Job:
         """Start importing a GGUF file that is on the appliance; the job runs in the gateway."""

@@ -6,6 +6,8 @@ from typing import Any
 
 from tui.app import ConsoleApp
 from tui.client import (
+    Activated,
+    ActivationCheck,
     AuditEvent,
     Cpu,
     CreatedKey,
@@ -17,6 +19,7 @@ from tui.client import (
     Job,
     Key,
     Model,
+    ModelVersion,
     Overview,
     RouteInfo,
     Routes,
@@ -59,9 +62,16 @@ OVERVIEW = Overview(
     breakers=ROUTES.breakers,
 )
 MODELS = [
-    Model("smollm2-135m", "gguf", "Q4_1", 98_000_000, "enabled", ("default",), "llama", 2048),
+    Model("smollm2-135m", "gguf", "Q4_1", 98_000_000, "enabled", ("default",), "llama", 2048, "2"),
     Model("qwen2.5-7b", "gguf", "Q4_K_M", 4_680_000_000, "disabled", (), "qwen2", 32768),
 ]
+SMOL = "smollm2-135m"
+VERSIONS = [
+    ModelVersion(SMOL, "1", False, "gguf", "Q4_1", 98_000_000, "ab12" * 16, "/m/v1.gguf", 1769767200),
+    ModelVersion(SMOL, "2", True, "gguf", "Q4_1", 98_000_000, "cd34" * 16, "/m/v2.gguf", 1769853600),
+    ModelVersion(SMOL, "3", False, "gguf", "Q4_K_M", 105_000_000, "ef56" * 16, "/m/v3.gguf", 1769940000),
+]
+CHECKS = (ActivationCheck("deep probe", True, "4 tokens"), ActivationCheck("prompt 1", True, "answered"))
 STORED = [
     StoredModel("smollm2-135m", True, 98_000_000, 98_100_000, ("default",)),
     StoredModel("qwen2.5-7b", False, 4_680_000_000, 0, ()),
@@ -100,6 +110,18 @@ class FixedSource:
 
     async def remove_model(self, name: str) -> None:
         """Accept and forget."""
+
+    async def model_versions(self, name: str) -> list[ModelVersion]:
+        """Three versions, the second serving."""
+        return VERSIONS
+
+    async def activate_version(self, name: str, version: str) -> Activated:
+        """Every activation passes its checks."""
+        return Activated(name, version, "2", CHECKS)
+
+    async def roll_back(self, name: str) -> Activated:
+        """Back to version 1."""
+        return Activated(name, "1", "2", CHECKS)
 
     async def import_model(self, path: str, name: str, encrypt: bool) -> Job:
         """A job that is already done."""

@@ -12,9 +12,9 @@ from textual.widgets import DataTable
 STEPS = 400  # of 50 ms each: a bound on waiting, not a timing assertion
 
 
-async def until(pilot: Pilot[None], condition: Callable[[], bool], what: str) -> None:
+async def until(pilot: Pilot[None], condition: Callable[[], bool], what: str, steps: int = STEPS) -> None:
     """Let the app run until `condition` holds; fail naming `what` if it never does."""
-    for _ in range(STEPS):
+    for _ in range(steps):
         if condition():
             return
         await pilot.pause(0.05)

@@ -12,6 +12,7 @@ from tests.tui.helpers import rows, until
 from tui.app import ConsoleApp
 from tui.client import AdminClient
 from tui.screens.import_model import ImportModelScreen
+from tui.screens.models import COLUMNS
 
 
 def console(gateway: RunningAppliance) -> ConsoleApp:
@@ -48,7 +49,7 @@ async def test_import_encrypts_the_file_and_lists_the_model(
         assert not app.screen.query_one("#import-progress", ProgressBar).display
         await until(pilot, lambda: any(r[0] == "imported-smol" for r in rows(table)), "the new row")
         row = next(r for r in rows(table) if r[0] == "imported-smol")
-        assert row[5] == "yes", "the encrypted column"
+        assert row[COLUMNS.index("encrypted")] == "yes"
 
     assert stored(gateway)["imported-smol"] is True
 

@@ -16,6 +16,7 @@ from tests.tui.helpers import rows, until
 from tui.app import ConsoleApp
 from tui.client import AdminClient
 from tui.screens.confirm import ConfirmScreen
+from tui.screens.models import COLUMNS
 
 SETTINGS = """
 [server]
@@ -104,7 +105,7 @@ async def test_models_show_encryption_and_verify_in_a_worker(two_links: RunningA
         await pilot.press("2")
         table: DataTable[str] = app.screen.query_one("#models", DataTable)
         await until(pilot, lambda: table.row_count == 2, "both models")
-        encrypted = {r[0]: r[5] for r in rows(table)}
+        encrypted = {r[0]: r[COLUMNS.index("encrypted")] for r in rows(table)}
         assert encrypted == {"primary": "yes", "backup": "no"}
 
         table.move_cursor(row=[r[0] for r in rows(table)].index("primary"))

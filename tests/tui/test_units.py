@@ -1,4 +1,4 @@
-"""The console's pure parts: rates from counters, the audit filter, and the overview's TTFT median."""
+"""The console's pure parts: rates from counters, the audit filter, the TTFT median, version rows."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 import pytest
 
 from api.admin.console import histogram_p50
-from tests.tui.fixed import AUDIT, OVERVIEW
+from tests.tui.fixed import AUDIT, OVERVIEW, VERSIONS
 from tui.audit_filter import AuditFilter, parse_since
 from tui.client import Hardware, Overview
 from tui.history import MetricsHistory
 from tui.screens.overview import hardware_text
+from tui.screens.versions import version_row
 
 NOW = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 
@@ -84,3 +85,11 @@ def test_without_a_gpu_the_overview_says_so_and_why() -> None:
     assert hardware_text(hardware).splitlines()[1] == (
         "GPU  none (no NVIDIA GPU: nvidia-ml-py (pynvml) is not installed)"
     )
+
+
+def test_version_rows_mark_the_serving_one_and_show_utc_dates() -> None:
+    """`*` marks the active version, as `appliance models versions` does; registration time is UTC."""
+    assert [version_row(v) for v in VERSIONS[:2]] == [
+        ("", "1", "Q4_1", "98.0", "ab12ab12ab12", "2026-01-30 10:00"),
+        ("*", "2", "Q4_1", "98.0", "cd34cd34cd34", "2026-01-31 10:00"),
+    ]

@@ -33,12 +33,15 @@ class ConnectionBanner(Static):
 class ConsoleScreen(Screen[None]):
     """A screen with the common frame; subclasses compose their body and implement `reload`."""
 
+    COMPACT_FOOTER = False
+    """Whether the footer packs its keys tighter: for screens whose keys would not all fit at 80 columns."""
+
     def compose(self) -> ComposeResult:
         """Header, banner, the screen's body, footer."""
         yield Header()
         yield ConnectionBanner(id="banner")
         yield from self.body()
-        yield Footer()
+        yield Footer(compact=self.COMPACT_FOOTER)
 
     def body(self) -> ComposeResult:
         """The screen's own widgets."""

@@ -12,6 +12,7 @@ HELP = """\
 [b]Screens[/b]  1 overview  2 models  3 keys  4 audit  5 routes
          6 store  ? help  q quit
 [b]Models[/b]   i import a file  e enable  d disable  v verify
+         a versions: Enter activates one, b rolls back (both ask)
          x remove (asks first)  r refresh
 [b]Keys[/b]     n new key (shown once)  x revoke (asks first)  r refresh
 [b]Audit[/b]    / filter fields  Esc back to the table  r refresh
@@ -21,8 +22,9 @@ HELP = """\
 [b]Store[/b]    u type the passphrase, Enter unlocks  l lock  r refresh
 
 Arrows move in tables, Tab between fields; the mouse works too.
-Changes apply at once, except imported, enabled and disabled
-models: the gateway serves those from its next start."""
+Changes apply at once (an activation once its checks pass),
+except imported, enabled and disabled models: the gateway serves
+those from its next start."""
 
 
 class HelpScreen(ModalScreen[None]):

@@ -1,4 +1,4 @@
-"""The model registry with the store's view: import, enable, disable, verify and remove (asks first)."""
+"""The model registry with the store's view: import, enable, disable, verify, switch versions, remove."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, ProgressBar, Static
 
-from tui.client import AdminApiError, ConnectionLost, Job, Model, StoredModel
+from tui.client import Activated, AdminApiError, ConnectionLost, Job, Model, StoredModel
 from tui.screens.base import ConsoleScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.import_model import ImportChoice, ImportModelScreen
+from tui.screens.versions import VersionChoice, VersionsScreen
 
 JOB_POLL_S = 0.25
 
-COLUMNS = ("name", "aliases", "format", "quant", "size MB", "encrypted", "ctx", "status")
+COLUMNS = ("name", "ver", "aliases", "format", "quant", "size MB", "encrypted", "ctx", "status")
 
 
 class ModelsScreen(ConsoleScreen):
@@ -28,9 +29,11 @@ class ModelsScreen(ConsoleScreen):
         Binding("e", "enable", "Enable"),
         Binding("d", "disable", "Disable"),
         Binding("v", "verify", "Verify"),
+        Binding("a", "versions", "Versions"),
         Binding("x", "remove", "Remove"),
         Binding("r", "reload", "Refresh"),
     ]
+    COMPACT_FOOTER = True
 
     def body(self) -> ComposeResult:
         """The registry table and a status line."""
@@ -41,6 +44,11 @@ class ModelsScreen(ConsoleScreen):
         yield Static("Enabling and disabling apply at the gateway's next start.", classes="hint")
         yield Static("", id="models-status", classes="hint")
         yield ProgressBar(id="import-progress", show_eta=False)
+        # No total: an activation reports no progress, the moving bar only says it is still working.
+        yield ProgressBar(id="activation-progress", total=None, show_eta=False, show_percentage=False)
+
+    activating: str | None = None
+    """The model whose activation is running, if one is: one at a time from this console."""
 
     def _selected(self) -> str | None:
         table: DataTable[str] = self.query_one("#models", DataTable)
@@ -60,6 +68,7 @@ class ModelsScreen(ConsoleScreen):
             encrypted = ("yes" if entry.encrypted else "no") if entry else "?"
             table.add_row(
                 m.name,
+                m.version,
                 ",".join(m.aliases) or "-",
                 m.format,
                 m.quantization,
@@ -131,6 +140,57 @@ class ModelsScreen(ConsoleScreen):
         status.update(f"{name} verified, sha256 {result.sha256[:16]}...")
         self.notify(f"{name} verified: every chunk and the SHA-256 match", title="verify")
 
+    @work(group="models-versions")  # not exclusive: a new dialog must not cancel a running activation
+    async def action_versions(self) -> None:
+        """Show the selected model's versions; activate the one picked, or roll back, after asking."""
+        name = self._selected()
+        if name is None:
+            return
+        if self.activating is not None:
+            self.notify(f"{self.activating} is being activated; wait for its result", severity="warning")
+            return
+        versions = await self.call(self.source.model_versions(name), f"versions of {name}")
+        if versions is None:
+            return
+        choice = await self.app.push_screen_wait(VersionsScreen(name, versions))
+        if choice is None or not await self.app.push_screen_wait(ConfirmScreen(_question(choice))):
+            return
+        await self._switch(choice)
+
+    async def _switch(self, choice: VersionChoice) -> None:
+        """Run the activation in the gateway; the bar moves and the screen stays live until the answer."""
+        what = "roll back" if choice.is_rollback else f"activate version {choice.version}"
+        status = self.query_one("#models-status", Static)
+        bar = self.query_one("#activation-progress", ProgressBar)
+        status.update(f"{choice.name}: {what}: loading it beside the serving version, running the checks...")
+        self.activating = choice.name
+        bar.display = True
+        try:
+            call = (
+                self.source.roll_back(choice.name)
+                if choice.version is None
+                else self.source.activate_version(choice.name, choice.version)
+            )
+            done: Activated = await call
+        except AdminApiError as error:
+            # The gateway's reason is one line (which check failed, or that it did not load).
+            status.update(f"{choice.name}: {what} refused: {error.message}")
+            self.notify(error.message, title=f"{what} refused", severity="error")
+            return
+        except ConnectionLost:
+            self.console.connected = False
+            status.update(f"{choice.name}: {what}: connection lost; see the version column once it is back.")
+            return
+        finally:
+            self.activating = None
+            bar.display = False
+        self.console.connected = True
+        passed = ", ".join(c.check for c in done.checks if c.ok) or "-"
+        switched = f"{done.name} now serves version {done.version} (was {done.replaced_version})"
+        status.update(f"{switched}; checks passed: {passed}")
+        self.notify(f"{done.name} now serves version {done.version}", title="versions")
+        self.reload()
+
     @work(group="models-import")  # not exclusive: a second import must not cancel the first
     async def action_import(self) -> None:
         """Ask for a path and a name, start the import in the gateway and follow its job until it ends."""
@@ -178,3 +238,10 @@ class ModelsScreen(ConsoleScreen):
             return None
         self.console.connected = True
         return job
+
+
+def _question(choice: VersionChoice) -> str:
+    """What the confirmation asks before a switch."""
+    if choice.version is None:
+        return f"Roll {choice.name} back to the version that served before? It is checked before it serves."
+    return f"Activate version {choice.version} of {choice.name}? It is checked before it serves."
