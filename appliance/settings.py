@@ -98,6 +98,10 @@ class WorkerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Sequences a llama.cpp worker decodes together (slots); 0 picks from cores and context."""
     queue_depth: int = 64
     """Requests that may wait for a free slot; one more is answered 429 with Retry-After."""
+    stream_interval: int = 0
+    """Decode steps whose text a stream sends in one event (like vLLM's --stream-interval); 0 = by load:
+    every step for a few sequences, every second step from 4 busy slots on, where relaying each token alone
+    costs a measurable share of the cores. A first token, an end or an error always goes out at once."""
     startup_timeout_s: float = 120.0
     """How long a worker may take to load its model before it counts as failed."""
     restart_backoff_s: float = 0.5
@@ -288,6 +292,7 @@ threads = 0              # 0 = one per physical core
 context_length = 4096
 parallel = 0             # slots per llama.cpp worker; 0 = chosen from cores and context
 queue_depth = 64         # requests waiting for a slot before 429
+stream_interval = 0      # decode steps whose text goes out in one event; 0 = 1, or 2 from 4 busy slots
 startup_timeout_s = 120.0
 restart_backoff_s = 0.5
 restart_backoff_max_s = 30.0

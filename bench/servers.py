@@ -44,6 +44,8 @@ class Setup:
     appliance: Path
     peer_python: Path
     llama_server: Path | None
+    appliance_workers: str = ""
+    """More `[workers]` settings lines for the appliance (the relay benchmark varies stream_interval)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,7 @@ def appliance_server(setup: Setup, tmp: Path) -> Iterator[Target]:
     cli([exe, "init"], env)
     workers = f"threads = {setup.threads}\ncontext_length = {setup.context_length}\n"
     workers += f"parallel = {setup.slots}\n" if setup.slots else ""
+    workers += setup.appliance_workers
     server = f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
     (home / "settings.toml").write_text(f"{server}[workers]\n{workers}")
     cli([exe, "models", "add", str(setup.model), "--name", ALIAS, "--alias", "default"], env)

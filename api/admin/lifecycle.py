@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 from api.auth import admin_only
 from api.state import GatewayState
 from appliance.activation import Activation, ActivationRefusedError, CheckOutcome
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, ModelNotFoundError
 from appliance.registry.keys import KeyInfo
 from appliance.registry.models import ModelInfo
 
@@ -80,12 +80,15 @@ class ModelVersionsController(Controller):
 
     @get("/versions")
     async def list_versions(self, gateway: NamedDependency[GatewayState], name: str) -> dict[str, Any]:
-        """Every version of the model, oldest first, the active one marked."""
-        model = gateway.registry.models.resolve(name)
-        return {
-            "object": "list",
-            "data": [version_object(v) for v in gateway.registry.models.versions(model.name)],
-        }
+        """Every version of the model, oldest first; the active one and the one rollback goes to marked."""
+        models = gateway.registry.models
+        model = models.resolve(name)
+        try:
+            previous: str | None = models.previous(model.name).version
+        except ModelNotFoundError:
+            previous = None
+        data = [{**version_object(v), "previous": v.version == previous} for v in models.versions(model.name)]
+        return {"object": "list", "data": data}
 
     @post("/activate", status_code=200)
     async def activate(

@@ -212,6 +212,14 @@ def test_activating_a_good_version_under_load_then_rolling_back(tmp_path: Path, 
         assert _engine(running)["version"] == "1"
         versions = _models_command(running, "versions", "smollm2-135m").stdout.splitlines()
         assert [line.split()[:2] for line in versions[1:]] == [["*", "1"], ["2", "Q4_1"]]
+        listed = httpx.get(
+            f"{running.base_url}/admin/models/smollm2-135m/versions",
+            headers=running.headers(running.admin_key),
+        ).json()["data"]
+        assert [(v["version"], v["active"], v["previous"]) for v in listed] == [
+            ("1", True, False),
+            ("2", False, True),
+        ]
         assert [e["outcome"] for e in _audit(running, "models.activate")] == ["success"]
         assert [e["outcome"] for e in _audit(running, "models.rollback")] == ["success"]
     finally:

@@ -42,6 +42,9 @@ def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--parallel", type=int, default=0, help="slots; 0 = chosen from cores and context")
     parser.add_argument("--queue-depth", type=int, default=64, help="requests that may wait for a slot")
+    parser.add_argument(
+        "--stream-interval", type=int, default=0, help="steps whose text goes out together; 0 = by load"
+    )
     parser.add_argument("--chat-template-file", type=Path, help="template to use instead of the GGUF's")
     args = parser.parse_args(argv)
     template = args.chat_template_file.read_text(encoding="utf-8") if args.chat_template_file else None
@@ -53,6 +56,7 @@ def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
         template,
         parallel=args.parallel,
         queue_depth=args.queue_depth,
+        stream_interval=args.stream_interval,
     )
     return config, args.socket
 

@@ -27,6 +27,8 @@ from appliance.engines.llamacpp.text_stream import TextStream
 from appliance.errors import ApplianceError, EngineError, EngineUnavailableError, QueueFullError
 
 Event = str | Finished | BaseException
+AUTO_COALESCE_FROM = 4
+"""Running sequences from which the automatic stream interval sends two steps' text in one event."""
 BOUNDARY_SLACK = 4
 """Cells a slot may lose and still be reused in place: the next turn of a conversation re-tokenises the end
 of the previous answer, which may not match the tokens generated there."""
@@ -40,6 +42,31 @@ class _Request:
     events: asyncio.Queue[Event]
     cancelled: bool = False
     """Set by the event loop when the client leaves; a plain flag, read by the scheduler each step."""
+    started: bool = False
+    """Whether its first event was emitted (that one goes out at once: time to first token)."""
+
+
+def stream_interval(setting: int, running: int) -> int:
+    """Steps whose text is sent together: the setting, or with 0 (auto) 1 for a few sequences and 2 from
+    AUTO_COALESCE_FROM on, where relaying every token alone costs a measurable share of the cores."""
+    if setting > 0:
+        return setting
+    return 2 if running >= AUTO_COALESCE_FROM else 1
+
+
+def _coalesced(outbox: list[tuple[_Request, Event]]) -> list[tuple[_Request, Event]]:
+    """The outbox with each request's consecutive text pieces joined: one event, one write, per request."""
+    merged: list[tuple[_Request, Event]] = []
+    last: dict[_Request, int] = {}
+    for request, event in outbox:
+        at = last.get(request)
+        previous = merged[at][1] if at is not None else None
+        if at is not None and isinstance(event, str) and isinstance(previous, str):
+            merged[at] = (request, previous + event)
+            continue
+        last[request] = len(merged)
+        merged.append((request, event))
+    return merged
 
 
 def _deliver(outbox: list[tuple[_Request, Event]]) -> None:
@@ -85,8 +112,19 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 class BatchingCore:
     """The generation core of a llama.cpp worker: `parallel` slots, a bounded wait queue, one thread."""
 
-    def __init__(self, model: NativeModel, context: NativeContext, parallel: int, queue_depth: int) -> None:
+    def __init__(
+        self,
+        model: NativeModel,
+        context: NativeContext,
+        parallel: int,
+        queue_depth: int,
+        stream_interval: int = 0,
+    ) -> None:
         self.counters = WorkerCounters()
+        self._stream_interval = stream_interval
+        self._held_steps = 0
+        self._urgent = False
+        """An event in the outbox that must not wait: a first token, an end, an error."""
         self._model = model
         self._context = context
         self._slots = [_Slot(seq) for seq in range(parallel)]
@@ -186,16 +224,22 @@ class BatchingCore:
                 self._wake.clear()
                 continue
             self._step(active)
-            self._send_outbox()
+            self._held_steps += 1
+            if self._urgent or self._held_steps >= stream_interval(self._stream_interval, len(active)):
+                self._send_outbox()
 
     def _emit(self, request: _Request, event: Event) -> None:
+        if not request.started or not isinstance(event, str):
+            self._urgent = True
+            request.started = True
         self._outbox.append((request, event))
 
     def _send_outbox(self) -> None:
         # One wake-up of the event loop per step, not one per token.
+        self._held_steps, self._urgent = 0, False
         if not self._outbox:
             return
-        outbox, self._outbox = self._outbox, []
+        outbox, self._outbox = _coalesced(self._outbox), []
         loops = {request.loop for request, _ in outbox}
         for loop in loops:
             mine = outbox if len(loops) == 1 else [item for item in outbox if item[0].loop is loop]
@@ -214,7 +258,8 @@ class BatchingCore:
                 if request.cancelled:
                     continue
                 self._start(self._place(free, request.prompt), request)
-        self._send_outbox()
+        if self._urgent:  # a request refused at admission (no room) hears it now
+            self._send_outbox()
 
     def _place(self, free: list[_Slot], prompt: list[int]) -> _Slot:
         """The free slot for `prompt`, its cells already holding the longest prefix any slot has.

@@ -38,6 +38,7 @@ class WorkerConfig:
     chat_template_override: str | None = None
     parallel: int = 0
     queue_depth: int = 64
+    stream_interval: int = 0
 
 
 class Embedder:
@@ -97,7 +98,9 @@ class LoadedModel:
             bos_token=self._token_text(self.native.bos),
             eos_token=self._token_text(self.native.eos),
         )
-        self.batching = BatchingCore(self.native, context, parallel, config.queue_depth)
+        self.batching = BatchingCore(
+            self.native, context, parallel, config.queue_depth, config.stream_interval
+        )
         self.core: GenerationCore = self.batching
         self.embedder = Embedder(config)
 

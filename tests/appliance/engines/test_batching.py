@@ -10,6 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from appliance.engines.llamacpp.batching import AUTO_COALESCE_FROM, stream_interval
 from appliance.engines.llamacpp.core import Finished, SamplingParams
 from appliance.engines.llamacpp.model import LoadedModel, WorkerConfig
 from appliance.engines.llamacpp.sampling import grammar_for
@@ -75,10 +76,46 @@ async def test_concurrent_greedy_equals_one_at_a_time(model_path: Path) -> None:
     finally:
         batch_model.close()
     for (solo_pieces, solo_end), (batch_pieces, batch_end) in zip(alone, together, strict=True):
-        assert batch_pieces[:16] == solo_pieces[:16]
+        # Together, two steps' text may go out as one piece (the stream interval): compare the text.
+        assert "".join(batch_pieces).startswith("".join(solo_pieces[:16]))
         assert batch_end.prompt_tokens == solo_end.prompt_tokens
     # decoded together: far fewer steps than the 8 x 24 tokens one at a time would take
     assert steps < 2 * GREEDY.max_tokens
+
+
+def test_a_stream_interval_of_two_joins_steps_but_sends_the_first_token_alone(model_path: Path) -> None:
+    """With stream_interval 2 the text arrives in about half as many pieces, the first one a single token,
+    and it is the same text as with every step sent alone."""
+
+    def text_of(interval: int) -> tuple[list[str], Finished]:
+        config = WorkerConfig(
+            model_path, "m", context_length=512, threads=2, parallel=1, stream_interval=interval
+        )
+        loaded = LoadedModel(config)
+        try:
+            return asyncio.run(
+                _run(loaded, "Once upon a time,", SamplingParams(max_tokens=24, temperature=0.0))
+            )
+        finally:
+            loaded.close()
+
+    every_step, end = text_of(1)
+    joined, joined_end = text_of(2)
+    assert end.completion_tokens == joined_end.completion_tokens == len(every_step) == 24
+    assert "".join(joined) == "".join(every_step)
+    assert joined[0] == every_step[0]
+    assert len(joined) <= 1 + (24 - 1 + 1) // 2
+
+
+def test_auto_stream_interval_depends_on_the_running_sequences() -> None:
+    """Auto (0): every step below AUTO_COALESCE_FROM sequences, every second one from there; settings win."""
+    assert [stream_interval(0, n) for n in (1, AUTO_COALESCE_FROM - 1, AUTO_COALESCE_FROM, 16)] == [
+        1,
+        1,
+        2,
+        2,
+    ]
+    assert stream_interval(3, 1) == 3
 
 
 async def test_cancelling_half_leaves_the_rest_exact_and_frees_slots(model: LoadedModel) -> None:
