@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -38,7 +39,10 @@ from appliance.registry.registry import Registry
 from appliance.settings import Settings
 from appliance.store.gate import StoreGate
 from appliance.store.store import ModelStore
+from appliance.store.tmpfs import sweep_stale_folders
 from appliance.supervisor import Supervisor, serving_plan
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, registry: Registry) -> Litestar:
@@ -64,6 +68,8 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
 
     @asynccontextmanager
     async def run_workers(_app: Litestar) -> AsyncIterator[None]:
+        for folder in sweep_stale_folders(settings.run_dir):  # a killed gateway runs no clean-up
+            log.warning("removed %s: decrypted model files left by a gateway that was killed", folder)
         await supervisor.start(gate.startable_workers(supervisor))
         probing = asyncio.create_task(
             probe_forever(supervisor, gateway.chains, settings.fallback, metrics_.fallback.probe_done)

@@ -71,6 +71,7 @@ class Engine(msgspec.Struct, frozen=True):
     pid: int | None = None
     restarts: int = 0
     last_exit: str = ""
+    version: str = ""
 
 
 class ErrorEvent(msgspec.Struct, frozen=True):

@@ -39,6 +39,7 @@ from appliance.store.keys import (
     wrap_key,
 )
 from appliance.store.streams import ChunkReader, FdWriter, HashingReader
+from appliance.store.tmpfs import folder_prefix
 
 STORE_FOLDER = "store"
 SUFFIX = ".aplm"
@@ -360,7 +361,7 @@ class ModelStore:
 
     def decrypt_to_folder(self, model: ModelInfo, parent: Path) -> Path:
         """Decrypt an AWQ model into a new folder (mode 0700) under `parent`; the caller removes it."""
-        target = Path(tempfile.mkdtemp(prefix=f"model-{model.name}-", dir=parent))
+        target = Path(tempfile.mkdtemp(prefix=folder_prefix(model.name), dir=parent))
         try:
             decrypt_folder(model.path, self._data_key(model), target)
         except BaseException:

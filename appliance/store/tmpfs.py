@@ -63,6 +63,38 @@ def private_memory_parent(run_dir: Path, fallback: Path = SHARED_MEMORY) -> Path
     )
 
 
+def folder_prefix(model_name: str) -> str:
+    """The name start of a plaintext folder: it carries the gateway's pid, so a later start can tell the
+    folders a killed gateway left behind (SIGKILL runs no clean-up) from those of a live one."""
+    return f"model-{os.getpid()}-{model_name}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_stale_folders(run_dir: Path, shared: Path = SHARED_MEMORY) -> list[Path]:
+    """Remove plaintext folders of ours whose gateway is gone; returns what was removed."""
+    removed = []
+    for parent in (run_dir, shared):
+        for folder in parent.glob("model-*") if parent.is_dir() else ():
+            pid = folder.name.split("-")[1]
+            try:
+                owner = folder.stat().st_uid
+            except OSError:
+                continue
+            if pid.isdigit() and owner == os.getuid() and folder.is_dir() and not _alive(int(pid)):
+                remove_folder(folder)
+                removed.append(folder)
+    return removed
+
+
 def remove_folder(folder: Path) -> None:
     """Remove a plaintext folder (nothing if it is gone already)."""
     shutil.rmtree(folder, ignore_errors=True)

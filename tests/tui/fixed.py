@@ -47,8 +47,10 @@ OVERVIEW = Overview(
         ),
     ),
     engines=(
-        Engine(model="smollm2-135m", state="ready", pid=4242, restarts=0),
-        Engine(model="qwen2.5-7b", state="restarting", pid=None, restarts=2, last_exit="signal 9"),
+        Engine(model="smollm2-135m", state="ready", pid=4242, restarts=0, version="2"),
+        Engine(
+            model="qwen2.5-7b", state="restarting", pid=None, restarts=2, last_exit="signal 9", version="1"
+        ),
     ),
     not_started={"llama-70b": "needs 42.0 GiB, 40.0 free"},
     requests_total=1234,

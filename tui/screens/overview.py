@@ -10,7 +10,7 @@ from tui.chains import chain_text
 from tui.client import Gpu, GpuUsage, Hardware, Overview
 from tui.screens.base import ConsoleScreen
 
-ENGINE_COLUMNS = ("model", "state", "pid", "restarts", "last exit")
+ENGINE_COLUMNS = ("model", "ver", "state", "pid", "restarts", "last exit")
 
 
 GIB = 1024**3
@@ -86,9 +86,9 @@ class OverviewScreen(ConsoleScreen):
         table: DataTable[str] = self.query_one("#engines", DataTable)
         table.clear()
         for e in overview.engines:
-            table.add_row(e.model, e.state, str(e.pid or "-"), str(e.restarts), e.last_exit or "-")
+            table.add_row(e.model, e.version, e.state, str(e.pid or "-"), str(e.restarts), e.last_exit or "-")
         for model, reason in overview.not_started.items():
-            table.add_row(model, "not started", "-", "-", reason)
+            table.add_row(model, "-", "not started", "-", "-", reason)
         chains = [f"{r.name}: {chain_text(r, overview.breakers)}" for r in overview.routes]
         self.query_one("#chains", Static).update("Routes\n" + ("\n".join(chains) if chains else "(none)"))
         errors = [f"{e.time[:19]}  {e.action}  {e.target}  {e.detail}" for e in overview.errors]

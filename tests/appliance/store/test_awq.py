@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from appliance.store.tmpfs import (
     NoPrivateMemoryFolderError,
     file_system_type,
     private_memory_parent,
+    sweep_stale_folders,
 )
 from tests.api.console import run_appliance
 from tests.awq_folders import write_awq_folder
@@ -198,7 +201,7 @@ async def test_vllm_gets_a_private_tmpfs_folder_removed_once_ready(
     finally:
         process.terminate()
         await process.wait()
-    leftovers = await asyncio.to_thread(lambda: list(SHARED_MEMORY.glob("model-tiny-*")))
+    leftovers = await asyncio.to_thread(lambda: list(SHARED_MEMORY.glob(f"model-{os.getpid()}-tiny-*")))
     assert leftovers == []
 
 
@@ -232,3 +235,26 @@ async def test_tmpfs_folder_goes_when_the_start_itself_fails(
     [folder] = folders
     assert folder.parent == SHARED_MEMORY
     assert not await asyncio.to_thread(folder.exists)
+
+
+def test_plaintext_folders_of_a_killed_gateway_are_swept_at_the_next_start(tmp_path: Path) -> None:
+    """A folder named for a pid that is gone is removed; one of a live gateway, or not ours by name, stays."""
+    dead_pid = _exited_pid()
+    run_dir, shared = tmp_path / "run", tmp_path / "shm"
+    stale = shared / f"model-{dead_pid}-tiny-abc123"
+    live = shared / f"model-{os.getpid()}-tiny-def456"
+    older = run_dir / "model-tiny-ghi789"  # no pid in the name: not swept
+    for folder in (stale, live, older):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"plaintext")
+    assert sweep_stale_folders(run_dir, shared) == [stale]
+    assert not stale.exists()
+    assert live.exists()
+    assert older.exists()
+
+
+def _exited_pid() -> int:
+    """The pid of a child that has exited and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
