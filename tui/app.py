@@ -10,8 +10,9 @@ from textual.app import App
 from textual.binding import Binding
 from textual.reactive import reactive
 
-from tui.client import AdminApiError, AdminSource, ConnectionLost, Overview
+from tui.client import AdminApiError, AdminSource, ConnectionLost
 from tui.history import MetricsHistory
+from tui.schemas import Overview
 from tui.screens.audit import AuditScreen
 from tui.screens.help import HelpScreen
 from tui.screens.keys import KeysScreen

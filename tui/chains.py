@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.markup import escape
 
-from tui.client import RouteInfo
+from tui.schemas import RouteInfo
 
 # The gateway creates a link's breaker on first use, and a breaker starts closed: no entry means closed.
 UNUSED_STATE = "closed"

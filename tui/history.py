@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from tui.client import Overview
+from tui.schemas import Overview
 
 POINTS = 60
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tui.app import ConsoleApp
-from tui.client import (
+from tui.history import MetricsHistory
+from tui.schemas import (
     Activated,
     ActivationCheck,
     AuditEvent,
@@ -26,7 +27,6 @@ from tui.client import (
     StoredModel,
     Verified,
 )
-from tui.history import MetricsHistory
 
 MIB = 1024 * 1024
 ROUTES = Routes(

@@ -90,7 +90,9 @@ async def test_overview_shows_engines_and_traffic(gateway: RunningAppliance) -> 
     app = console(gateway)
     async with app.run_test(size=(80, 24)) as pilot:
         table: DataTable[str] = app.screen.query_one("#engines", DataTable)
-        await until(pilot, lambda: ["smollm2-135m", "ready"] in [r[:2] for r in rows(table)], "the engine")
+        await until(
+            pilot, lambda: ["smollm2-135m", "1", "ready"] in [r[:3] for r in rows(table)], "the engine"
+        )
         before = app.latest.requests_total if app.latest else 0.0
         assert status_of(gateway, gateway.user_key) == 200
         await until(

@@ -9,8 +9,8 @@ import pytest
 from api.admin.console import histogram_p50
 from tests.tui.fixed import AUDIT, OVERVIEW, VERSIONS
 from tui.audit_filter import AuditFilter, parse_since
-from tui.client import Hardware, Overview
 from tui.history import MetricsHistory
+from tui.schemas import Hardware, Overview
 from tui.screens.overview import hardware_text
 from tui.screens.versions import version_row
 

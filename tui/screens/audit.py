@@ -10,7 +10,7 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Static
 
 from tui.audit_filter import AuditFilter, parse_since
-from tui.client import AuditEvent
+from tui.schemas import AuditEvent
 from tui.screens.base import ConsoleScreen
 
 COLUMNS = ("time", "actor", "action", "outcome", "target", "detail")

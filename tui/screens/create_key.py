@@ -8,7 +8,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Checkbox, Input, Static
 
-from tui.client import CreatedKey
+from tui.schemas import CreatedKey
 
 
 class CreateKeyScreen(ModalScreen[tuple[str, str] | None]):

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
-from tui.client import Key
+from tui.schemas import Key
 from tui.screens.base import ConsoleScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.create_key import CreateKeyScreen, KeyShownScreen

@@ -10,7 +10,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, ProgressBar, Static
 
-from tui.client import Activated, AdminApiError, ConnectionLost, Job, Model, StoredModel
+from tui.client import AdminApiError, ConnectionLost
+from tui.schemas import Activated, Job, Model, StoredModel
 from tui.screens.base import ConsoleScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.import_model import ImportChoice, ImportModelScreen

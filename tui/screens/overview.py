@@ -7,7 +7,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Sparkline, Static
 
 from tui.chains import chain_text
-from tui.client import Gpu, GpuUsage, Hardware, Overview
+from tui.schemas import Gpu, GpuUsage, Hardware, Overview
 from tui.screens.base import ConsoleScreen
 
 ENGINE_COLUMNS = ("model", "ver", "state", "pid", "restarts", "last exit")

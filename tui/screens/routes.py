@@ -8,7 +8,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from tui.chains import chain_text, link_state
-from tui.client import RouteInfo, Routes
+from tui.schemas import RouteInfo, Routes
 from tui.screens.add_link import AddLinkScreen
 from tui.screens.base import ConsoleScreen
 from tui.screens.confirm import ConfirmScreen

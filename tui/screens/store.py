@@ -9,7 +9,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Input, Static
 
-from tui.client import AdminApiError, ConnectionLost, StoredModel
+from tui.client import AdminApiError, ConnectionLost
+from tui.schemas import StoredModel
 from tui.screens.base import ConsoleScreen
 
 NOT_FOUND = 404

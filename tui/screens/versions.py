@@ -11,7 +11,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from tui.client import ModelVersion
+from tui.schemas import ModelVersion
 
 COLUMNS = ("", "version", "quant", "size MB", "sha256", "registered")
 

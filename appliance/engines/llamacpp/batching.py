@@ -9,7 +9,6 @@ streams the text to its request. A slot is released the moment its sequence fini
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 import weakref
@@ -22,57 +21,14 @@ import llama_cpp
 
 from appliance.engines.llamacpp.core import Finished, SamplingParams, WorkerCounters
 from appliance.engines.llamacpp.native import NativeContext, NativeModel
+from appliance.engines.llamacpp.outbox import Event, Outbox, PendingRequest
 from appliance.engines.llamacpp.sampling import build_sampler
 from appliance.engines.llamacpp.text_stream import TextStream
 from appliance.errors import ApplianceError, EngineError, EngineUnavailableError, QueueFullError
 
-Event = str | Finished | BaseException
-AUTO_COALESCE_FROM = 4
-"""Running sequences from which the automatic stream interval sends two steps' text in one event."""
 BOUNDARY_SLACK = 4
 """Cells a slot may lose and still be reused in place: the next turn of a conversation re-tokenises the end
 of the previous answer, which may not match the tokens generated there."""
-
-
-@dataclass(eq=False)
-class _Request:
-    prompt: list[int]
-    params: SamplingParams
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[Event]
-    cancelled: bool = False
-    """Set by the event loop when the client leaves; a plain flag, read by the scheduler each step."""
-    started: bool = False
-    """Whether its first event was emitted (that one goes out at once: time to first token)."""
-
-
-def stream_interval(setting: int, running: int) -> int:
-    """Steps whose text is sent together: the setting, or with 0 (auto) 1 for a few sequences and 2 from
-    AUTO_COALESCE_FROM on, where relaying every token alone costs a measurable share of the cores."""
-    if setting > 0:
-        return setting
-    return 2 if running >= AUTO_COALESCE_FROM else 1
-
-
-def _coalesced(outbox: list[tuple[_Request, Event]]) -> list[tuple[_Request, Event]]:
-    """The outbox with each request's consecutive text pieces joined: one event, one write, per request."""
-    merged: list[tuple[_Request, Event]] = []
-    last: dict[_Request, int] = {}
-    for request, event in outbox:
-        at = last.get(request)
-        previous = merged[at][1] if at is not None else None
-        if at is not None and isinstance(event, str) and isinstance(previous, str):
-            merged[at] = (request, previous + event)
-            continue
-        last[request] = len(merged)
-        merged.append((request, event))
-    return merged
-
-
-def _deliver(outbox: list[tuple[_Request, Event]]) -> None:
-    """On the event loop: hand a step's events to their requests."""
-    for request, event in outbox:
-        request.events.put_nowait(event)
 
 
 @dataclass(eq=False)
@@ -80,7 +36,7 @@ class _Slot:
     seq: int
     cells: list[int] = field(default_factory=list)
     """Tokens whose cells this sequence holds, in position order (kept after a request for prefix reuse)."""
-    request: _Request | None = None
+    request: PendingRequest | None = None
     sampler: Any = None
     """The request's llama.cpp sampler chain; None for plain greedy, which is an argmax over the logits."""
     text: TextStream = field(default_factory=lambda: TextStream(()))
@@ -121,17 +77,12 @@ class BatchingCore:
         stream_interval: int = 0,
     ) -> None:
         self.counters = WorkerCounters()
-        self._stream_interval = stream_interval
-        self._held_steps = 0
-        self._urgent = False
-        """An event in the outbox that must not wait: a first token, an end, an error."""
         self._model = model
         self._context = context
         self._slots = [_Slot(seq) for seq in range(parallel)]
         self._queue_depth = queue_depth
-        self._waiting: deque[_Request] = deque()
-        self._outbox: list[tuple[_Request, Event]] = []
-        """Events of this step, handed to the event loop in one call when the step ends."""
+        self._waiting: deque[PendingRequest] = deque()
+        self._outbox = Outbox(stream_interval)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._shutting_down = False
@@ -150,7 +101,7 @@ class BatchingCore:
         """Queue a request now (429 at once if the queue is full) and return its events; leaving early
         cancels it. Queueing happens here, not at the first iteration, so a refused stream is a plain 429
         before any response starts rather than a 200 whose first event is an error."""
-        request = _Request(prompt_tokens, params, asyncio.get_running_loop(), asyncio.Queue())
+        request = PendingRequest(prompt_tokens, params, asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
             if self._shutting_down:
                 raise EngineUnavailableError("The engine is shutting down; retry shortly.")
@@ -166,11 +117,11 @@ class BatchingCore:
         weakref.finalize(events, self._abandon, request)
         return events
 
-    def _abandon(self, request: _Request) -> None:
+    def _abandon(self, request: PendingRequest) -> None:
         request.cancelled = True
         self._wake.set()
 
-    async def _events(self, request: _Request) -> AsyncIterator[str | Finished]:
+    async def _events(self, request: PendingRequest) -> AsyncIterator[str | Finished]:
         try:
             while True:
                 event = await request.events.get()
@@ -224,29 +175,10 @@ class BatchingCore:
                 self._wake.clear()
                 continue
             self._step(active)
-            self._held_steps += 1
-            if self._urgent or self._held_steps >= stream_interval(self._stream_interval, len(active)):
-                self._send_outbox()
+            self._outbox.step_done(len(active))
 
-    def _emit(self, request: _Request, event: Event) -> None:
-        if not request.started or not isinstance(event, str):
-            self._urgent = True
-            request.started = True
-        self._outbox.append((request, event))
-
-    def _send_outbox(self) -> None:
-        # One wake-up of the event loop per step, not one per token.
-        self._held_steps, self._urgent = 0, False
-        if not self._outbox:
-            return
-        outbox, self._outbox = _coalesced(self._outbox), []
-        loops = {request.loop for request, _ in outbox}
-        for loop in loops:
-            mine = outbox if len(loops) == 1 else [item for item in outbox if item[0].loop is loop]
-            # A worker stopped mid-generation (the gateway's drain cut the stream) closes its loop while this
-            # thread finishes a step: nobody is left to read these events, so they are dropped.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_deliver, mine)
+    def _emit(self, request: PendingRequest, event: Event) -> None:
+        self._outbox.emit(request, event)
 
     def _admit(self) -> None:
         with self._lock:
@@ -258,8 +190,7 @@ class BatchingCore:
                 if request.cancelled:
                     continue
                 self._start(self._place(free, request.prompt), request)
-        if self._urgent:  # a request refused at admission (no room) hears it now
-            self._send_outbox()
+        self._outbox.flush_if_urgent()  # a request refused at admission (no room) hears it now
 
     def _place(self, free: list[_Slot], prompt: list[int]) -> _Slot:
         """The free slot for `prompt`, its cells already holding the longest prefix any slot has.
@@ -289,7 +220,7 @@ class BatchingCore:
             slot.cells[:] = holder.cells[:shared]
         return slot
 
-    def _start(self, slot: _Slot, request: _Request) -> None:
+    def _start(self, slot: _Slot, request: PendingRequest) -> None:
         keep = len(slot.cells)
         try:
             if not request.params.plain_greedy:
@@ -385,7 +316,7 @@ class BatchingCore:
                     self._on_token(slot, slot.request, token)
                 row += 1
 
-    def _on_token(self, slot: _Slot, request: _Request, token: int) -> None:
+    def _on_token(self, slot: _Slot, request: PendingRequest, token: int) -> None:
         self.counters.tokens_generated += 1
         if self._model.is_end_of_generation(token):
             self._finish(slot, "stop")
@@ -441,4 +372,4 @@ class BatchingCore:
         for slot in self._slots:
             if slot.request is not None:
                 self._fail(slot, error)
-        self._send_outbox()
+        self._outbox.flush()

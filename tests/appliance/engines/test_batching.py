@@ -10,9 +10,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from appliance.engines.llamacpp.batching import AUTO_COALESCE_FROM, stream_interval
 from appliance.engines.llamacpp.core import Finished, SamplingParams
 from appliance.engines.llamacpp.model import LoadedModel, WorkerConfig
+from appliance.engines.llamacpp.outbox import AUTO_COALESCE_FROM, stream_interval
 from appliance.engines.llamacpp.sampling import grammar_for
 from appliance.engines.llamacpp.text_stream import TextStream
 from appliance.errors import QueueFullError

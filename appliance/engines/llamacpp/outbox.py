@@ -1,0 +1,105 @@
+"""The scheduler's outbox: each step's events handed to the event loop, text joined over a stream interval."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from appliance.engines.llamacpp.core import Finished, SamplingParams
+
+Event = str | Finished | BaseException
+AUTO_COALESCE_FROM = 4
+"""Running sequences from which the automatic stream interval sends two steps' text in one event."""
+BOUNDARY_SLACK = 4
+"""Cells a slot may lose and still be reused in place: the next turn of a conversation re-tokenises the end
+of the previous answer, which may not match the tokens generated there."""
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    """One request between its arrival and its end, as the scheduler and the event loop share it."""
+
+    prompt: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[Event]
+    cancelled: bool = False
+    """Set by the event loop when the client leaves; a plain flag, read by the scheduler each step."""
+    started: bool = False
+    """Whether its first event was emitted (that one goes out at once: time to first token)."""
+
+
+def stream_interval(setting: int, running: int) -> int:
+    """Steps whose text is sent together: the setting, or with 0 (auto) 1 for a few sequences and 2 from
+    AUTO_COALESCE_FROM on, where relaying every token alone costs a measurable share of the cores."""
+    if setting > 0:
+        return setting
+    return 2 if running >= AUTO_COALESCE_FROM else 1
+
+
+def coalesced(outbox: list[tuple[PendingRequest, Event]]) -> list[tuple[PendingRequest, Event]]:
+    """The outbox with each request's consecutive text pieces joined: one event, one write, per request."""
+    merged: list[tuple[PendingRequest, Event]] = []
+    last: dict[PendingRequest, int] = {}
+    for request, event in outbox:
+        at = last.get(request)
+        previous = merged[at][1] if at is not None else None
+        if at is not None and isinstance(event, str) and isinstance(previous, str):
+            merged[at] = (request, previous + event)
+            continue
+        last[request] = len(merged)
+        merged.append((request, event))
+    return merged
+
+
+def deliver(outbox: list[tuple[PendingRequest, Event]]) -> None:
+    """On the event loop: hand a step's events to their requests."""
+    for request, event in outbox:
+        request.events.put_nowait(event)
+
+
+class Outbox:
+    """The events of the scheduler's steps, handed to the event loop in one call per flush.
+
+    Text waits for `stream_interval` steps (one event-loop wake and one write per request for all of them);
+    a first token, an end or an error makes the next flush immediate.
+    """
+
+    def __init__(self, interval_setting: int) -> None:
+        self._interval_setting = interval_setting
+        self._events: list[tuple[PendingRequest, Event]] = []
+        self._held_steps = 0
+        self._urgent = False
+
+    def emit(self, request: PendingRequest, event: Event) -> None:
+        """Queue one event of `request` (called on the scheduler thread)."""
+        if not request.started or not isinstance(event, str):
+            self._urgent = True
+            request.started = True
+        self._events.append((request, event))
+
+    def step_done(self, running: int) -> None:
+        """A decode step ended: flush if something must not wait or the interval is reached."""
+        self._held_steps += 1
+        if self._urgent or self._held_steps >= stream_interval(self._interval_setting, running):
+            self.flush()
+
+    def flush_if_urgent(self) -> None:
+        """Flush only if a first token, an end or an error is waiting."""
+        if self._urgent:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand every queued event to its request's event loop: one wake-up per loop, not one per token."""
+        self._held_steps, self._urgent = 0, False
+        if not self._events:
+            return
+        events, self._events = coalesced(self._events), []
+        loops = {request.loop for request, _ in events}
+        for loop in loops:
+            mine = events if len(loops) == 1 else [item for item in events if item[0].loop is loop]
+            # A worker stopped mid-generation (the gateway's drain cut the stream) closes its loop while the
+            # scheduler finishes a step: nobody is left to read these events, so they are dropped.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, mine)
