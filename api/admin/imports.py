@@ -14,7 +14,7 @@ from litestar.di import NamedDependency
 from api.admin.jobs import Job, Jobs, ProgressCallback
 from api.auth import admin_only
 from api.state import GatewayState
-from appliance.errors import ApplianceError, ConflictError, InvalidRequestError, ModelFileError
+from appliance.errors import ApplianceError, InvalidRequestError, ModelFileError
 from appliance.gguf_info import GGUF_MAGIC, read_gguf_info
 from appliance.registry.awq import awq_folder_facts
 from appliance.registry.keys import KeyInfo
@@ -77,17 +77,6 @@ def _checked_source(data: ImportRequest) -> tuple[Path, bool, int]:
     return source, False, source.stat().st_size
 
 
-def _check_names_free(gateway: GatewayState, names: list[str], new_version: bool) -> None:
-    for model in gateway.registry.models.list():
-        if new_version and model.name == names[0]:
-            continue  # a new version of this model: the registry checks the version number itself
-        taken = set(names) & set(model.public_names)
-        if taken:
-            raise ConflictError(
-                f"name {sorted(taken)[0]!r} is already used by model {model.name!r}", param="name"
-            )
-
-
 def _model_object(model: ModelInfo, encrypted: bool) -> dict[str, Any]:
     return {
         "name": model.name,
@@ -122,7 +111,9 @@ class ImportController(Controller):
         actor = request.user.id  # read now: the job ends after this request is gone
         try:
             source, folder, size = _checked_source(data)
-            _check_names_free(gateway, [data.name, *data.aliases], new_version=data.version is not None)
+            gateway.registry.models.check_names_free(
+                data.name, tuple(data.aliases), new_version=data.version is not None
+            )
             if data.encrypt:
                 gateway.store.refuse_if_locked()
         except ApplianceError as error:

@@ -146,6 +146,17 @@ class ModelRegistry:
             session.flush()
             return _info(row)
 
+    def check_names_free(self, name: str, aliases: tuple[str, ...], *, new_version: bool = False) -> None:
+        """Refuse names already taken before a long import starts (`add` checks again when it adds)."""
+        for existing in self.list():
+            if new_version and existing.name == name:
+                continue  # a new version of this very model: `add` checks the version itself
+            taken = {name, *aliases} & set(existing.public_names)
+            if taken:
+                raise ConflictError(
+                    f"name {sorted(taken)[0]!r} is already used by model {existing.name!r}", param="name"
+                )
+
     def versions(self, name: str) -> builtins.list[ModelInfo]:
         """Every version of the model called `name`, oldest first; ModelNotFoundError if there is none."""
         with self._sessions() as session:

@@ -147,29 +147,18 @@ class ModelStore:
         With `version`, it becomes a new version of the existing model `name` (`appliance models activate`).
         """
         info = read_gguf_info(source)
-        self._check_names(name, aliases, new_version=version is not None)
+        self._registry.models.check_names_free(name, aliases, new_version=version is not None)
         kek = self._kek()
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         with writing(self.folder):
             return self._import_locked(source, info, name, aliases, kek, progress, version)
-
-    def _check_names(self, name: str, aliases: tuple[str, ...], *, new_version: bool = False) -> None:
-        """Refuse names already taken before any work is done (the registry checks again when adding)."""
-        for existing in self._registry.models.list():
-            if new_version and existing.name == name:
-                continue  # a new version of this very model: the registry checks the version itself
-            taken = {name, *aliases} & set(existing.public_names)
-            if taken:
-                raise ConflictError(
-                    f"name {sorted(taken)[0]!r} is already used by model {existing.name!r}", param="name"
-                )
 
     def import_awq_folder(
         self, source: Path, *, name: str, aliases: tuple[str, ...] = (), progress: Progress | None = None
     ) -> ModelInfo:
         """Encrypt every file of an AWQ model folder into the store and register it (format `awq`)."""
         awq_folder_facts(source, name, "")  # refuse a folder that is not an AWQ model before any work
-        self._check_names(name, aliases)
+        self._registry.models.check_names_free(name, aliases)
         kek = self._kek()
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         data_key, file_id = new_data_key(), secrets.token_hex(16)
