@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from appliance.registry.changes import DataVersion, ReadCache
 from appliance.registry.schema import ApiKeyRow, utc_now
 
 KEY_PREFIX = "apl"
@@ -56,11 +57,21 @@ def _info(row: ApiKeyRow) -> KeyInfo:
     return KeyInfo(row.id, row.name, Role(row.role), row.created_at, row.last_used_at, row.revoked_at)
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """What authentication needs of a key's row."""
+
+    secret_sha256: str
+    info: KeyInfo
+
+
 class KeyStore:
     """Creates, checks, lists and revokes API keys in the registry."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], changes: DataVersion | None = None) -> None:
         self._sessions = sessions
+        self._cache: ReadCache[_Stored | None] | None = ReadCache(changes) if changes else None
+        """Keys by id, read once per change of the database (a revocation is a change)."""
 
     def create(self, name: str, role: Role) -> CreatedKey:
         """Make a key `apl-<id>-<secret>` with 256 bits of secret; only its hash is stored."""
@@ -77,20 +88,37 @@ class KeyStore:
         """Return the key's info if `presented` is a live key, else raise AuthenticationError."""
         prefix, _, rest = presented.partition("-")
         key_id, _, secret = rest.partition("-")
+        stored = self._stored(key_id) if prefix == KEY_PREFIX and key_id else None
+        # Compare against a dummy digest when the id is unknown, so the comparison itself takes the same
+        # time; the secret (256 bits) is what is guessed, an id is no secret (`keys list` shows it).
+        expected = stored.secret_sha256 if stored is not None else _digest("\0")
+        if not hmac.compare_digest(expected, _digest(secret)) or stored is None:
+            raise AuthenticationError("Incorrect API key provided.")
+        info = stored.info
+        if info.revoked_at is not None:
+            raise AuthenticationError("This API key has been revoked.")
+        now = utc_now()
+        last = info.last_used_at
+        if last is None or now - last.replace(tzinfo=now.tzinfo) > LAST_USED_RESOLUTION:
+            with self._sessions.begin() as session:
+                row = session.get(ApiKeyRow, key_id)
+                if row is not None:
+                    row.last_used_at = now
+            info = replace(info, last_used_at=now)
+        return info
+
+    def _stored(self, key_id: str) -> _Stored | None:
+        if self._cache is None:
+            return self._load(key_id)
+        stored = self._cache.get(key_id, lambda: self._load(key_id))
+        if stored is None:
+            self._cache.forget(key_id)  # unknown ids are not kept: anyone may send any number of them
+        return stored
+
+    def _load(self, key_id: str) -> _Stored | None:
         with self._sessions() as session:
-            row = session.get(ApiKeyRow, key_id) if prefix == KEY_PREFIX and key_id else None
-            # Compare against a dummy digest when the id is unknown, so timing does not tell ids apart.
-            expected = row.secret_sha256 if row is not None else _digest("\0")
-            if not hmac.compare_digest(expected, _digest(secret)) or row is None:
-                raise AuthenticationError("Incorrect API key provided.")
-            if row.revoked_at is not None:
-                raise AuthenticationError("This API key has been revoked.")
-            now = utc_now()
-            last = row.last_used_at
-            if last is None or now - last.replace(tzinfo=now.tzinfo) > LAST_USED_RESOLUTION:
-                row.last_used_at = now
-                session.commit()
-            return _info(row)
+            row = session.get(ApiKeyRow, key_id)
+            return None if row is None else _Stored(row.secret_sha256, _info(row))
 
     def list(self) -> list[KeyInfo]:
         """Every key, oldest first, revoked ones included."""

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.errors import ConflictError, InvalidRequestError, ModelNotFoundError
 from appliance.gguf_info import GgufInfo
+from appliance.registry.changes import DataVersion, ReadCache
 from appliance.registry.schema import ModelRow, utc_now
 
 
@@ -76,8 +77,10 @@ class ModelRegistry:
     models sees only active versions. Activation itself (load beside, check, switch) is the gateway's.
     """
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], changes: DataVersion | None = None) -> None:
         self._sessions = sessions
+        self._cache: ReadCache[tuple[ModelInfo, ...]] | None = ReadCache(changes) if changes else None
+        """The active models, read once per change of the database: every request resolves its model."""
 
     def add(
         self,
@@ -202,9 +205,14 @@ class ModelRegistry:
 
     def list(self) -> list[ModelInfo]:
         """Every registered model (its active version), in the order they were added."""
+        if self._cache is None:
+            return builtins.list(self._load_active())
+        return builtins.list(self._cache.get(None, self._load_active))
+
+    def _load_active(self) -> tuple[ModelInfo, ...]:
         with self._sessions() as session:
             rows = session.scalars(select(ModelRow).where(ModelRow.active.is_(True)).order_by(ModelRow.id))
-            return [_info(row) for row in rows]
+            return tuple(_info(row) for row in rows)
 
     def enabled(self) -> builtins.list[ModelInfo]:
         """The models the supervisor should serve."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.registry.audit import AuditLog
+from appliance.registry.changes import DataVersion
 from appliance.registry.database import open_database
 from appliance.registry.keys import KeyStore
 from appliance.registry.models import ModelRegistry
@@ -27,9 +28,10 @@ class Registry:
 def open_registry(database_path: Path) -> Registry:
     """Open and migrate the database, then hand out its three stores."""
     sessions = open_database(database_path)
+    changes = DataVersion(database_path)
     return Registry(
-        KeyStore(sessions),
-        ModelRegistry(sessions),
+        KeyStore(sessions, changes),
+        ModelRegistry(sessions, changes),
         AuditLog(sessions),
         RouteStore(sessions),
         StoreKeys(sessions),

@@ -262,3 +262,35 @@ def test_unknown_model_is_not_found(registry: Registry) -> None:
     assert caught.value.param == "model"
     assert caught.value.status_code == 404
     assert "missing" in caught.value.message
+
+
+def test_reads_served_from_memory_still_see_every_commit_of_another_process(db_path: Path) -> None:
+    """Keys and the model list are kept in memory until the database changes: a revocation or a model added
+    through another connection (the CLI's, here a second registry on the same file) shows at once."""
+    gateway, cli = open_registry(db_path), open_registry(db_path)
+    created = gateway.keys.create("app", Role.USER)
+    assert gateway.keys.authenticate(created.secret).id == created.info.id
+    assert gateway.keys.authenticate(created.secret).id == created.info.id  # served from memory
+    assert gateway.models.list() == []
+    cli.keys.revoke(created.info.id)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        gateway.keys.authenticate(created.secret)
+    cli.models.add(Path("/models/a.gguf"), FAKE_GGUF, name="a")
+    assert [model.name for model in gateway.models.list()] == ["a"]
+    assert gateway.models.resolve("a").name == "a"
+    cli.models.remove("a")
+    with pytest.raises(ModelNotFoundError):
+        gateway.models.resolve("a")
+
+
+def test_a_cached_key_still_checks_its_secret_and_records_use(registry: Registry) -> None:
+    """A second authentication from memory still refuses a wrong secret, and last_used is written."""
+    created = registry.keys.create("app", Role.USER)
+    first = registry.keys.authenticate(created.secret)
+    assert first.last_used_at is not None
+    assert registry.keys.list()[0].last_used_at is not None
+    with pytest.raises(AuthenticationError, match="Incorrect"):
+        registry.keys.authenticate(created.secret[:-2] + "xx")
+    unknown = f"{KEY_PREFIX}-000000000000-{created.secret.rsplit('-', 1)[1]}"
+    with pytest.raises(AuthenticationError, match="Incorrect"):
+        registry.keys.authenticate(unknown)
