@@ -47,6 +47,8 @@ def llamacpp_command(launch: Launch) -> list[str]:
         str(workers.queue_depth),
         "--stream-interval",
         str(workers.stream_interval),
+        "--compute-priority",
+        workers.compute_priority,
     ]
     if model.chat_template_override is not None:
         template_file = launch.settings.run_dir / f"{model.name}.chat_template.jinja"

@@ -169,6 +169,7 @@ def test_llamacpp_worker_command_is_unchanged(tmp_path: Path) -> None:
         "--socket", str(tmp_path / "run" / "small.sock"),
         "--context-length", "4096", "--threads", str(physical_cores()),
         "--parallel", "3", "--queue-depth", "9", "--stream-interval", "0",
+        "--compute-priority", "idle",
     ]  # fmt: skip
 
 

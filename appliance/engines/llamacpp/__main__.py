@@ -45,6 +45,12 @@ def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
     parser.add_argument(
         "--stream-interval", type=int, default=0, help="steps whose text goes out together; 0 = by load"
     )
+    parser.add_argument(
+        "--compute-priority",
+        choices=["idle", "normal"],
+        default="normal",
+        help="idle: compute threads under SCHED_IDLE, giving way to request handling",
+    )
     parser.add_argument("--chat-template-file", type=Path, help="template to use instead of the GGUF's")
     args = parser.parse_args(argv)
     template = args.chat_template_file.read_text(encoding="utf-8") if args.chat_template_file else None
@@ -57,6 +63,7 @@ def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
         parallel=args.parallel,
         queue_depth=args.queue_depth,
         stream_interval=args.stream_interval,
+        compute_priority=args.compute_priority,
     )
     return config, args.socket
 

@@ -22,6 +22,7 @@ import llama_cpp
 from appliance.engines.llamacpp.core import Finished, SamplingParams, WorkerCounters
 from appliance.engines.llamacpp.native import NativeContext, NativeModel
 from appliance.engines.llamacpp.outbox import Event, Outbox, PendingRequest
+from appliance.engines.llamacpp.priority import ComputePriority, apply_compute_priority
 from appliance.engines.llamacpp.sampling import build_sampler
 from appliance.engines.llamacpp.text_stream import TextStream
 from appliance.errors import ApplianceError, EngineError, EngineUnavailableError, QueueFullError
@@ -75,6 +76,7 @@ class BatchingCore:
         parallel: int,
         queue_depth: int,
         stream_interval: int = 0,
+        compute_priority: ComputePriority = "normal",
     ) -> None:
         self.counters = WorkerCounters()
         self._model = model
@@ -87,10 +89,16 @@ class BatchingCore:
         self._wake = threading.Event()
         self._shutting_down = False
         self._closed = False
+        self._compute_priority = compute_priority
         self._threads_wanted: int | None = None
         """Set from the event loop, applied by the scheduler between two decodes (see set_threads)."""
         self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
         self._thread.start()
+
+    @property
+    def scheduler_thread_id(self) -> int | None:
+        """The decoding thread's native id (its OpenMP team are threads it started)."""
+        return self._thread.native_id
 
     @property
     def slot_context(self) -> int:
@@ -162,6 +170,7 @@ class BatchingCore:
         self._wake.set()
 
     def _run(self) -> None:
+        apply_compute_priority(self._compute_priority)  # before the first decode makes the OpenMP team
         while not self._closed:
             wanted, self._threads_wanted = self._threads_wanted, None
             if wanted is not None:

@@ -14,6 +14,7 @@ from appliance.engines.llamacpp.batching import BatchingCore
 from appliance.engines.llamacpp.chat_template import ChatTemplate
 from appliance.engines.llamacpp.core import GenerationCore
 from appliance.engines.llamacpp.native import ContextShape, NativeContext, NativeModel
+from appliance.engines.llamacpp.priority import ComputePriority, apply_compute_priority
 from appliance.errors import ContextLengthExceededError, InvalidRequestError
 
 SLOT_TOKENS = 1024
@@ -39,6 +40,8 @@ class WorkerConfig:
     parallel: int = 0
     queue_depth: int = 64
     stream_interval: int = 0
+    compute_priority: ComputePriority = "normal"
+    """The appliance's settings choose "idle" (see priority.py); a library user keeps its own threads' way."""
 
 
 class Embedder:
@@ -51,7 +54,12 @@ class Embedder:
     def __init__(self, config: WorkerConfig) -> None:
         self._config = config
         self._llm: Any = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embeddings")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="embeddings",
+            initializer=apply_compute_priority,
+            initargs=(config.compute_priority,),
+        )
 
     def _load(self) -> Any:
         if self._llm is None:
@@ -99,7 +107,12 @@ class LoadedModel:
             eos_token=self._token_text(self.native.eos),
         )
         self.batching = BatchingCore(
-            self.native, context, parallel, config.queue_depth, config.stream_interval
+            self.native,
+            context,
+            parallel,
+            config.queue_depth,
+            config.stream_interval,
+            config.compute_priority,
         )
         self.core: GenerationCore = self.batching
         self.embedder = Embedder(config)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.engines.llamacpp.core import Finished, SamplingParams
@@ -11,9 +13,11 @@ from appliance.engines.llamacpp.core import Finished, SamplingParams
 Event = str | Finished | BaseException
 AUTO_COALESCE_FROM = 4
 """Running sequences from which the automatic stream interval sends two steps' text in one event."""
-BOUNDARY_SLACK = 4
-"""Cells a slot may lose and still be reused in place: the next turn of a conversation re-tokenises the end
-of the previous answer, which may not match the tokens generated there."""
+AUTO_MIN_GAP_S = 0.025
+"""With the automatic interval, text goes out at most every 25 ms (40 events a second, still smooth to a
+reader): a small model on few sequences decodes a step in about 7 ms, and waking the worker's event loop,
+the gateway and the client for every token took about 10% of the tokens a second at concurrency 1 on two
+cores (bench/relay_cpu_bench.py)."""
 
 
 @dataclass(eq=False)
@@ -31,11 +35,17 @@ class PendingRequest:
 
 
 def stream_interval(setting: int, running: int) -> int:
-    """Steps whose text is sent together: the setting, or with 0 (auto) 1 for a few sequences and 2 from
-    AUTO_COALESCE_FROM on, where relaying every token alone costs a measurable share of the cores."""
+    """Steps whose text is sent together at least: the setting, or with 0 (auto) 1 for a few sequences and
+    2 from AUTO_COALESCE_FROM on, where relaying every token alone costs a measurable share of the cores.
+    Auto also waits for AUTO_MIN_GAP_S since the last event (see `Outbox.step_done`)."""
     if setting > 0:
         return setting
     return 2 if running >= AUTO_COALESCE_FROM else 1
+
+
+def min_gap_s(setting: int) -> float:
+    """Seconds text waits at least since the last flush: AUTO_MIN_GAP_S for auto, none for a set interval."""
+    return AUTO_MIN_GAP_S if setting == 0 else 0.0
 
 
 def coalesced(outbox: list[tuple[PendingRequest, Event]]) -> list[tuple[PendingRequest, Event]]:
@@ -62,14 +72,18 @@ def deliver(outbox: list[tuple[PendingRequest, Event]]) -> None:
 class Outbox:
     """The events of the scheduler's steps, handed to the event loop in one call per flush.
 
-    Text waits for `stream_interval` steps (one event-loop wake and one write per request for all of them);
-    a first token, an end or an error makes the next flush immediate.
+    Text waits for `stream_interval` steps and, with the automatic interval, AUTO_MIN_GAP_S since the last
+    flush (one event-loop wake and one write per request for all of them); a first token, an end or an error
+    makes the next flush immediate.
     """
 
-    def __init__(self, interval_setting: int) -> None:
+    def __init__(self, interval_setting: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval_setting = interval_setting
+        self._min_gap_s = min_gap_s(interval_setting)
+        self._clock = clock
         self._events: list[tuple[PendingRequest, Event]] = []
         self._held_steps = 0
+        self._flushed_at = clock()
         self._urgent = False
 
     def emit(self, request: PendingRequest, event: Event) -> None:
@@ -82,7 +96,10 @@ class Outbox:
     def step_done(self, running: int) -> None:
         """A decode step ended: flush if something must not wait or the interval is reached."""
         self._held_steps += 1
-        if self._urgent or self._held_steps >= stream_interval(self._interval_setting, running):
+        due = self._held_steps >= stream_interval(self._interval_setting, running) and (
+            not self._min_gap_s or self._clock() - self._flushed_at >= self._min_gap_s
+        )
+        if self._urgent or due:
             self.flush()
 
     def flush_if_urgent(self) -> None:
@@ -95,6 +112,8 @@ class Outbox:
         self._held_steps, self._urgent = 0, False
         if not self._events:
             return
+        if self._min_gap_s:
+            self._flushed_at = self._clock()
         events, self._events = coalesced(self._events), []
         loops = {request.loop for request, _ in events}
         for loop in loops:

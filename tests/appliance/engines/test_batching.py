@@ -12,7 +12,13 @@ import pytest
 
 from appliance.engines.llamacpp.core import Finished, SamplingParams
 from appliance.engines.llamacpp.model import LoadedModel, WorkerConfig
-from appliance.engines.llamacpp.outbox import AUTO_COALESCE_FROM, stream_interval
+from appliance.engines.llamacpp.outbox import (
+    AUTO_COALESCE_FROM,
+    AUTO_MIN_GAP_S,
+    Outbox,
+    PendingRequest,
+    stream_interval,
+)
 from appliance.engines.llamacpp.sampling import grammar_for
 from appliance.engines.llamacpp.text_stream import TextStream
 from appliance.errors import QueueFullError
@@ -61,7 +67,10 @@ async def test_concurrent_greedy_equals_one_at_a_time(model_path: Path) -> None:
 
     def fresh() -> LoadedModel:
         return LoadedModel(
-            WorkerConfig(model_path, "m", context_length=SLOTS * 512, threads=2, parallel=SLOTS)
+            # every step's text alone, so that pieces are tokens (the auto interval joins them by time)
+            WorkerConfig(
+                model_path, "m", context_length=SLOTS * 512, threads=2, parallel=SLOTS, stream_interval=1
+            )
         )
 
     solo_model = fresh()
@@ -116,6 +125,46 @@ def test_auto_stream_interval_depends_on_the_running_sequences() -> None:
         2,
     ]
     assert stream_interval(3, 1) == 3
+
+
+def _sent_pieces(setting: int, step_s: float, steps: int) -> list[str]:
+    """The events one request receives when each of `steps` decode steps (`step_s` apart on a fake clock)
+    adds one letter of text and the last one ends the stream."""
+    loop = asyncio.new_event_loop()
+    try:
+        now = [0.0]
+        outbox = Outbox(setting, clock=lambda: now[0])
+        request = PendingRequest([1], SamplingParams(max_tokens=steps), loop, asyncio.Queue())
+        for step in range(steps):
+            now[0] += step_s
+            outbox.emit(request, chr(ord("a") + step))
+            if step == steps - 1:
+                outbox.emit(request, Finished("length", 1, steps))
+            outbox.step_done(1)
+        loop.run_until_complete(asyncio.sleep(0))  # run the deliveries the outbox scheduled
+        pieces: list[str] = []
+        while not request.events.empty():
+            event = request.events.get_nowait()
+            if isinstance(event, str):
+                pieces.append(event)
+        return pieces
+    finally:
+        loop.close()
+
+
+def test_auto_interval_waits_a_minimum_gap_between_text_events() -> None:
+    """Auto: with steps of 7 ms (a small model, one sequence) the first token goes alone, then text waits
+    until AUTO_MIN_GAP_S has passed; a set interval of 1 sends every step; the end sends what is held."""
+    step_s = 0.007
+    per_event = int(AUTO_MIN_GAP_S // step_s) + 1  # steps until the gap is reached
+    auto = _sent_pieces(0, step_s, 13)
+    assert auto[0] == "a"
+    assert "".join(auto) == "abcdefghijklm"
+    assert [len(piece) for piece in auto[1:-1]] == [per_event] * (len(auto) - 2)
+    assert len(auto) < 13 // 2
+    assert _sent_pieces(1, step_s, 13) == list("abcdefghijklm")
+    # steps slower than the gap: every step's text goes out on its own
+    assert _sent_pieces(0, 2 * AUTO_MIN_GAP_S, 5) == list("abcde")
 
 
 async def test_cancelling_half_leaves_the_rest_exact_and_frees_slots(model: LoadedModel) -> None:
@@ -176,7 +225,10 @@ async def test_a_prompt_sharing_only_the_system_prompt_copies_it_and_keeps_the_o
     first, second = system + "Question: what is the capital of France?", system + "Question: name a colour."
 
     def load() -> LoadedModel:
-        return LoadedModel(WorkerConfig(model_path, "c", context_length=4 * 512, threads=2, parallel=4))
+        config = WorkerConfig(
+            model_path, "c", context_length=4 * 512, threads=2, parallel=4, stream_interval=1
+        )  # pieces are tokens
+        return LoadedModel(config)
 
     fresh = load()
     try:
