@@ -130,7 +130,7 @@ def write_results(path: Path, text: str) -> None:
 def plot(figures: list[Figures], path: Path) -> None:
     """Draw aggregate tok/s against concurrency per server, if matplotlib is importable."""
     try:
-        # Imported by name: matplotlib is optional and not a dependency of this project.
+        # Imported by name: matplotlib comes with the `bench` extra only, and the run is useful without it.
         matplotlib = importlib.import_module("matplotlib")
     except ImportError:
         print(f"matplotlib is not importable; skipping the plot {path}", file=sys.stderr)
