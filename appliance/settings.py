@@ -88,6 +88,10 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return max([self.max_body_bytes, *per_key])
 
 
+ComputePriority = Literal["idle", "normal"]
+"""How a llama.cpp worker's compute threads are scheduled (appliance/engines/llamacpp/priority.py)."""
+
+
 class WorkerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """How llama.cpp worker processes are started and supervised."""
 
@@ -103,7 +107,7 @@ class WorkerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Decode steps whose text a stream sends in one event (like vLLM's --stream-interval); 0 = by load:
     text goes out at most every 25 ms, and every second step from 4 busy slots on, where relaying each token
     alone costs a measurable share of the cores. A first token, an end or an error always goes out at once."""
-    compute_priority: Literal["idle", "normal"] = "idle"
+    compute_priority: ComputePriority = "idle"
     """"idle": a llama.cpp worker's compute threads run under SCHED_IDLE, so request handling (gateway and
     worker event loops) never waits for a core: time to first token at concurrency 8 on two cores fell from
     about 70 to 58 ms. Anything else CPU-heavy on the box then goes before decoding; "normal" shares

@@ -1,5 +1,5 @@
 """CPU the appliance spends relaying tokens, with every step streamed alone (stream_interval 1) against the
-default (auto: two steps' text per event from 4 busy slots on), side by side in one run.
+default (auto: at most every 25 ms, two steps' text per event from 4 busy slots on), side by side in one run.
 
     .venv/bin/python bench/relay_cpu_bench.py [--rounds 2] [--concurrency 8] [--requests 48]
 

@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import get_args
 
 import uvicorn
 
@@ -16,6 +17,7 @@ from appliance.egress import EGRESS_SELF_TEST_FLAG, GUARDED_LOOP, install_worker
 from appliance.engines.llamacpp.model import LoadedModel, WorkerConfig
 from appliance.engines.llamacpp.routes import create_worker_app
 from appliance.errors import ApplianceError
+from appliance.settings import ComputePriority
 from appliance.store.keys import make_non_dumpable
 
 PR_SET_PDEATHSIG = 1
@@ -47,7 +49,7 @@ def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
     )
     parser.add_argument(
         "--compute-priority",
-        choices=["idle", "normal"],
+        choices=get_args(ComputePriority),
         default="normal",
         help="idle: compute threads under SCHED_IDLE, giving way to request handling",
     )

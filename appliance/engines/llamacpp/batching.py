@@ -21,11 +21,12 @@ import llama_cpp
 
 from appliance.engines.llamacpp.core import Finished, SamplingParams, WorkerCounters
 from appliance.engines.llamacpp.native import NativeContext, NativeModel
-from appliance.engines.llamacpp.outbox import Event, Outbox, PendingRequest
-from appliance.engines.llamacpp.priority import ComputePriority, apply_compute_priority
+from appliance.engines.llamacpp.outbox import Outbox, PendingRequest
+from appliance.engines.llamacpp.priority import apply_compute_priority
 from appliance.engines.llamacpp.sampling import build_sampler
 from appliance.engines.llamacpp.text_stream import TextStream
 from appliance.errors import ApplianceError, EngineError, EngineUnavailableError, QueueFullError
+from appliance.settings import ComputePriority
 
 BOUNDARY_SLACK = 4
 """Cells a slot may lose and still be reused in place: the next turn of a conversation re-tokenises the end
@@ -186,9 +187,6 @@ class BatchingCore:
             self._step(active)
             self._outbox.step_done(len(active))
 
-    def _emit(self, request: PendingRequest, event: Event) -> None:
-        self._outbox.emit(request, event)
-
     def _admit(self) -> None:
         with self._lock:
             while self._waiting:
@@ -235,7 +233,7 @@ class BatchingCore:
             if not request.params.plain_greedy:
                 slot.sampler = build_sampler(request.params, self._model.vocab, self._model.n_vocab)
         except ApplianceError as error:
-            self._emit(request, error)
+            self._outbox.emit(request, error)
             return
         slot.request = request
         slot.text = TextStream(request.params.stop)
@@ -333,7 +331,7 @@ class BatchingCore:
         slot.generated += 1
         text = slot.text.feed(self._model.token_text(token))
         if text:
-            self._emit(request, text)
+            self._outbox.emit(request, text)
         if slot.text.stopped:
             self._finish(slot, "stop")
         elif slot.generated >= request.params.max_tokens or len(slot.cells) + 1 >= self.slot_context:
@@ -350,14 +348,14 @@ class BatchingCore:
         else:
             tail = slot.text.flush()
             if tail:
-                self._emit(request, tail)
-            self._emit(request, Finished(reason, len(request.prompt), slot.generated, slot.cached))
+                self._outbox.emit(request, tail)
+            self._outbox.emit(request, Finished(reason, len(request.prompt), slot.generated, slot.cached))
             self.counters.generations_finished += 1
         self._release(slot)
 
     def _fail(self, slot: _Slot, error: ApplianceError) -> None:
         if slot.request is not None:
-            self._emit(slot.request, error)
+            self._outbox.emit(slot.request, error)
         self._context.forget(slot.seq, 0)
         slot.cells.clear()
         self._release(slot)
@@ -377,7 +375,7 @@ class BatchingCore:
         with self._lock:
             waiting, self._waiting = list(self._waiting), deque()
         for request in waiting:
-            self._emit(request, error)
+            self._outbox.emit(request, error)
         for slot in self._slots:
             if slot.request is not None:
                 self._fail(slot, error)

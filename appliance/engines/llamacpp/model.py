@@ -14,8 +14,9 @@ from appliance.engines.llamacpp.batching import BatchingCore
 from appliance.engines.llamacpp.chat_template import ChatTemplate
 from appliance.engines.llamacpp.core import GenerationCore
 from appliance.engines.llamacpp.native import ContextShape, NativeContext, NativeModel
-from appliance.engines.llamacpp.priority import ComputePriority, apply_compute_priority
+from appliance.engines.llamacpp.priority import apply_compute_priority
 from appliance.errors import ContextLengthExceededError, InvalidRequestError
+from appliance.settings import ComputePriority
 
 SLOT_TOKENS = 1024
 """Context per slot when the number of slots is chosen automatically."""

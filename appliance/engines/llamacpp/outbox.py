@@ -43,11 +43,6 @@ def stream_interval(setting: int, running: int) -> int:
     return 2 if running >= AUTO_COALESCE_FROM else 1
 
 
-def min_gap_s(setting: int) -> float:
-    """Seconds text waits at least since the last flush: AUTO_MIN_GAP_S for auto, none for a set interval."""
-    return AUTO_MIN_GAP_S if setting == 0 else 0.0
-
-
 def coalesced(outbox: list[tuple[PendingRequest, Event]]) -> list[tuple[PendingRequest, Event]]:
     """The outbox with each request's consecutive text pieces joined: one event, one write, per request."""
     merged: list[tuple[PendingRequest, Event]] = []
@@ -79,7 +74,7 @@ class Outbox:
 
     def __init__(self, interval_setting: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval_setting = interval_setting
-        self._min_gap_s = min_gap_s(interval_setting)
+        self._min_gap_s = AUTO_MIN_GAP_S if interval_setting == 0 else 0.0
         self._clock = clock
         self._events: list[tuple[PendingRequest, Event]] = []
         self._held_steps = 0
@@ -96,8 +91,9 @@ class Outbox:
     def step_done(self, running: int) -> None:
         """A decode step ended: flush if something must not wait or the interval is reached."""
         self._held_steps += 1
-        due = self._held_steps >= stream_interval(self._interval_setting, running) and (
-            not self._min_gap_s or self._clock() - self._flushed_at >= self._min_gap_s
+        due = (
+            self._held_steps >= stream_interval(self._interval_setting, running)
+            and self._clock() - self._flushed_at >= self._min_gap_s
         )
         if self._urgent or due:
             self.flush()
@@ -112,8 +108,7 @@ class Outbox:
         self._held_steps, self._urgent = 0, False
         if not self._events:
             return
-        if self._min_gap_s:
-            self._flushed_at = self._clock()
+        self._flushed_at = self._clock()
         events, self._events = coalesced(self._events), []
         loops = {request.loop for request, _ in events}
         for loop in loops:

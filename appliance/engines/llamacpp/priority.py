@@ -10,9 +10,8 @@ nothing else wants and give way at once to any other thread that wakes.
 from __future__ import annotations
 
 import os
-from typing import Literal
 
-ComputePriority = Literal["idle", "normal"]
+from appliance.settings import ComputePriority
 
 
 def apply_compute_priority(priority: ComputePriority) -> None:

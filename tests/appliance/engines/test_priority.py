@@ -11,7 +11,7 @@ import pytest
 
 from appliance.engines.llamacpp.core import Finished, SamplingParams
 from appliance.engines.llamacpp.model import LoadedModel, WorkerConfig
-from appliance.engines.llamacpp.priority import ComputePriority
+from appliance.settings import ComputePriority
 
 
 def _idle_threads() -> set[int]:
