@@ -30,6 +30,8 @@ from api.openai.chat.controller import create_chat_completion
 from api.openai.completions.controller import create_completion
 from api.openai.embeddings.controller import create_embeddings
 from api.openai.models.controller import list_models, retrieve_model
+from api.openai.responses.controller import create_response
+from api.openai.tokenize.controller import detokenize, tokenize
 from api.openapi import document_on_startup, openapi_config
 from api.state import GatewayState
 from appliance.chain import Chains
@@ -94,9 +96,12 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
         route_handlers=[
             create_chat_completion,
             create_completion,
+            create_response,
             create_embeddings,
             list_models,
             retrieve_model,
+            tokenize,
+            detokenize,
             live,
             ready,
             metrics,

@@ -40,7 +40,12 @@ def _estimated_tokens(texts: list[str | int]) -> int:
 
 def _prompt_parts(body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> list[str | int]:
     if isinstance(body, ChatCompletionRequest):
-        return [message.text() for message in body.messages]
+        # The tools' schemas and the calls in the history reach the prompt too.
+        parts: list[str | int] = [message.text() for message in body.messages]
+        parts += [call.function.arguments for m in body.messages for call in m.tool_calls or ()]
+        if body.tools:
+            parts.append(msgspec.json.encode(body.tools).decode())
+        return parts
     raw = body.prompt if isinstance(body, CompletionRequest) else body.input
     if isinstance(raw, str):
         return [raw]
@@ -101,7 +106,13 @@ class RequestLimits:
                 f"The request has {len(body.messages)} messages; at most {limits.max_messages} are allowed.",
                 param="messages",
             )
+        choices = getattr(body, "n", None) or 1
+        if choices > limits.max_choices:
+            raise InvalidRequestError(
+                f"n is {choices}, but this key may ask for at most {limits.max_choices} choices.", param="n"
+            )
         body, completion_tokens = _checked_token_limit(limits, body)
+        completion_tokens *= choices
         charge = Charge(
             requests_per_minute=limits.requests_per_minute,
             tokens_per_minute=limits.tokens_per_minute,

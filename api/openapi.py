@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from appliance.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from appliance.wire.tokenize import DetokenizeRequest, TokenizeRequest
 
 SCHEMA_PATH = "/schema"
 """The document is at /schema/openapi.json."""
@@ -23,6 +24,8 @@ REQUEST_BODIES: dict[str, type[msgspec.Struct]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
     "/v1/embeddings": EmbeddingRequest,
+    "/tokenize": TokenizeRequest,
+    "/detokenize": DetokenizeRequest,
 }
 STREAMING = {"/v1/chat/completions", "/v1/completions"}
 ERRORS = {

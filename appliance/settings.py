@@ -34,6 +34,7 @@ class KeyLimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     max_body_bytes: int | None = None
     max_messages: int | None = None
+    max_choices: int | None = None
     max_tokens: int | None = None
     max_prompt_tokens: int | None = None
     requests_per_minute: int | None = None
@@ -57,6 +58,9 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Largest request body accepted; larger bodies get 413."""
     max_messages: int = 256
     """Most messages one chat request may carry; more is 400."""
+    max_choices: int = 8
+    """Most choices (`n`) one completion request may ask for; more is 400 (param `n`). The choices share one
+    evaluation of the prompt, but each takes a slot and its own tokens."""
     max_tokens: int = 4096
     """Largest max_tokens (or max_completion_tokens) a request may ask for; more is 400."""
     max_prompt_tokens: int = 0
@@ -289,6 +293,7 @@ drain_timeout_s = 30.0   # on SIGTERM/Ctrl-C: running streams may finish this lo
 [limits]
 max_body_bytes = 1048576
 max_messages = 256
+max_choices = 8            # most `n` a request may ask for
 max_tokens = 4096          # a request asking for more is refused (400), not clamped
 requests_per_minute = 0    # per key; 0 = unlimited
 tokens_per_minute = 0      # per key, estimated at admission; 0 = unlimited

@@ -46,6 +46,8 @@ class Setup:
     llama_server: Path | None
     appliance_workers: str = ""
     """More `[workers]` settings lines for the appliance (the relay benchmark varies stream_interval)."""
+    llama_server_args: tuple[str, ...] = ()
+    """More llama-server flags (the tools benchmark needs `--jinja` for tool calls)."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,7 @@ def llama_server(setup: Setup, tmp: Path) -> Iterator[Target]:
     argv += ["-np", str(setup.slots)] if setup.slots else []
     argv += ["-t", threads, "-tb", threads, "--host", "127.0.0.1", "--port", str(port)]
     # No web UI to serve; warnings and errors only, so logging costs it nothing the appliance does not pay.
-    argv += ["--no-webui", "--log-verbosity", "2", "--alias", ALIAS]
+    argv += ["--no-webui", "--log-verbosity", "2", "--alias", ALIAS, *setup.llama_server_args]
     target = Target(LLAMA_SERVER, f"http://127.0.0.1:{port}", ALIAS, {})
     with _serving(argv, dict(os.environ), tmp / "llama-server.log", "/health", target) as ready:
         yield ready

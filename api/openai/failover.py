@@ -41,6 +41,9 @@ SERVED_MODEL = "X-Served-Model"
 SERVED_VERSION = "X-Served-Model-Version"
 """The version of the model that answered: during a blue-green switch, old and new both answer."""
 SKIPPED = "X-Fallback-Skipped"
+"""How many links were skipped before the one that answered."""
+SKIP_REASONS = "X-Fallback-Skipped-Reasons"
+"""Which links were skipped and why, `model=reason` comma-separated (absent when none was)."""
 CANNED = "X-Canned-Answer"
 _ERROR_EVENT = b'data: {"error"'
 T = TypeVar("T")
@@ -75,7 +78,7 @@ async def serve_generation(
     route = gateway.chains.resolve(body.model)
     request.state.model = route.name
     chat = path == "/v1/chat/completions"
-    skipped = 0
+    skipped: list[str] = []
     for name in route.links:
         model = gateway.registry.models.resolve(name)
         reason = _skip_reason(gateway, model, chat) if route.is_route else None
@@ -90,10 +93,18 @@ async def serve_generation(
                         f"The engine for `{model.name}` did not answer ({failed.reason})."
                     ) from failed
                 reason = failed.reason
-        skipped += 1
+        skipped.append(f"{model.name}={reason}")
         gateway.metrics.fallback.failovers.labels(route.name, model.name, reason).inc()
         log.warning("route %s: link %s skipped (%s)", route.name, model.name, reason)
     return _exhausted(request, gateway, body, route, skipped, chat)
+
+
+def skip_headers(skipped: list[str]) -> dict[str, str]:
+    """The count of skipped links and, when there were any, which and why."""
+    headers = {SKIPPED: str(len(skipped))}
+    if skipped:
+        headers[SKIP_REASONS] = ", ".join(skipped)
+    return headers
 
 
 def _skip_reason(gateway: GatewayState, model: ModelInfo, chat: bool) -> str | None:
@@ -117,13 +128,13 @@ async def _try_link(
     body: SamplingRequest,
     path: str,
     model: ModelInfo,
-    skipped: int,
+    skipped: list[str],
 ) -> Response[bytes] | Stream:
     """One attempt on one link; LinkFailed when the next link should be tried."""
     breaker = gateway.chains.breaker(model.name)
     breaker.acquire()  # claims the half-open trial; a plain model name is tried whatever its breaker says
-    payload = msgspec.json.encode(msgspec.structs.replace(body, model=model.name))
-    headers = {SERVED_MODEL: model.name, SKIPPED: str(skipped)}
+    payload = msgspec.json.encode(body.for_engine(model.name))
+    headers = {SERVED_MODEL: model.name, **skip_headers(skipped)}
     call = _Call(request, gateway, model, path, payload, headers)
     try:
         served = await (_stream(call) if body.stream else _plain(call))
@@ -273,7 +284,7 @@ def _exhausted(
     gateway: GatewayState,
     body: SamplingRequest,
     route: Route,
-    skipped: int,
+    skipped: list[str],
     chat: bool,
 ) -> Response[bytes] | Stream:
     """The canned answer when the route has one, else 503 with Retry-After."""
@@ -284,7 +295,7 @@ def _exhausted(
         raise error
     gateway.metrics.fallback.canned_answers.labels(route.name).inc()
     request.state.model = CANNED_MODEL
-    headers = {SERVED_MODEL: CANNED_MODEL, SKIPPED: str(skipped), CANNED: "true"}
+    headers = {SERVED_MODEL: CANNED_MODEL, **skip_headers(skipped), CANNED: "true"}
     if body.stream:
         events = canned_events(route.canned, chat=chat, include_usage=body.include_usage)
         return Stream(_iterate(events), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})

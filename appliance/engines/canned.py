@@ -16,7 +16,7 @@ CANNED_MODEL = "canned"
 def canned_body(text: str, *, chat: bool) -> bytes:
     """The non-streamed response: `text` with finish_reason `stop` and zero usage."""
     shape = CompletionShape(CANNED_MODEL, chat=chat)
-    return msgspec.json.encode(shape.full(text, Finished("stop", 0, 0)))
+    return msgspec.json.encode(shape.text_answer(text, Finished("stop", 0, 0)))
 
 
 def canned_events(text: str, *, chat: bool, include_usage: bool) -> list[bytes]:
@@ -24,8 +24,8 @@ def canned_events(text: str, *, chat: bool, include_usage: bool) -> list[bytes]:
     shape = CompletionShape(CANNED_MODEL, chat=chat)
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
     events = [
-        sse(shape.chunk([shape.delta(text, None, first=True)], **extra)),
-        sse(shape.chunk([shape.delta(None if chat else "", "stop")], **extra)),
+        sse(shape.chunk([shape.delta(0, text, None, first=True)], **extra)),
+        sse(shape.chunk([shape.delta(0, None if chat else "", "stop")], **extra)),
     ]
     if include_usage:
         events.append(

@@ -14,16 +14,17 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import llama_cpp
 
-from appliance.engines.llamacpp.core import Finished, SamplingParams, WorkerCounters
+from appliance.engines.llamacpp.core import Finished, Piece, SamplingParams, TokenLogprob, WorkerCounters
+from appliance.engines.llamacpp.logprobs import token_logprob
 from appliance.engines.llamacpp.native import NativeContext, NativeModel
 from appliance.engines.llamacpp.outbox import Outbox, PendingRequest
 from appliance.engines.llamacpp.priority import apply_compute_priority
-from appliance.engines.llamacpp.sampling import build_sampler
+from appliance.engines.llamacpp.sampling import GrammarSampling, build_grammar, build_sampler
 from appliance.engines.llamacpp.text_stream import TextStream
 from appliance.errors import ApplianceError, EngineError, EngineUnavailableError, QueueFullError
 from appliance.settings import ComputePriority
@@ -41,12 +42,18 @@ class _Slot:
     request: PendingRequest | None = None
     sampler: Any = None
     """The request's llama.cpp sampler chain; None for plain greedy, which is an argmax over the logits."""
+    grammar: Any = None
+    """The request's grammar sampler, applied apart from the chain; None without a grammar."""
     text: TextStream = field(default_factory=lambda: TextStream(()))
     prefill_at: int = 0
     next_token: int | None = None
     generated: int = 0
     cached: int = 0
     released_at: float = 0.0
+    history: list[int] = field(default_factory=list)
+    """Tokens generated so far, kept only when log probabilities are asked (their penalties look back)."""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """Log probabilities of tokens whose text is still held back."""
 
 
 @dataclass(eq=False)
@@ -86,6 +93,7 @@ class BatchingCore:
         self._queue_depth = queue_depth
         self._waiting: deque[PendingRequest] = deque()
         self._outbox = Outbox(stream_interval)
+        self._grammar_sampling = GrammarSampling(model.n_vocab)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._shutting_down = False
@@ -106,31 +114,52 @@ class BatchingCore:
         """Tokens one sequence may hold: prompt plus completion."""
         return self._context.slot_context
 
-    def generate(self, prompt_tokens: list[int], params: SamplingParams) -> AsyncIterator[str | Finished]:
+    def generate(
+        self, prompt_tokens: list[int], params: SamplingParams
+    ) -> AsyncIterator[str | Piece | Finished]:
         """Queue a request now (429 at once if the queue is full) and return its events; leaving early
         cancels it. Queueing happens here, not at the first iteration, so a refused stream is a plain 429
         before any response starts rather than a 200 whose first event is an error."""
-        request = PendingRequest(prompt_tokens, params, asyncio.get_running_loop(), asyncio.Queue())
+        return self.generate_choices(prompt_tokens, params, 1)[0]
+
+    def generate_choices(
+        self, prompt_tokens: list[int], params: SamplingParams, n: int
+    ) -> list[AsyncIterator[str | Piece | Finished]]:
+        """`n` choices of one prompt, queued together or not at all (429). The first evaluates the prompt;
+        the others wait for it, copy its cells and evaluate only the last prompt token themselves (a model
+        that cannot share cells, a sliding-window one, evaluates the prompt per choice). With a seed,
+        choice i samples with seed + i: reproducible, yet not n copies of one answer."""
+        loop = asyncio.get_running_loop()
+        requests: list[PendingRequest] = []
+        for index in range(n):
+            seeded = (
+                params if params.seed is None or index == 0 else replace(params, seed=params.seed + index)
+            )
+            leader = requests[0] if requests and self._model.can_share_cells else None
+            requests.append(PendingRequest(prompt_tokens, seeded, loop, asyncio.Queue(), leader=leader))
         with self._lock:
             if self._shutting_down:
                 raise EngineUnavailableError("The engine is shutting down; retry shortly.")
             # Requests about to take a free slot are not waiting for one; the scheduler may not have
             # admitted them yet, so they count against the free slots, not against the queue.
             free_slots = sum(slot.request is None for slot in self._slots)
-            if len(self._waiting) >= self._queue_depth + free_slots:
+            if len(self._waiting) + n > self._queue_depth + free_slots:
                 raise QueueFullError("Every slot is busy and the wait queue is full; retry shortly.")
-            self._waiting.append(request)
+            self._waiting.extend(requests)
         self._wake.set()
-        events = self._events(request)
-        # Never iterated (the client left before the stream began): the generator's `finally` cannot run.
-        weakref.finalize(events, self._abandon, request)
-        return events
+        streams = []
+        for request in requests:
+            events = self._events(request)
+            # Never iterated (the client left before the stream began): the generator's `finally` cannot run.
+            weakref.finalize(events, self._abandon, request)
+            streams.append(events)
+        return streams
 
     def _abandon(self, request: PendingRequest) -> None:
         request.cancelled = True
         self._wake.set()
 
-    async def _events(self, request: PendingRequest) -> AsyncIterator[str | Finished]:
+    async def _events(self, request: PendingRequest) -> AsyncIterator[str | Piece | Finished]:
         try:
             while True:
                 event = await request.events.get()
@@ -189,14 +218,20 @@ class BatchingCore:
 
     def _admit(self) -> None:
         with self._lock:
+            later: list[PendingRequest] = []
             while self._waiting:
                 free = [slot for slot in self._slots if slot.request is None]
                 if not free:
-                    return
+                    break
                 request = self._waiting.popleft()
                 if request.cancelled:
                     continue
+                leader = request.leader
+                if leader is not None and not (leader.prefilled or leader.done or leader.cancelled):
+                    later.append(request)  # its prompt's cells are on their way: copied, not recomputed
+                    continue
                 self._start(self._place(free, request.prompt), request)
+            self._waiting.extendleft(reversed(later))
         self._outbox.flush_if_urgent()  # a request refused at admission (no room) hears it now
 
     def _place(self, free: list[_Slot], prompt: list[int]) -> _Slot:
@@ -232,7 +267,10 @@ class BatchingCore:
         try:
             if not request.params.plain_greedy:
                 slot.sampler = build_sampler(request.params, self._model.vocab, self._model.n_vocab)
+                slot.grammar = build_grammar(request.params, self._model.vocab)
         except ApplianceError as error:
+            self._free_sampler(slot)
+            request.done = True
             self._outbox.emit(request, error)
             return
         slot.request = request
@@ -262,6 +300,7 @@ class BatchingCore:
             if request is None or slot.next_token is not None or budget <= 0:
                 continue
             chunk = request.prompt[slot.prefill_at : slot.prefill_at + budget]
+            self.counters.prompt_tokens_evaluated += len(chunk)
             work.append(_Work(slot, chunk, logits=slot.prefill_at + len(chunk) == len(request.prompt)))
             budget -= len(chunk)
         return work
@@ -312,16 +351,38 @@ class BatchingCore:
             index += len(part.tokens)
             if slot.next_token is None:
                 slot.prefill_at += len(part.tokens)
+                if slot.request is not None and slot.prefill_at >= len(slot.request.prompt) - 1:
+                    slot.request.prefilled = True
             if part.logits:
                 if slot.request is not None:
                     if slot.sampler is None:
                         token = int(greedy[row])
+                    elif slot.grammar is not None:
+                        token = self._grammar_sampling.sample(
+                            slot.sampler, slot.grammar, self._context.logits(outputs)[row]
+                        )
                     else:
                         token = int(
                             llama_cpp.llama_sampler_sample(slot.sampler, self._context.ctx, index - 1)
                         )
+                    if slot.request.params.logprobs is not None and not self._model.is_end_of_generation(
+                        token
+                    ):
+                        self._note_logprob(slot, slot.request.params, token, row, outputs)
                     self._on_token(slot, slot.request, token)
                 row += 1
+
+    def _note_logprob(self, slot: _Slot, params: SamplingParams, token: int, row: int, rows: int) -> None:
+        logits = self._context.logits(rows)[row]
+        slot.logprobs.append(token_logprob(logits, token, params, slot.history, self._model.token_text))
+        slot.history.append(token)
+
+    def _text_event(self, slot: _Slot, request: PendingRequest, text: str) -> str | Piece:
+        """Plain text, or with logprobs asked the text and the entries of the tokens fed since the last."""
+        if request.params.logprobs is None:
+            return text
+        entries, slot.logprobs = tuple(slot.logprobs), []
+        return Piece(text, entries)
 
     def _on_token(self, slot: _Slot, request: PendingRequest, token: int) -> None:
         self.counters.tokens_generated += 1
@@ -331,7 +392,7 @@ class BatchingCore:
         slot.generated += 1
         text = slot.text.feed(self._model.token_text(token))
         if text:
-            self._outbox.emit(request, text)
+            self._outbox.emit(request, self._text_event(slot, request, text))
         if slot.text.stopped:
             self._finish(slot, "stop")
         elif slot.generated >= request.params.max_tokens or len(slot.cells) + 1 >= self.slot_context:
@@ -347,8 +408,8 @@ class BatchingCore:
             self.counters.generations_cancelled += 1
         else:
             tail = slot.text.flush()
-            if tail:
-                self._outbox.emit(request, tail)
+            if tail or (slot.logprobs and not slot.text.stopped):
+                self._outbox.emit(request, self._text_event(slot, request, tail))
             self._outbox.emit(request, Finished(reason, len(request.prompt), slot.generated, slot.cached))
             self.counters.generations_finished += 1
         self._release(slot)
@@ -362,6 +423,9 @@ class BatchingCore:
 
     def _release(self, slot: _Slot) -> None:
         self._free_sampler(slot)
+        if slot.request is not None:
+            slot.request.done = True
+        slot.history, slot.logprobs = [], []
         slot.request = None
         slot.next_token = None
         slot.released_at = time.monotonic()
@@ -370,6 +434,9 @@ class BatchingCore:
         if slot.sampler is not None:
             llama_cpp.llama_sampler_free(slot.sampler)
             slot.sampler = None
+        if slot.grammar is not None:
+            llama_cpp.llama_sampler_free(slot.grammar)
+            slot.grammar = None
 
     def _fail_everything(self, error: ApplianceError) -> None:
         with self._lock:

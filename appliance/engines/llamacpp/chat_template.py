@@ -7,9 +7,9 @@ attribute access to internals and mutation of the objects passed in.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from jinja2 import TemplateError
+from jinja2 import TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from appliance.errors import ChatTemplateMissingError, InvalidRequestError, ModelFileError
@@ -30,6 +30,10 @@ class ChatTemplate:
     def __init__(self, source: str | None, *, bos_token: str, eos_token: str) -> None:
         self._bos_token = bos_token
         self._eos_token = eos_token
+        self.source = source
+        """The template's text (tool call formats are recognised from it)."""
+        self.knows_tools = False
+        """Whether the template renders a `tools` variable (Hugging Face's convention for tool calling)."""
         if source is None:
             self._template = None
             return
@@ -38,6 +42,7 @@ class ChatTemplate:
         environment.globals["strftime_now"] = _strftime_now
         try:
             self._template = environment.from_string(source)
+            self.knows_tools = "tools" in meta.find_undeclared_variables(environment.parse(source))
         except TemplateError as error:
             raise ModelFileError(f"the model's chat template does not compile: {error}") from error
 
@@ -46,8 +51,9 @@ class ChatTemplate:
         """Whether chat routes can serve this model."""
         return self._template is not None
 
-    def render(self, messages: list[dict[str, str]]) -> str:
-        """The prompt text for `messages`, ending where the assistant's answer starts."""
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt text for `messages` (and `tools`, passed as Hugging Face templates expect them),
+        ending where the assistant's answer starts. A null content renders as empty text."""
         if self._template is None:
             raise ChatTemplateMissingError(
                 "This model has no chat template; use /v1/completions, or register it with --chat-template.",
@@ -55,7 +61,8 @@ class ChatTemplate:
             )
         try:
             return self._template.render(
-                messages=messages,
+                messages=[{**m, "content": m.get("content") or ""} for m in messages],
+                tools=tools,
                 add_generation_prompt=True,
                 bos_token=self._bos_token,
                 eos_token=self._eos_token,

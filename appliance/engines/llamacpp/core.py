@@ -30,6 +30,9 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: str | None = None
     """GBNF that the output must match (structured output), or None."""
+    logprobs: int | None = None
+    """None: no log probabilities (text events are plain `str`). 0..20: each generated token's log
+    probability with that many most likely alternatives (text events are `Piece`s)."""
 
     @property
     def plain_greedy(self) -> bool:
@@ -42,6 +45,34 @@ class SamplingParams:
             and not self.presence_penalty
             and not self.frequency_penalty
         )
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log probability and its step's most likely tokens, highest first.
+
+    Log probabilities are over the whole vocabulary after the logit bias and the repetition, presence and
+    frequency penalties, before temperature, top-k/top-p/min-p truncation and grammar masking.
+    """
+
+    token: bytes
+    """The token's bytes as llama.cpp writes it (special tokens not rendered; may be part of a character)."""
+    logprob: float
+    top: tuple[tuple[bytes, float], ...]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Text released to the client with the log probabilities of the tokens whose text it completes.
+
+    All of a generation's Pieces together hold one entry per generated token whose text reached the client,
+    in order; a token's entry is held back as long as any of its text is (part of a character, the possible
+    start of a stop string). Tokens swallowed by a matched stop string, wholly or in part, and the
+    end-of-generation token have no entry.
+    """
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...]
 
 
 @dataclass(frozen=True)
@@ -64,6 +95,8 @@ class WorkerCounters:
     generations_finished: int = 0
     generations_cancelled: int = 0
     prompt_tokens_cached: int = 0
+    prompt_tokens_evaluated: int = 0
+    """Prompt tokens actually decoded (not those whose cells were reused or copied)."""
     decode_steps: int = 0
     decode_failures: int = 0
 
@@ -74,7 +107,16 @@ class GenerationCore(Protocol):
     counters: WorkerCounters
 
     def generate(self, prompt_tokens: list[int], params: SamplingParams) -> AsyncIterator[str | Finished]:
-        """Yield text pieces as they are decoded, then one Finished; closing the iterator cancels the job."""
+        """Yield text pieces as they are decoded, then one Finished; closing the iterator cancels the job.
+        Text only: params.logprobs must be None (log probabilities come through generate_choices)."""
+        ...
+
+    def generate_choices(
+        self, prompt_tokens: list[int], params: SamplingParams, n: int
+    ) -> list[AsyncIterator[str | Piece | Finished]]:
+        """Queue `n` generations of one prompt together (all or none) that evaluate the prompt once; each
+        iterator yields text (`Piece`s when params.logprobs is set), then one Finished; closing one
+        cancels that choice only."""
         ...
 
     def begin_shutdown(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from appliance.engines.llamacpp.chat_template import ChatTemplate
 from appliance.engines.llamacpp.core import GenerationCore
 from appliance.engines.llamacpp.native import ContextShape, NativeContext, NativeModel
 from appliance.engines.llamacpp.priority import apply_compute_priority
-from appliance.errors import ContextLengthExceededError, InvalidRequestError
+from appliance.errors import ContextLengthExceededError, EngineError, InvalidRequestError
 from appliance.settings import ComputePriority
 
 SLOT_TOKENS = 1024
@@ -120,6 +121,24 @@ class LoadedModel:
 
     def _token_text(self, token: int) -> str:
         return "" if token < 0 else self.native.token_text(token, special=True).decode("utf-8", "replace")
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of `tokens`, special tokens written out; safe off the scheduler thread (own buffer)."""
+        ids = (llama_cpp.llama_token * len(tokens))(*tokens)
+        capacity = 8 * len(tokens) + 16
+        for _ in range(2):
+            buffer = ctypes.create_string_buffer(capacity)
+            size = llama_cpp.llama_detokenize(
+                self.native.vocab, ids, len(tokens), buffer, capacity, False, True
+            )
+            if size >= 0:
+                return buffer.raw[:size].decode("utf-8", "replace")
+            capacity = -size  # too small: llama.cpp says how much it needs
+        raise EngineError("llama.cpp could not detokenize these tokens")
+
+    def token_text(self, token: int) -> str:
+        """One token's text, special tokens written out (for /tokenize's token_strs)."""
+        return self.detokenize([token])
 
     @property
     def context_length(self) -> int:

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from appliance.engines.llamacpp.core import Finished, SamplingParams
+from appliance.engines.llamacpp.core import Finished, Piece, SamplingParams
 
-Event = str | Finished | BaseException
+Event = str | Piece | Finished | BaseException
 AUTO_COALESCE_FROM = 4
 """Running sequences from which the automatic stream interval sends two steps' text in one event."""
 AUTO_MIN_GAP_S = 0.025
@@ -32,6 +32,12 @@ class PendingRequest:
     """Set by the event loop when the client leaves; a plain flag, read by the scheduler each step."""
     started: bool = False
     """Whether its first event was emitted (that one goes out at once: time to first token)."""
+    leader: PendingRequest | None = None
+    """For choice 2..n of one prompt: the choice that evaluates the prompt, whose cells this one copies."""
+    prefilled: bool = False
+    """Whether the prompt (all but its last token) is in this request's cells."""
+    done: bool = False
+    """Finished, failed or cancelled: a follower stops waiting for it."""
 
 
 def stream_interval(setting: int, running: int) -> int:
@@ -52,6 +58,9 @@ def coalesced(outbox: list[tuple[PendingRequest, Event]]) -> list[tuple[PendingR
         previous = merged[at][1] if at is not None else None
         if at is not None and isinstance(event, str) and isinstance(previous, str):
             merged[at] = (request, previous + event)
+            continue
+        if at is not None and isinstance(event, Piece) and isinstance(previous, Piece):
+            merged[at] = (request, Piece(previous.text + event.text, previous.logprobs + event.logprobs))
             continue
         last[request] = len(merged)
         merged.append((request, event))
@@ -83,7 +92,7 @@ class Outbox:
 
     def emit(self, request: PendingRequest, event: Event) -> None:
         """Queue one event of `request` (called on the scheduler thread)."""
-        if not request.started or not isinstance(event, str):
+        if not request.started or not isinstance(event, str | Piece):
             self._urgent = True
             request.started = True
         self._events.append((request, event))

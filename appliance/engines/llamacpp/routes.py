@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -11,11 +12,14 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.response import Stream
 
+from appliance.engines.llamacpp.chat_prompt import plan_chat
+from appliance.engines.llamacpp.choices import Decoder, PlainText, collect
 from appliance.engines.llamacpp.core import SamplingParams
 from appliance.engines.llamacpp.disconnect import unless_disconnected
 from appliance.engines.llamacpp.model import LoadedModel
-from appliance.engines.llamacpp.responses import CompletionShape, collect, stream_events
+from appliance.engines.llamacpp.responses import CompletionShape, stream_events
 from appliance.engines.llamacpp.sampling import grammar_for
+from appliance.engines.llamacpp.tokenize_routes import detokenize, tokenize
 from appliance.errors import (
     ApplianceError,
     ContextLengthExceededError,
@@ -50,11 +54,19 @@ def _logit_bias(model: LoadedModel, raw: dict[str, float] | None) -> tuple[tuple
     return pairs
 
 
-def _sampling(model: LoadedModel, request: SamplingRequest, max_tokens: int) -> SamplingParams:
-    if request.n not in (None, 1):
-        raise InvalidRequestError("Only n=1 is supported by this engine.", param="n")
+def _logprobs(request: SamplingRequest) -> int | None:
+    """How many alternatives each token's log probability comes with; None when none were asked for."""
+    if isinstance(request, ChatCompletionRequest):
+        return (request.top_logprobs or 0) if request.logprobs else None
+    if isinstance(request, CompletionRequest):
+        return request.logprobs
+    return None
+
+
+def _sampling(
+    model: LoadedModel, request: SamplingRequest, max_tokens: int, grammar: str | None
+) -> SamplingParams:
     defaults = SamplingParams(max_tokens=max_tokens)
-    response_format = msgspec.to_builtins(request.response_format) if request.response_format else None
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=defaults.temperature if request.temperature is None else request.temperature,
@@ -67,7 +79,8 @@ def _sampling(model: LoadedModel, request: SamplingRequest, max_tokens: int) -> 
         frequency_penalty=request.frequency_penalty or 0.0,
         repetition_penalty=request.repetition_penalty or 1.0,
         logit_bias=_logit_bias(model, request.logit_bias),
-        grammar=grammar_for(response_format),
+        grammar=grammar,
+        logprobs=_logprobs(request),
     )
 
 
@@ -95,28 +108,43 @@ async def _complete(
     tokens: list[int],
     limit: int | None,
     *,
-    chat: bool,
+    grammar: str | None,
+    decoder: Callable[[], Decoder] = PlainText,
+    tools: bool = False,
 ) -> Response[Any] | Stream:
+    chat = isinstance(request, ChatCompletionRequest)
     param = "messages" if chat else "prompt"
     _check_prompt_limit(http, len(tokens), param)
-    params = _sampling(model, request, model.check_fits(tokens, limit, param=param))
-    shape = CompletionShape(model.config.name, chat=chat)
-    events = model.core.generate(tokens, params)
+    params = _sampling(model, request, model.check_fits(tokens, limit, param=param), grammar)
+    logprobs = params.logprobs is not None
+    shape = CompletionShape(model.config.name, chat=chat, logprobs=logprobs, tools=tools)
+    choices = request.n or 1
+    streams = model.core.generate_choices(tokens, params, choices)
+    decoders = [decoder() for _ in range(choices)]
     if request.stream:
-        body = stream_events(shape, events, include_usage=request.include_usage)
+        body = stream_events(shape, streams, decoders, include_usage=request.include_usage)
         return Stream(body, media_type="text/event-stream", headers=SSE_HEADERS)
-    text, end = await unless_disconnected(http, collect(events))
-    return Response(shape.full(text, end))
+    results = await unless_disconnected(http, collect(streams, decoders))
+    return Response(shape.full(results))
 
 
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(
     request: Request[Any, Any, Any], model: NamedDependency[LoadedModel]
 ) -> Response[Any] | Stream:
-    """Render the messages with the model's chat template, then generate."""
+    """Render the messages (and the tools offered) with the model's chat template, then generate."""
     body = decode_request(await request.body(), ChatCompletionRequest)
-    prompt = model.chat_template.render([{"role": m.role, "content": m.text()} for m in body.messages])
-    return await _complete(request, model, body, model.tokenize(prompt), body.token_limit, chat=True)
+    plan = plan_chat(model.chat_template, body)
+    return await _complete(
+        request,
+        model,
+        body,
+        model.tokenize(plan.prompt),
+        body.token_limit,
+        grammar=plan.grammar,
+        decoder=plan.decoder,
+        tools=plan.tools,
+    )
 
 
 def _prompt_tokens(model: LoadedModel, prompt: str | list[str | int]) -> list[int]:
@@ -142,7 +170,10 @@ async def completions(
     if body.echo:
         raise InvalidRequestError("echo is not supported by this engine", param="echo")
     tokens = _prompt_tokens(model, body.prompt)
-    return await _complete(request, model, body, tokens, body.token_limit, chat=False)
+    response_format = msgspec.to_builtins(body.response_format) if body.response_format else None
+    return await _complete(
+        request, model, body, tokens, body.token_limit, grammar=grammar_for(response_format)
+    )
 
 
 def _embedding_inputs(raw: str | list[Any]) -> list[str]:
@@ -234,7 +265,16 @@ def create_worker_app(model: LoadedModel) -> Litestar:
         return model
 
     return Litestar(
-        route_handlers=[chat_completions, completions, embeddings, health, metrics, set_threads],
+        route_handlers=[
+            chat_completions,
+            completions,
+            embeddings,
+            tokenize,
+            detokenize,
+            health,
+            metrics,
+            set_threads,
+        ],
         dependencies={"model": provide_model},
         exception_handlers={ApplianceError: _error_response},
         openapi_config=None,

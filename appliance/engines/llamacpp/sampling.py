@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 from typing import Any
 
 import llama_cpp
+import numpy as np
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from appliance.engines.llamacpp.core import SamplingParams
@@ -36,8 +38,72 @@ def grammar_for(response_format: dict[str, Any] | None) -> str | None:
     raise InvalidRequestError(f"unknown response_format type {kind!r}", param="response_format")
 
 
+def build_grammar(params: SamplingParams, vocab: Any) -> Any:
+    """The request's grammar sampler, kept apart from the chain (see GrammarSampling), or None."""
+    if params.grammar is None:
+        return None
+    grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
+    if not grammar:
+        raise InvalidRequestError("the output grammar could not be built", param="response_format")
+    return grammar
+
+
+class GrammarSampling:
+    """Sampling under a grammar as llama-server does it: the chain picks a token from the full logits, the
+    grammar checks only that one, and only a rejected token costs the grammar's pass over the whole
+    vocabulary (then the chain picks again among what the grammar allows). Checking every candidate at every
+    step cost about 350 ms a token on the embedded default's 49k vocabulary.
+
+    The candidates are a numpy array laid out as llama_token_data, shared with llama.cpp by pointer.
+    Scheduler thread only.
+    """
+
+    def __init__(self, n_vocab: int) -> None:
+        layout = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._all = np.zeros(n_vocab, dtype=layout)
+        self._one = np.zeros(1, dtype=layout)
+        self._all_view = self._view(self._all)
+        self._one_view = self._view(self._one)
+
+    @staticmethod
+    def _view(array: Any) -> Any:
+        data = array.ctypes.data_as(llama_cpp.llama_token_data_p)
+        return llama_cpp.llama_token_data_array(data, len(array), -1, False)
+
+    def _fill(self, logits: Any) -> Any:
+        self._all["id"] = self._ids  # samplers sort the candidates in place
+        self._all["logit"] = logits
+        self._all["p"] = 0.0
+        view = self._all_view
+        view.size, view.selected, view.sorted = len(self._all), -1, False
+        return view
+
+    def _allows(self, grammar: Any, token: int) -> bool:
+        self._one[0] = (token, 0.0, 0.0)
+        view = self._one_view
+        view.size, view.selected, view.sorted = 1, -1, False
+        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(view))
+        return bool(np.isfinite(self._one["logit"][0]))
+
+    def sample(self, chain: Any, grammar: Any, logits: Any) -> int:
+        """The next token from `logits` (one row, n_vocab floats) under the grammar; accepted by both."""
+        view = self._fill(logits)
+        llama_cpp.llama_sampler_apply(chain, ctypes.byref(view))
+        token = int(self._all["id"][view.selected])
+        if not self._allows(grammar, token):
+            view = self._fill(logits)
+            llama_cpp.llama_sampler_apply(grammar, ctypes.byref(view))
+            llama_cpp.llama_sampler_apply(chain, ctypes.byref(view))
+            token = int(self._all["id"][view.selected])
+        llama_cpp.llama_sampler_accept(grammar, token)
+        llama_cpp.llama_sampler_accept(chain, token)
+        return token
+
+
 def build_sampler(params: SamplingParams, vocab: Any, n_vocab: int) -> Any:
-    """The chain: logit bias, penalties, grammar, then greedy or top-k/top-p/min-p/temperature/dist."""
+    """The chain: logit bias, penalties, then greedy or top-k/top-p/min-p/temperature/dist (a grammar is
+    applied apart from it, by GrammarSampling)."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
 
     def add(sampler: Any) -> None:
@@ -59,12 +125,6 @@ def build_sampler(params: SamplingParams, vocab: Any, n_vocab: int) -> Any:
                 PENALTY_WINDOW, params.repetition_penalty, params.frequency_penalty, params.presence_penalty
             )
         )
-    if params.grammar is not None:
-        grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
-        if not grammar:
-            llama_cpp.llama_sampler_free(chain)
-            raise InvalidRequestError("the output grammar could not be built", param="response_format")
-        add(grammar)
     if params.temperature <= 0.0:
         add(llama_cpp.llama_sampler_init_greedy())
         return chain

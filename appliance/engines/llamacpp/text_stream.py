@@ -19,10 +19,27 @@ class TextStream:
         self._pending = ""
         self.stopped = False
         """True once a stop string has been seen: the text before it was the last to be released."""
+        self.decoded = 0
+        """Characters decoded so far (released, held back, or swallowed by a stop string)."""
+        self.released = 0
+        """Characters released so far."""
+
+    @property
+    def text_end(self) -> int:
+        """Where the text fed so far ends, in characters, counting a character still partly in bytes."""
+        return self.decoded + (1 if self._decoder.getstate()[0] else 0)
 
     def feed(self, piece: bytes) -> str:
         """Add one token's bytes; return the text that can be released now (possibly empty)."""
-        self._pending += self._decoder.decode(piece)
+        decoded = self._decoder.decode(piece)
+        self.decoded += len(decoded)
+        self._pending += decoded
+        released = self._releasable()
+        self.released += len(released)
+        return released
+
+    def _releasable(self) -> str:
+        """Take from the pending text what may go out now."""
         if not self._stop:
             released, self._pending = self._pending, ""
             return released
@@ -31,11 +48,8 @@ class TextStream:
             self.stopped = True
             released, self._pending = self._pending[:cut], ""
             return released
-        keep = self._held_back()
-        released, self._pending = (
-            self._pending[: len(self._pending) - keep],
-            self._pending[len(self._pending) - keep :],
-        )
+        at = len(self._pending) - self._held_back()
+        released, self._pending = self._pending[:at], self._pending[at:]
         return released
 
     def _held_back(self) -> int:
@@ -53,4 +67,5 @@ class TextStream:
             return ""
         released = self._pending + self._decoder.decode(b"", final=True)
         self._pending = ""
+        self.decoded = self.released = self.released + len(released)
         return released

@@ -1,0 +1,79 @@
+"""GBNF grammars from the tools' JSON Schemas: a call is then always valid JSON that matches its schema."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from llama_cpp import llama_grammar
+
+from appliance.engines.llamacpp.tools.formats import ToolFormat
+from appliance.errors import InvalidRequestError
+
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+_CONVERTER_ERRORS = (ValueError, KeyError, TypeError, NotImplementedError, RecursionError, AssertionError)
+"""What llama-cpp-python's converter raises on a schema it cannot take (it asserts on some)."""
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text)  # a JSON string literal is a GBNF string literal
+
+
+def _parameters(tool: dict[str, Any]) -> dict[str, Any]:
+    parameters = tool["function"].get("parameters")
+    return parameters if parameters else ANY_OBJECT
+
+
+def _converter() -> Any:
+    # llama-cpp-python's converter is untyped; one instance shares the primitive rules of every schema.
+    converter: Any = llama_grammar.SchemaConverter
+    return converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+
+
+def _visit(converter: Any, tool: dict[str, Any], rule: str) -> str:
+    name = tool["function"]["name"]
+    try:
+        schema = converter.resolve_refs(_parameters(tool), "request")
+        return str(converter.visit(schema, rule))
+    except _CONVERTER_ERRORS as error:
+        raise InvalidRequestError(
+            f"the parameters schema of tool `{name}` is not supported: {error}", param="tools"
+        ) from error
+
+
+@functools.lru_cache(maxsize=256)
+def _arguments_grammar(tool_json: str) -> str:
+    converter = _converter()
+    _visit(converter, json.loads(tool_json), "")  # "" names the rule root, as json_schema_to_gbnf does
+    return str(converter.format_grammar())
+
+
+def arguments_grammar(tool: dict[str, Any]) -> str:
+    """The grammar of one tool's arguments object alone (a named call whose opening is in the prompt)."""
+    return _arguments_grammar(json.dumps(tool, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _tool_grammar(tools_json: str, parallel: bool, fmt: ToolFormat) -> str:
+    converter = _converter()
+    calls = []
+    for index, tool in enumerate(json.loads(tools_json)):
+        arguments = _visit(converter, tool, f"tool{index}-arguments")
+        opening = _literal(fmt.call_open(tool["function"]["name"]))
+        calls.append(f"{opening} {arguments} {_literal(fmt.call_close)}")
+    converter._add_rule("call", " | ".join(f"( {call} )" for call in calls))
+    more = f" ( {_literal(fmt.separator)} call )*" if parallel else ""
+    converter._add_rule("root", f"{_literal(fmt.begin)} call{more} {_literal(fmt.end)}")
+    return str(converter.format_grammar())
+
+
+def tool_grammar(tools: list[dict[str, Any]], parallel: bool, fmt: ToolFormat) -> str:
+    """The grammar of an answer that is only calls to `tools` in `fmt` (exactly one unless `parallel`);
+    compiled once per distinct set of tools (an lru cache on their canonical JSON)."""
+    return _tool_grammar(json.dumps(tools, sort_keys=True), parallel, fmt)
+
+
+def forced_prefix(fmt: ToolFormat, name: str) -> str:
+    """The text of a call to `name` up to its arguments, which the worker prefills with the prompt."""
+    return fmt.begin + fmt.call_open(name)

@@ -1,0 +1,1 @@
+"""What the appliance's processes say to each other: OpenAI structs, SSE framing, admin API structs."""
