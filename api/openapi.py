@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from appliance.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from appliance.wire.responses import ResponsesRequest
 from appliance.wire.tokenize import DetokenizeRequest, TokenizeRequest
 
 SCHEMA_PATH = "/schema"
@@ -24,10 +25,11 @@ REQUEST_BODIES: dict[str, type[msgspec.Struct]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
     "/v1/embeddings": EmbeddingRequest,
+    "/v1/responses": ResponsesRequest,
     "/tokenize": TokenizeRequest,
     "/detokenize": DetokenizeRequest,
 }
-STREAMING = {"/v1/chat/completions", "/v1/completions"}
+STREAMING = {"/v1/chat/completions", "/v1/completions", "/v1/responses"}
 ERRORS = {
     "400": "The request is invalid (OpenAI `invalid_request_error`).",
     "401": "No key, or an unknown or revoked key.",

@@ -9,6 +9,7 @@ from msgspec import Meta
 
 from appliance.errors import InvalidRequestError
 from appliance.wire.tools import (
+    NamedToolChoice,
     ToolCall,
     ToolChoice,
     ToolDefinition,
@@ -188,6 +189,13 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
     def tool_history(self) -> list[tuple[str, list[ToolCall] | None, str | None]]:
         """Each message's role, tool calls and tool_call_id, as the tool checks read them."""
         return [(message.role, message.tool_calls, message.tool_call_id) for message in self.messages]
+
+    @property
+    def requires_tool_call(self) -> bool:
+        """Whether the answer must be a tool call (`required` or a named function)."""
+        return self.wants_tools and (
+            self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
+        )
 
     @property
     def wants_tools(self) -> bool:

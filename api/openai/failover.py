@@ -31,7 +31,7 @@ from api.state import GatewayState
 from appliance.chain import Route
 from appliance.engines.canned import CANNED_MODEL, canned_body, canned_events
 from appliance.errors import EngineUnavailableError
-from appliance.protocol import SamplingRequest
+from appliance.protocol import ChatCompletionRequest, SamplingRequest
 from appliance.registry.models import ModelInfo
 from appliance.supervisor import WorkerState
 
@@ -287,8 +287,10 @@ def _exhausted(
     skipped: list[str],
     chat: bool,
 ) -> Response[bytes] | Stream:
-    """The canned answer when the route has one, else 503 with Retry-After."""
-    if route.canned is None:
+    """The canned answer when the route has one (and text may answer: not for a required tool call), else
+    503 with Retry-After."""
+    needs_call = isinstance(body, ChatCompletionRequest) and body.requires_tool_call
+    if route.canned is None or needs_call:
         gateway.metrics.fallback.exhausted.labels(route.name).inc()
         error = EngineUnavailableError(f"No engine of `{route.name}` can answer now; retry shortly.")
         error.retry_after_s = gateway.settings.fallback.retry_after_s

@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.server import RunningAppliance
 
-HELLO = [{"role": "user", "content": "Name three colours."}]
+HELLO: Any = [{"role": "user", "content": "Name three colours."}]
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_fields_sdks_send_are_accepted(client: httpx.Client) -> None:
     assert answer.json()["choices"][0]["message"]["content"]
 
 
-REFUSED: list[tuple[str, dict[str, Any], str]] = [
+REFUSED: list[tuple[str, dict[str, Any], str | None]] = [
     (
         "an image part",
         {

@@ -48,14 +48,13 @@ def add(a: int, b: int) -> int:
 @pytest.fixture
 def llm(appliance: RunningAppliance) -> ChatOpenAI:
     """LangChain's OpenAI chat model on the appliance, as its quick start makes one (base_url, api_key)."""
-    return ChatOpenAI(
-        model="default",
-        base_url=f"{appliance.base_url}/v1",
-        api_key=appliance.user_key,
-        temperature=0,
-        max_tokens=48,
-        max_retries=0,  # type: ignore[arg-type]
-    )
+    return _chat_model(appliance, max_tokens=48)
+
+
+def _chat_model(appliance: RunningAppliance, **options: Any) -> ChatOpenAI:
+    # Keyword arguments as the quick start passes them (mypy's view of the pydantic aliases disagrees).
+    settings: dict[str, Any] = {"temperature": 0, "max_retries": 0, "api_key": appliance.user_key, **options}
+    return ChatOpenAI(model="default", base_url=f"{appliance.base_url}/v1", **settings)
 
 
 def test_langchain_invoke(llm: ChatOpenAI) -> None:
@@ -70,7 +69,7 @@ def test_langchain_invoke(llm: ChatOpenAI) -> None:
 def test_langchain_bound_tool_call(llm: ChatOpenAI) -> None:
     """bind_tools with a named tool_choice: the AIMessage's tool_calls name it with valid arguments."""
     answer = llm.bind_tools([get_weather, add], tool_choice="get_weather").invoke("Weather in Oslo?")
-    (call,) = answer.tool_calls  # type: ignore[attr-defined]
+    (call,) = answer.tool_calls
     assert call["name"] == "get_weather"
     jsonschema.validate(call["args"], WEATHER_SCHEMA)
     assert call["id"]
@@ -85,7 +84,7 @@ def test_langchain_streamed_tool_call_equals_the_whole_one(llm: ChatOpenAI) -> N
         total = chunk if total is None else total + chunk
     assert total is not None
     whole = bound.invoke("Weather in Oslo?")
-    assert [c["args"] for c in total.tool_calls] == [c["args"] for c in whole.tool_calls]  # type: ignore[attr-defined]
+    assert [c["args"] for c in total.tool_calls] == [c["args"] for c in whole.tool_calls]
     assert total.response_metadata.get("finish_reason") == "tool_calls"
 
 
@@ -94,7 +93,7 @@ def test_langchain_tool_conversation(llm: ChatOpenAI) -> None:
     bound = llm.bind_tools([get_weather], tool_choice="get_weather")
     question = HumanMessage("What is the weather in Rome?")
     call_message = bound.invoke([question])
-    (call,) = call_message.tool_calls  # type: ignore[attr-defined]
+    (call,) = call_message.tool_calls
     result = ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])
     answer = llm.bind_tools([get_weather]).invoke([question, call_message, result])
     assert isinstance(answer, AIMessage)
@@ -117,15 +116,7 @@ def test_langchain_structured_output_in_tool_mode(llm: ChatOpenAI) -> None:
 
 def test_langchain_logprobs(appliance: RunningAppliance) -> None:
     """ChatOpenAI(logprobs=True) reads the log probabilities into the response metadata."""
-    llm = ChatOpenAI(
-        model="default",
-        base_url=f"{appliance.base_url}/v1",
-        api_key=appliance.user_key,  # type: ignore[arg-type]
-        temperature=0,
-        max_tokens=6,
-        logprobs=True,
-        max_retries=0,
-    )
+    llm = _chat_model(appliance, max_tokens=6, logprobs=True)
     answer = llm.invoke("Say hello.")
     entries = answer.response_metadata["logprobs"]["content"]
     assert entries

@@ -64,7 +64,7 @@ TOOLS: list[Any] = [
     },
 ]
 SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
-ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+ASK: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
 NAMED: Any = {"type": "function", "function": {"name": "get_weather"}}
 
 
@@ -240,6 +240,7 @@ def test_two_turn_tool_conversation(oai: openai.OpenAI) -> None:
     assert answer.message.tool_calls is None
     assert answer.message.content
     assert second.usage is not None
+    assert first.usage is not None
     assert second.usage.prompt_tokens > first.usage.prompt_tokens
 
 
