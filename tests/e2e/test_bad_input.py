@@ -76,7 +76,7 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str | None, str | None]] = [
         None,
         "messages",
     ),
-    ("/v1/chat/completions", "n other than 1", {**GOOD_CHAT, "n": 2}, 400, None, "n"),
+    ("/v1/chat/completions", "n over the limit of choices", {**GOOD_CHAT, "n": 9}, 400, None, "n"),
     (
         "/v1/completions",
         "prompt of wrong type",

@@ -174,7 +174,9 @@ def test_agents_sdk_streams_over_responses(async_client: AsyncOpenAI) -> None:
         name="Greeter",
         instructions="Answer in one short sentence.",
         model=OpenAIResponsesModel(model="default", openai_client=async_client),
-        model_settings=ModelSettings(temperature=0, max_tokens=24),
+        model_settings=ModelSettings(
+            temperature=0, max_tokens=200
+        ),  # room to finish: a cut answer fails the run
     )
 
     async def run() -> tuple[str, str]:

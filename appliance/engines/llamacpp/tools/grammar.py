@@ -20,9 +20,27 @@ def _literal(text: str) -> str:
     return json.dumps(text)  # a JSON string literal is a GBNF string literal
 
 
+SMALL_RANGE = 256
+"""Integer ranges up to this many values become an enum: the converter has no grammar for minimum/maximum."""
+
+
+def _ranges_as_enums(schema: Any) -> Any:
+    """The schema with every small bounded integer range written as the enum of its values."""
+    if isinstance(schema, list):
+        return [_ranges_as_enums(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    rewritten = {key: _ranges_as_enums(value) for key, value in schema.items()}
+    low, high = rewritten.get("minimum"), rewritten.get("maximum")
+    if rewritten.get("type") == "integer" and isinstance(low, int) and isinstance(high, int):
+        if 0 <= high - low < SMALL_RANGE:
+            return {"enum": list(range(low, high + 1))}
+    return rewritten
+
+
 def _parameters(tool: dict[str, Any]) -> dict[str, Any]:
     parameters = tool["function"].get("parameters")
-    return parameters if parameters else ANY_OBJECT
+    return _ranges_as_enums(parameters) if parameters else ANY_OBJECT
 
 
 def _converter() -> Any:
