@@ -143,6 +143,8 @@ def test_unknown_route_is_404_in_openai_shape(client: httpx.Client) -> None:
 
 def test_errors_on_a_stream_request_keep_their_status(client: httpx.Client) -> None:
     """A streamed request that is wrong fails with a status before any event is sent."""
-    response = client.post("/v1/chat/completions", json={**GOOD_CHAT, "stream": True, "n": 3})
+    # A token id outside the vocabulary: only the worker knows the vocabulary, so it refuses, not the gateway.
+    wrong = {**GOOD_CHAT, "stream": True, "logit_bias": {"999999999": 1}}
+    response = client.post("/v1/chat/completions", json=wrong)
     assert response.status_code == 400
-    assert response.json()["error"]["param"] == "n"
+    assert response.json()["error"]["param"] == "logit_bias"

@@ -134,14 +134,18 @@ def test_route_is_served_by_its_primary(chain: RunningAppliance) -> None:
 
 
 def test_bad_request_is_returned_without_failover(chain: RunningAppliance) -> None:
-    """A 400 from the primary (n=2 is not supported) comes back as is; no other link is tried."""
+    """A 400 from the primary (a logit_bias token outside its vocabulary) comes back as is; no other link
+    is tried."""
     _wait_for(chain, "all closed", _all_closed)
     before = _failovers(chain)
     answer = httpx.post(
-        f"{chain.base_url}/v1/chat/completions", json=_chat("chain", n=2), headers=chain.headers(), timeout=60
+        f"{chain.base_url}/v1/chat/completions",
+        json=_chat("chain", logit_bias={"999999999": 1}),
+        headers=chain.headers(),
+        timeout=60,
     )
     assert answer.status_code == 400
-    assert answer.json()["error"]["param"] == "n"
+    assert answer.json()["error"]["param"] == "logit_bias"
     assert answer.headers["x-served-model"] == "primary"
     assert _failovers(chain) == before
     assert _ready(chain)["breakers"] == {"primary": "closed", "backup": "closed"}
