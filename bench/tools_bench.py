@@ -253,12 +253,13 @@ def grammar_figures(model: Path, runs: int, n_tools: int = 20) -> dict[str, floa
     """Median ms to compile the worker's grammar for `n_tools` tools, cold and warm, and to load it."""
     # Imported here: the tools package is new, and the serving benchmark is worth running without it.
     import llama_cpp
+
     from appliance.engines.llamacpp.tools.formats import detect_format
     from appliance.engines.llamacpp.tools.grammar import tool_grammar
 
     fmt, tools = detect_format(None, False), many_tools(n_tools)
     clear: Any = getattr(tool_grammar, "cache_clear", lambda: None)
-    grammar: str = tool_grammar(tools, "required", True, fmt)
+    grammar: str = tool_grammar(tools, True, fmt)
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs every load step at INFO
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True  # the grammar sampler needs the vocabulary only, not the weights
@@ -270,7 +271,7 @@ def grammar_figures(model: Path, runs: int, n_tools: int = 20) -> dict[str, floa
             clear()
             for key in ("cold_ms", "warm_ms"):
                 began = time.perf_counter()
-                tool_grammar(tools, "required", True, fmt)
+                tool_grammar(tools, True, fmt)
                 times[key].append((time.perf_counter() - began) * 1000.0)
             began = time.perf_counter()
             sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")

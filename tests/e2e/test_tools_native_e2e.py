@@ -111,7 +111,7 @@ def test_native_calls_match_the_schema(oai: openai.OpenAI, choice: Any) -> None:
     for answer in reply.choices:
         assert answer.finish_reason == "tool_calls"
         assert answer.message.content is None
-        calls = answer.message.tool_calls or []
+        calls: list[Any] = list(answer.message.tool_calls or [])
         assert calls
         for call in calls:
             if call.function.name == "forecast":

@@ -106,9 +106,11 @@ class GenerationCore(Protocol):
 
     counters: WorkerCounters
 
-    def generate(self, prompt_tokens: list[int], params: SamplingParams) -> AsyncIterator[str | Finished]:
-        """Yield text pieces as they are decoded, then one Finished; closing the iterator cancels the job.
-        Text only: params.logprobs must be None (log probabilities come through generate_choices)."""
+    def generate(
+        self, prompt_tokens: list[int], params: SamplingParams
+    ) -> AsyncIterator[str | Piece | Finished]:
+        """Yield text pieces as they are decoded (`Piece`s when params.logprobs is set), then one Finished;
+        closing the iterator cancels the job."""
         ...
 
     def generate_choices(

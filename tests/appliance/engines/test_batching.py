@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from appliance.engines.llamacpp.core import Finished, SamplingParams
+from appliance.engines.llamacpp.core import Finished, Piece, SamplingParams
 from appliance.engines.llamacpp.model import LoadedModel, WorkerConfig
 from appliance.engines.llamacpp.outbox import (
     AUTO_COALESCE_FROM,
@@ -51,6 +51,7 @@ async def _run(model: LoadedModel, prompt: str, params: SamplingParams) -> tuple
     async for event in model.core.generate(model.tokenize(prompt), params):
         if isinstance(event, Finished):
             return pieces, event
+        assert isinstance(event, str)  # no log probabilities asked: text comes as plain strings
         pieces.append(event)
     raise AssertionError("no Finished event")
 
@@ -173,7 +174,7 @@ async def test_cancelling_half_leaves_the_rest_exact_and_frees_slots(model: Load
     before = model.batching.counters.generations_cancelled
 
     async def leave_early(prompt: str) -> None:
-        stream: AsyncIterator[str | Finished] = model.core.generate(model.tokenize(prompt), params)
+        stream: AsyncIterator[str | Piece | Finished] = model.core.generate(model.tokenize(prompt), params)
         received = 0
         async for _event in stream:
             received += 1

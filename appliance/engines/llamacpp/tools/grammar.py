@@ -32,9 +32,13 @@ def _ranges_as_enums(schema: Any) -> Any:
         return schema
     rewritten = {key: _ranges_as_enums(value) for key, value in schema.items()}
     low, high = rewritten.get("minimum"), rewritten.get("maximum")
-    if rewritten.get("type") == "integer" and isinstance(low, int) and isinstance(high, int):
-        if 0 <= high - low < SMALL_RANGE:
-            return {"enum": list(range(low, high + 1))}
+    if (
+        rewritten.get("type") == "integer"
+        and isinstance(low, int)
+        and isinstance(high, int)
+        and 0 <= high - low < SMALL_RANGE
+    ):
+        return {"enum": list(range(low, high + 1))}
     return rewritten
 
 
