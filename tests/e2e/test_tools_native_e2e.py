@@ -97,22 +97,24 @@ def test_the_template_renders_the_tools(hermes: RunningAppliance) -> None:
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "forecast"}}])
 def test_native_calls_match_the_schema(oai: openai.OpenAI, choice: Any) -> None:
     """Required or named, at temperature 1: `<tool_call>` blocks read back as calls valid for their tool,
-    the small integer range (1-5) included."""
+    the small integer range (1-5) included. One call each: with parallel calls allowed, a sampled answer may
+    go on calling until `max_tokens` and end with `length`, as OpenAI's would."""
     reply = oai.chat.completions.create(
         model="hermes",
         messages=ASK,
         tools=TOOLS,
         tool_choice=choice,
+        parallel_tool_calls=False,
         temperature=1.0,
         n=4,
         seed=5,
-        max_tokens=64,
+        max_tokens=96,
     )
     for answer in reply.choices:
         assert answer.finish_reason == "tool_calls"
         assert answer.message.content is None
         calls: list[Any] = list(answer.message.tool_calls or [])
-        assert calls
+        assert len(calls) == 1
         for call in calls:
             if call.function.name == "forecast":
                 jsonschema.validate(json.loads(call.function.arguments), SCHEMA)
