@@ -14,6 +14,7 @@ from api.cli_store import register_store_commands, store_app
 from api.cli_unlock import register_unlock_commands
 from api.cli_versions import register_version_commands
 from api.doctor import doctor
+from appliance.cli.model_settings import register_model_settings_commands
 from appliance.egress import GUARDED_LOOP, install_command_guard
 from appliance.errors import ApplianceError
 from appliance.gguf_info import read_gguf_info
@@ -31,6 +32,7 @@ app.add_typer(models_app, name="models")
 register_store_commands(app, models_app)
 register_unlock_commands(store_app)
 register_version_commands(models_app)
+register_model_settings_commands(models_app)
 app.command()(doctor)
 
 

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from appliance.cli.model_settings import ToolParserOption
+from appliance.engines.vllm.tool_parsers import AUTO, check_tool_parser
 from appliance.registry.registry import Registry, open_registry
 from appliance.settings import home_from_environment, load_settings, write_default_settings
 from appliance.store.format import Progress
@@ -61,13 +63,19 @@ def models_import(
         str | None,
         typer.Option(help="a GGUF file as a new version of an existing model (then `models activate`)"),
     ] = None,
+    tool_parser: ToolParserOption = None,
 ) -> None:
     """Encrypt a GGUF file or an AWQ model folder into the store and register it (the original stays)."""
+    parser = check_tool_parser(tool_parser) if tool_parser is not None else None
     store, registry = _open_store()
     if path.is_dir():
         size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
         model = store.import_awq_folder(
-            path, name=name, aliases=tuple(alias or ()), progress=_progress("encrypting", size)
+            path,
+            name=name,
+            aliases=tuple(alias or ()),
+            progress=_progress("encrypting", size),
+            tool_parser=None if parser == AUTO else parser,
         )
     else:
         size = path.stat().st_size if path.is_file() else 0

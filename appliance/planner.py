@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from appliance.engines.vllm.tool_parsers import tool_parser_for
 from appliance.hardware import MIB, Gpu, Hardware
 from appliance.registry.models import ModelInfo
 from appliance.settings import Settings
@@ -62,6 +63,8 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     layers: int | None = None
     kv_heads: int | None = None
     head_dim: int | None = None
+    tool_parser: str = ""
+    """vLLM's tool-call parser for an AWQ model ('' for none): `tool_choice: auto` needs one."""
 
     def kv_bytes_per_token(self) -> int:
         """Exact from the shape where known (2 x layers x kv_heads x head_dim x 2 bytes), else estimated."""
@@ -93,6 +96,8 @@ class ModelPlan(msgspec.Struct, frozen=True):
     overhead_bytes: int = 0
     available_bytes: int = 0
     """What the chosen devices offer together (for a model that fits nowhere: the best offer found)."""
+    tool_parser: str = ""
+    """vLLM only: the tool-call parser it is started with ('' = no automatic tool calls)."""
 
     @property
     def needed_bytes(self) -> int:
@@ -112,6 +117,9 @@ class Plan(msgspec.Struct, frozen=True):
         return {m.name: m for m in self.models if m.fits}
 
 
+NO_TOOL_PARSER = "no tool parser known for its architecture: no tool_choice auto (`models set --tool-parser`)"
+
+
 def estimate_parameters(size_bytes: int, quantization: str) -> int:
     """Parameter count from the weights' size and the quantization's average bits per weight."""
     bits = BITS_PER_WEIGHT.get(quantization.upper(), DEFAULT_BITS_PER_WEIGHT)
@@ -128,6 +136,7 @@ def spec_from_model(model: ModelInfo) -> ModelSpec:
         context_length=model.context_length,
         size_bytes=model.size_bytes,
         path=str(model.path),
+        tool_parser=tool_parser_for(model.architecture, model.tool_parser) if model.format == "awq" else "",
     )
 
 
@@ -218,7 +227,7 @@ class _Planner:
         base = ModelPlan(
             spec.name, "vllm", False, "", format=spec.format, path=spec.path, context_length=context,
             concurrency=concurrency, weights_bytes=spec.size_bytes,
-            kv_cache_bytes=spec.kv_bytes_per_token() * context * concurrency,
+            kv_cache_bytes=spec.kv_bytes_per_token() * context * concurrency, tool_parser=spec.tool_parser,
         )  # fmt: skip
         if not self.hardware.gpus:
             return msgspec.structs.replace(
@@ -277,7 +286,10 @@ class _Planner:
         return msgspec.structs.replace(
             base,
             fits=True,
-            reason=f"GPU with compute capability >= 7.5 and room for weights and KV cache; {split}; {kernel}",
+            reason=(
+                f"GPU with compute capability >= 7.5 and room for weights and KV cache; {split}; {kernel}; "
+                + (f"tool calls: {base.tool_parser} parser" if base.tool_parser else NO_TOOL_PARSER)
+            ),
             devices=tuple(t.label for t in chosen),
             cuda_visible_devices=",".join(t.visible for t in chosen),
             tensor_parallel_size=size,

@@ -47,6 +47,8 @@ class Setup:
     appliance_workers: str = ""
     """More `[workers]` settings lines for the appliance (the relay benchmark varies stream_interval)."""
     llama_server_args: tuple[str, ...] = ()
+    chat_template: Path | None = None
+    """A Jinja chat template both servers use instead of the model's own (the tool benchmark's native run)."""
     """More llama-server flags (the tools benchmark needs `--jinja` for tool calls)."""
 
 
@@ -152,7 +154,8 @@ def appliance_server(setup: Setup, tmp: Path) -> Iterator[Target]:
     workers += setup.appliance_workers
     server = f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
     (home / "settings.toml").write_text(f"{server}[workers]\n{workers}")
-    cli([exe, "models", "add", str(setup.model), "--name", ALIAS, "--alias", "default"], env)
+    template = ["--chat-template", str(setup.chat_template)] if setup.chat_template else []
+    cli([exe, "models", "add", str(setup.model), "--name", ALIAS, "--alias", "default", *template], env)
     key = cli([exe, "keys", "create", "--name", "bench", "--role", "user", "--quiet"], env).strip()
     target = Target(APPLIANCE, f"http://127.0.0.1:{port}", "default", {"Authorization": f"Bearer {key}"})
     with _serving([exe, "serve"], env, tmp / "appliance.log", "/health/ready", target) as ready:
@@ -199,6 +202,7 @@ def llama_server(setup: Setup, tmp: Path) -> Iterator[Target]:
     argv += ["-t", threads, "-tb", threads, "--host", "127.0.0.1", "--port", str(port)]
     # No web UI to serve; warnings and errors only, so logging costs it nothing the appliance does not pay.
     argv += ["--no-webui", "--log-verbosity", "2", "--alias", ALIAS, *setup.llama_server_args]
+    argv += ["--chat-template-file", str(setup.chat_template)] if setup.chat_template else []
     target = Target(LLAMA_SERVER, f"http://127.0.0.1:{port}", ALIAS, {})
     with _serving(argv, dict(os.environ), tmp / "llama-server.log", "/health", target) as ready:
         yield ready

@@ -40,7 +40,14 @@ from bench.harness import markdown_table, percentile, print_table
 from bench.servers import APPLIANCE, LLAMA_SERVER, VENV_BIN, Setup, Target
 
 ORDER = [LLAMA_SERVER, APPLIANCE]
-BEGIN, END = "<!-- tools_bench: begin -->", "<!-- tools_bench: end -->"
+
+
+def markers(template: Path | None) -> tuple[str, str]:
+    """The comments around this run's section of RESULTS.md: one section per chat template."""
+    name = f"tools_bench {template.stem}" if template is not None else "tools_bench"
+    return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+
+
 GRAMMAR_TARGET_MS = 50.0
 
 
@@ -60,6 +67,9 @@ TOOLS = [
     _tool("send_email", "Send an email.", to={"type": "string"}, subject={"type": "string"}),
 ]
 CHOICE = {"type": "function", "function": {"name": "get_weather"}}
+PEER_CHOICE = "required"
+"""llama-server takes tool_choice as a string only: it ignores the named form with a warning (and then answers
+in prose), so it is asked for "required", its closest; a call to another tool still counts as invalid."""
 CITIES = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Berlin", "Sydney", "Toronto"]
 _validator = jsonschema.Draft202012Validator(TOOLS[0]["function"]["parameters"])
 
@@ -116,7 +126,7 @@ async def one(client: httpx.AsyncClient, target: Target, index: int, max_tokens:
         "model": target.model,
         "messages": [{"role": "user", "content": f"What is the weather in {CITIES[index % len(CITIES)]}?"}],
         "tools": TOOLS,
-        "tool_choice": CHOICE,
+        "tool_choice": PEER_CHOICE if target.name == LLAMA_SERVER else CHOICE,
         "temperature": 0.0,
         "max_tokens": max_tokens,
         "seed": 1000 + index % len(CITIES),
@@ -251,14 +261,13 @@ def many_tools(n: int) -> list[dict[str, Any]]:
 
 def grammar_figures(model: Path, runs: int, n_tools: int = 20) -> dict[str, float]:
     """Median ms to compile the worker's grammar for `n_tools` tools, cold and warm, and to load it."""
-    # Imported here: the tools package is new, and the serving benchmark is worth running without it.
+    # Imported here: llama_cpp loads its shared library on import, which the serving figures do not need.
     import llama_cpp
 
     from appliance.engines.llamacpp.tools.formats import detect_format
-    from appliance.engines.llamacpp.tools.grammar import tool_grammar
+    from appliance.engines.llamacpp.tools.grammar import clear_grammar_caches, tool_grammar
 
     fmt, tools = detect_format(None, False), many_tools(n_tools)
-    clear: Any = getattr(tool_grammar, "cache_clear", lambda: None)
     grammar: str = tool_grammar(tools, True, fmt)
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs every load step at INFO
     params = llama_cpp.llama_model_default_params()
@@ -268,7 +277,7 @@ def grammar_figures(model: Path, runs: int, n_tools: int = 20) -> dict[str, floa
     times: dict[str, list[float]] = {"cold_ms": [], "warm_ms": [], "load_ms": []}
     try:
         for _ in range(runs):
-            clear()
+            clear_grammar_caches()
             for key in ("cold_ms", "warm_ms"):
                 began = time.perf_counter()
                 tool_grammar(tools, True, fmt)
@@ -281,9 +290,8 @@ def grammar_figures(model: Path, runs: int, n_tools: int = 20) -> dict[str, floa
             llama_cpp.llama_sampler_free(sampler)
     finally:
         llama_cpp.llama_model_free(lm)
-    cached = float(hasattr(tool_grammar, "cache_clear"))
     medians = {key: statistics.median(values) for key, values in times.items()}
-    return {"tools": n_tools, "grammar_chars": len(grammar), "cached": cached} | medians
+    return {"tools": n_tools, "grammar_chars": len(grammar)} | medians
 
 
 def grammar_lines(g: dict[str, float] | str) -> list[str]:
@@ -291,10 +299,9 @@ def grammar_lines(g: dict[str, float] | str) -> list[str]:
     if isinstance(g, str):
         return [f"not measured: grammar for 20 tools ({g})"]
     first = g["cold_ms"] + g["load_ms"]
-    cache = "" if g["cached"] else " (tool_grammar has no cache_clear: cold may be warm)"
     size = f"{g['tools']:.0f} tools ({g['grammar_chars']:.0f} chars of GBNF)"
     return [
-        f"grammar for {size}: compile cold {g['cold_ms']:.2f} ms, warm {g['warm_ms']:.3f} ms{cache}; "
+        f"grammar for {size}: compile cold {g['cold_ms']:.2f} ms, warm (cached) {g['warm_ms']:.3f} ms; "
         f"llama_sampler_init_grammar {g['load_ms']:.2f} ms",
         f"{'PASS' if first <= GRAMMAR_TARGET_MS else 'FAIL'}: grammar compile (cold) + load <= "
         f"{GRAMMAR_TARGET_MS:.0f} ms for 20 tools (got {first:.2f} ms)",
@@ -311,18 +318,23 @@ def section(rows: list[list[str]], lines: list[str], setup: Setup, args: argpars
     how += f" by {setup.slots} slots; llama-server with `{' '.join(setup.llama_server_args)}`; 3 tools,"
     how += f" tool_choice get_weather, temperature 0, max_tokens {args.max_tokens}, not streamed, closed"
     how += f" loop, median of {args.rounds} interleaved rounds; calls/s counts valid calls only"
+    how += f"; tool_choice {PEER_CHOICE!r} for {LLAMA_SERVER} (it takes no named form)"
+    template = setup.chat_template
+    how += f"; chat template {template} on both" if template else "; the model's own template"
     head = "## Tool calls: time to a complete named tool call (bench/tools_bench.py)"
+    begin, end = markers(setup.chat_template)
     info = f"- date: {stamp}\n- machine: {machine}\n- command: `{command_line()}`\n- {how}"
     notes = "\n".join(f"- {line}" for line in lines)
-    return f"{BEGIN}\n{head}\n\n{info}\n\n{markdown_table(rows)}\n{notes}\n{END}"
+    return f"{begin}\n{head}\n\n{info}\n\n{markdown_table(rows)}\n{notes}\n{end}"
 
 
-def write_results(path: Path, text: str) -> None:
-    """Replace this benchmark's section of `path` (or append it), leaving the rest of the file alone."""
+def write_results(path: Path, text: str, template: Path | None) -> None:
+    """Replace this run's section of `path` (or append it), leaving the rest of the file alone."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text + rest.split(END, 1)[1]
+    begin, end = markers(template)
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + text + rest.split(end, 1)[1]
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     path.write_text(new)
@@ -347,6 +359,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--llama-server", type=Path, default=None, help="default: llama-server in the venv")
     parser.add_argument("--read-timeout", type=float, default=120.0, help="seconds to wait for one answer")
     parser.add_argument("--batch-timeout", type=float, default=300.0, help="seconds for one whole batch")
+    parser.add_argument(
+        "--chat-template",
+        type=Path,
+        default=None,
+        help="a Jinja template both servers use (tests/e2e/templates/hermes_tools.jinja: native <tool_call>)",
+    )
     parser.add_argument("--results", type=Path, default=None, help="(re)write this run's section here")
     parser.add_argument("--json", nargs="?", const="-", default=None, help="figures as JSON: stdout or PATH")
     args = parser.parse_args(argv)
@@ -369,19 +387,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.grammar_runs > 0:
         try:
             grammar = grammar_figures(args.model, args.grammar_runs)
-        except (ImportError, AttributeError, TypeError) as exc:
-            # The grammar builder is still being written; the serving figures are worth having without it.
+        except (ImportError, OSError) as exc:
+            # llama.cpp could not load the vocabulary: the serving figures are still worth having.
             grammar = f"{type(exc).__name__}: {exc}"
     # The same model, threads, total context and slots on both; only llama-server needs a flag for tools.
     shared = (args.model, args.threads, context, args.slots, args.appliance, VENV_BIN / "python")
-    setup = Setup(*shared, args.llama_server, llama_server_args=("--jinja",))
+    peer_flags = ("--jinja",)
+    setup = Setup(*shared, args.llama_server, llama_server_args=peer_flags, chat_template=args.chat_template)
     results = run(setup, args)
     rows = table(results)
     print_table(rows)
     lines = [*verdicts(results), *grammar_lines(grammar), *invalid_lines(results)]
     print("\n".join(lines))
     if args.results is not None:
-        write_results(args.results, section(rows, lines, setup, args))
+        write_results(args.results, section(rows, lines, setup, args), args.chat_template)
     if args.json is not None:
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         doc = {"config": config, "grammar": grammar, "results": [asdict(r) for r in results]}

@@ -1,8 +1,8 @@
 """Failover along a route's chain: which link serves a generation, and what happens when one fails.
 
 The rules (docs: README "Fallback chain"):
-- a link whose circuit is open, whose engine is not ready, or (for chat) whose model has no chat template
-  is skipped;
+- a link whose circuit is open, whose engine is not ready, or (for chat) whose model has no chat template,
+  or a vLLM link without a tool parser for a request that lets the model choose a tool, is skipped;
 - a connection error, a worker crash, a timeout before the first streamed event, a 5xx or a 429 → the
   next link (a 429 is overload, not illness: it does not count against the link's breaker);
 - any other 4xx is the request's own fault → returned as is, no failover;
@@ -31,6 +31,7 @@ from api.state import GatewayState
 from appliance.chain import Route
 from appliance.engines.canned import CANNED_MODEL, canned_body, canned_events
 from appliance.errors import EngineUnavailableError
+from appliance.planner import ModelPlan
 from appliance.protocol import ChatCompletionRequest, SamplingRequest
 from appliance.registry.models import ModelInfo
 from appliance.supervisor import WorkerState
@@ -81,7 +82,7 @@ async def serve_generation(
     skipped: list[str] = []
     for name in route.links:
         model = gateway.registry.models.resolve(name)
-        reason = _skip_reason(gateway, model, chat) if route.is_route else None
+        reason = _skip_reason(gateway, model, body) if route.is_route else None
         if reason is None:
             try:
                 return await _try_link(request, gateway, body, path, model, skipped)
@@ -107,18 +108,32 @@ def skip_headers(skipped: list[str]) -> dict[str, str]:
     return headers
 
 
-def _skip_reason(gateway: GatewayState, model: ModelInfo, chat: bool) -> str | None:
+def _skip_reason(gateway: GatewayState, model: ModelInfo, body: SamplingRequest) -> str | None:
     """Why a link must not even be tried, or None."""
     worker = gateway.supervisor.workers.get(model.name)
     if worker is None:
         return "not_loaded"
     if worker.state is not WorkerState.READY:
         return "not_ready"
+    chat = isinstance(body, ChatCompletionRequest)
     if chat and not (model.has_chat_template or model.chat_template_override is not None):
         # A base model without a template would answer 400, which is no fault of the request: skip it.
         return "no_chat_template"
+    if (reason := feature_skip_reason(worker.launch.plan, body)) is not None:
+        return reason
     if not gateway.chains.breaker(model.name).would_allow():
         return "circuit_open"
+    return None
+
+
+def feature_skip_reason(plan: ModelPlan, body: SamplingRequest) -> str | None:
+    """Why a link's engine cannot serve a feature this request uses, or None."""
+    lets_model_choose = (
+        isinstance(body, ChatCompletionRequest) and body.wants_tools and not body.requires_tool_call
+    )
+    if lets_model_choose and plan.engine == "vllm" and not plan.tool_parser:
+        # vLLM refuses `tool_choice: auto` without a parser; a later link that can take it is worth trying.
+        return "no_tool_parser"
     return None
 
 

@@ -37,6 +37,8 @@ class ModelInfo:
     version: str = "1"
     active: bool = True
     """Whether this version is the one its name serves."""
+    tool_parser: str | None = None
+    """vLLM's tool-call parser as set for this model (None: follow the architecture)."""
 
     @property
     def public_names(self) -> tuple[str, ...]:
@@ -67,6 +69,7 @@ def _info(row: ModelRow) -> ModelInfo:
         created=int(row.created_at.timestamp()),
         version=row.version,
         active=row.active,
+        tool_parser=row.tool_parser,
     )
 
 
@@ -92,6 +95,7 @@ class ModelRegistry:
         chat_template_override: str | None = None,
         version: str | None = None,
         model_format: str = "gguf",
+        tool_parser: str | None = None,
     ) -> ModelInfo:
         """Register a GGUF file under `name` and `aliases`; a taken name raises ConflictError.
 
@@ -144,6 +148,7 @@ class ModelRegistry:
                     chat_template_override if active is None else active.chat_template_override
                 ),
                 status="enabled" if active is None else active.status,
+                tool_parser=tool_parser if tool_parser is not None or active is None else active.tool_parser,
             )
             session.add(row)
             session.flush()
@@ -229,6 +234,17 @@ class ModelRegistry:
             session.flush()
             return _info(next(row for row in rows if row.active))
 
+    def set_tool_parser(self, name: str, tool_parser: str) -> ModelInfo:
+        """Set vLLM's tool-call parser for every version of `name` (`auto`, `none` or a parser name)."""
+        with self._sessions.begin() as session:
+            rows = list(session.scalars(select(ModelRow).where(ModelRow.name == name)))
+            if not rows:
+                raise ModelNotFoundError(f"The model `{name}` does not exist.", param="name")
+            for row in rows:
+                row.tool_parser = None if tool_parser == "auto" else tool_parser
+            session.flush()
+            return _info(next(row for row in rows if row.active))
+
     def remove(self, name: str) -> ModelInfo:
         """Delete a model's registry entries, every version (their files stay where they are).
 
@@ -268,10 +284,18 @@ class ModelRegistry:
         raise ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
 
     def add_awq_folder(
-        self, folder: Path, facts: GgufInfo, *, name: str, aliases: tuple[str, ...] = ()
+        self,
+        folder: Path,
+        facts: GgufInfo,
+        *,
+        name: str,
+        aliases: tuple[str, ...] = (),
+        tool_parser: str | None = None,
     ) -> ModelInfo:
         """Register an AWQ model folder (format `awq`, for vLLM) under `add`'s rules for names.
 
         `facts` come from the folder's config.json; `sha256` is the store manifest's digest over its files.
         """
-        return self.add(folder, facts, name=name, aliases=aliases, model_format="awq")
+        return self.add(
+            folder, facts, name=name, aliases=aliases, model_format="awq", tool_parser=tool_parser
+        )

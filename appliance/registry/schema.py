@@ -43,6 +43,8 @@ class ModelRow(Base):
     context_length: Mapped[int] = mapped_column(Integer)
     has_chat_template: Mapped[bool]
     chat_template_override: Mapped[str | None] = mapped_column(Text, default=None)
+    tool_parser: Mapped[str | None] = mapped_column(String(32), default=None)
+    """vLLM's tool-call parser for this model: NULL or `auto` follows the architecture, `none` offers none."""
     status: Mapped[str] = mapped_column(String(16), default="enabled")
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 

@@ -154,9 +154,16 @@ class ModelStore:
             return self._import_locked(source, info, name, aliases, kek, progress, version)
 
     def import_awq_folder(
-        self, source: Path, *, name: str, aliases: tuple[str, ...] = (), progress: Progress | None = None
+        self,
+        source: Path,
+        *,
+        name: str,
+        aliases: tuple[str, ...] = (),
+        progress: Progress | None = None,
+        tool_parser: str | None = None,
     ) -> ModelInfo:
-        """Encrypt every file of an AWQ model folder into the store and register it (format `awq`)."""
+        """Encrypt every file of an AWQ model folder into the store and register it (format `awq`);
+        `tool_parser` is vLLM's tool-call parser for it (None: the architecture's)."""
         awq_folder_facts(source, name, "")  # refuse a folder that is not an AWQ model before any work
         self._registry.models.check_names_free(name, aliases)
         kek = self._kek()
@@ -167,7 +174,9 @@ class ModelStore:
             final, manifest = import_folder(self.folder, source, data_key, file_id, chunk, progress)
             try:
                 facts = awq_folder_facts(source, name, manifest.digest())
-                model = self._registry.models.add_awq_folder(final, facts, name=name, aliases=aliases)
+                model = self._registry.models.add_awq_folder(
+                    final, facts, name=name, aliases=aliases, tool_parser=tool_parser
+                )
                 try:
                     stored = entry_bytes(final)
                     key = ModelKey(model.id, file_id, wrap_key(kek, data_key), kek.fingerprint, stored)

@@ -130,3 +130,28 @@ def test_0004_keeps_models_and_store_keys_of_a_0003_database(tmp_path: Path) -> 
                 " size_bytes, context_length, has_chat_template, status, created_at)"
                 " VALUES ('smol', '[]', 'gguf', 'l', 'q', '/m/b', 'cd', 1, 1, 1, 'enabled', '2026-11-28')"
             )
+
+
+def test_0005_adds_the_tool_parser_and_keeps_store_keys(tmp_path: Path) -> None:
+    """Upgrading leaves every model following its architecture; downgrading loses no store key."""
+    db_path = tmp_path / "registry.db"
+    _migrate(db_path, "upgrade", "0004")
+    with sqlite3.connect(db_path) as connection:
+        connection.execute(
+            "INSERT INTO models (id, name, version, active, aliases, format, architecture, quantization,"
+            " path, sha256, size_bytes, context_length, has_chat_template, status, created_at)"
+            " VALUES (7, 'qwen', '1', 1, '[]', 'awq', 'Qwen2ForCausalLM', 'AWQ', '/m/q', 'ab', 1, 2048, 1,"
+            " 'enabled', '2026-11-28 00:00:00')"
+        )
+        connection.execute(
+            "INSERT INTO model_keys VALUES (7, 'file-7', x'0102', 'fp', 1, '2026-11-28 00:00:00')"
+        )
+    _migrate(db_path, "upgrade", "0005")
+    registry = open_registry(db_path)
+    assert registry.models.versions("qwen")[0].tool_parser is None
+    assert registry.models.set_tool_parser("qwen", "mistral").tool_parser == "mistral"
+    _migrate(db_path, "downgrade", "0004")
+    with sqlite3.connect(db_path) as connection:
+        assert connection.execute("SELECT model_id, file_id FROM model_keys").fetchall() == [(7, "file-7")]
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(models)")]
+    assert "tool_parser" not in columns

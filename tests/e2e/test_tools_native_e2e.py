@@ -15,39 +15,8 @@ import pytest
 
 from tests.e2e.server import RunningAppliance, cli, free_port, serve
 
-HERMES_TEMPLATE = """\
-{%- if tools %}<|im_start|>system
-{{ messages[0]['content'] if messages[0]['role'] == 'system' else 'You are a helpful assistant.' }}
-
-# Tools
-
-You are provided with function signatures within <tools></tools> XML tags:
-<tools>{% for tool in tools %}
-{{ tool | tojson }}{% endfor %}
-</tools>
-
-For each function call, return a json object with function name and arguments within <tool_call></tool_call>
-XML tags:
-<tool_call>
-{"name": <function-name>, "arguments": <args-json-object>}
-</tool_call><|im_end|>
-{% endif %}
-{%- for message in messages %}
-{%- if message['role'] == 'system' and tools %}
-{%- elif message['role'] == 'assistant' and message.tool_calls %}<|im_start|>assistant
-{% for call in message.tool_calls %}<tool_call>
-{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}
-</tool_call>{% endfor %}<|im_end|>
-{% elif message['role'] == 'tool' %}<|im_start|>user
-<tool_response>
-{{ message['content'] }}
-</tool_response><|im_end|>
-{% else %}<|im_start|>{{ message['role'] }}
-{{ message['content'] }}<|im_end|>
-{% endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}<|im_start|>assistant
-{% endif %}"""
+HERMES_TEMPLATE = Path(__file__).parent / "templates" / "hermes_tools.jinja"
+"""Also what `bench/tools_bench.py --chat-template` gives both servers for a native-format comparison."""
 SCHEMA = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1, "maximum": 5}},
@@ -69,9 +38,7 @@ def hermes(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterat
     (home / "settings.toml").write_text(
         f"[server]\nport = {port}\n[workers]\nthreads = 2\ncontext_length = 2048\n"
     )
-    template = home.parent / "hermes.jinja"
-    template.write_text(HERMES_TEMPLATE)
-    cli(home, "models", "add", str(model_path), "--name", "hermes", "--chat-template", str(template))
+    cli(home, "models", "add", str(model_path), "--name", "hermes", "--chat-template", str(HERMES_TEMPLATE))
     admin = cli(home, "keys", "create", "--name", "admin", "--role", "admin", "--quiet").strip()
     user = cli(home, "keys", "create", "--name", "user", "--role", "user", "--quiet").strip()
     running = serve(home, port, admin, user)

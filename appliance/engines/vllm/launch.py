@@ -81,6 +81,9 @@ def vllm_argv(launch: Launch, version: str) -> list[str]:
     ]
     if gpu.enable_prefix_caching:
         argv.append("--enable-prefix-caching")
+    if plan.tool_parser:
+        # Named and `required` calls need no parser (guided decoding); `auto` needs one that reads the family.
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", plan.tool_parser]
     if parse_version(version) < REQUEST_LOG_OFF_BY_DEFAULT_SINCE:
         argv.append("--disable-log-requests")  # prompts must not land in logs
     return argv

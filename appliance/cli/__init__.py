@@ -1,0 +1,1 @@
+"""The `appliance` command line (moving here from `api/` under the layout renovation)."""
