@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from appliance.engines.llamacpp.sizing import default_parallel, pool_size
 from appliance.engines.vllm.tool_parsers import tool_parser_for
 from appliance.hardware import MIB, Gpu, Hardware
 from appliance.registry.models import ModelInfo
@@ -33,6 +34,10 @@ KV_BYTES_PER_VALUE = 2
 VLLM_OVERHEAD_BYTES = 2 * GIB
 """Per GPU: CUDA context, activations and CUDA graphs of a vLLM worker, a rule of thumb with headroom."""
 LLAMACPP_OVERHEAD_BYTES = 512 * MIB
+VLLM_DEFAULT_CONTEXT = 4096
+"""vLLM's --max-model-len when the setting is 0: its KV cache is planned for max_num_seqs such contexts."""
+POOL_GRANULE = 256
+"""A planned KV pool is a whole number of these cells."""
 """Compute buffers and the Python worker around llama.cpp."""
 KV_PER_TOKEN_AT_8B = 128 * 1024
 KV_SCALING_EXPONENT = 0.42
@@ -98,6 +103,8 @@ class ModelPlan(msgspec.Struct, frozen=True):
     """What the chosen devices offer together (for a model that fits nowhere: the best offer found)."""
     tool_parser: str = ""
     """vLLM only: the tool-call parser it is started with ('' = no automatic tool calls)."""
+    kv_pool_tokens: int = 0
+    """llama.cpp only: the KV cells its `concurrency` slots share (each request up to `context_length`)."""
 
     @property
     def needed_bytes(self) -> int:
@@ -198,8 +205,11 @@ class _Planner:
         self.free_targets = _targets(hardware.gpus)
         self.ram_left = hardware.cpu.ram_available_bytes
 
-    def context(self, spec: ModelSpec) -> int:
-        return min(self.settings.workers.context_length, spec.context_length)
+    def context(self, spec: ModelSpec, default: int) -> int:
+        """Tokens per request: the setting (0: `default`, or the trained context when that is 0), never
+        more than the model was trained for."""
+        wanted = self.settings.workers.context_length or default or spec.context_length
+        return min(wanted, spec.context_length)
 
     def place(self, variants: Sequence[ModelSpec]) -> ModelPlan:
         """The first variant that fits (AWQ on a GPU before GGUF on the CPU), else why none does."""
@@ -223,7 +233,7 @@ class _Planner:
 
     def on_gpu(self, spec: ModelSpec) -> ModelPlan:
         concurrency = self.settings.gpu.max_num_seqs
-        context = self.context(spec)
+        context = self.context(spec, VLLM_DEFAULT_CONTEXT)
         base = ModelPlan(
             spec.name, "vllm", False, "", format=spec.format, path=spec.path, context_length=context,
             concurrency=concurrency, weights_bytes=spec.size_bytes,
@@ -299,15 +309,27 @@ class _Planner:
             available_bytes=sum(int(t.total_bytes * share) for t in chosen),
         )
 
+    def kv_pool(self, spec: ModelSpec, context: int, slots: int) -> int:
+        """A llama.cpp worker's pool of cells: the setting, else every slot's full context as far as the
+        memory share allows, and at least one full context (a model with less room does not fit)."""
+        workers = self.settings.workers
+        if workers.kv_pool_tokens or not self.hardware.cpu.ram_total_mib:
+            return pool_size(context, slots, workers.kv_pool_tokens)
+        room = max(self.ram_left - spec.size_bytes - LLAMACPP_OVERHEAD_BYTES, 0) * workers.kv_memory_share
+        within = int(room // max(spec.kv_bytes_per_token(), 1)) // POOL_GRANULE * POOL_GRANULE
+        return max(context, min(context * slots, within))
+
     def on_cpu(self, spec: ModelSpec) -> ModelPlan:
-        context = self.context(spec)
+        context = self.context(spec, 0)
         threads = self.settings.workers.threads or self.hardware.cpu.physical_cores
-        # llama.cpp's slots share one context window, so the cache is one context whatever the slots.
+        slots = self.settings.workers.parallel or default_parallel(threads)
+        pool = self.kv_pool(spec, context, slots)
+        # The slots share one pool of cells: each request may use a whole context, together they use the pool.
         plan = ModelPlan(
             spec.name, "llamacpp", False, "", format=spec.format, path=spec.path, devices=("CPU",),
-            quantization=spec.quantization, context_length=context, concurrency=1, threads=threads,
-            weights_bytes=spec.size_bytes, kv_cache_bytes=spec.kv_bytes_per_token() * context,
-            overhead_bytes=LLAMACPP_OVERHEAD_BYTES, available_bytes=self.ram_left,
+            quantization=spec.quantization, context_length=context, concurrency=slots, threads=threads,
+            weights_bytes=spec.size_bytes, kv_cache_bytes=spec.kv_bytes_per_token() * pool,
+            overhead_bytes=LLAMACPP_OVERHEAD_BYTES, available_bytes=self.ram_left, kv_pool_tokens=pool,
         )  # fmt: skip
         if self.hardware.cpu.ram_total_mib and plan.needed_bytes > self.ram_left:
             return msgspec.structs.replace(
@@ -318,7 +340,10 @@ class _Planner:
         why = "GGUF on the CPU"
         if not self.hardware.gpus:
             why = f"{self.hardware.gpu_note or 'no NVIDIA GPU'}; GGUF on the CPU"
-        return msgspec.structs.replace(plan, fits=True, reason=f"{why}, {threads} threads (physical cores)")
+        shared = f"{slots} slots share a KV pool of {pool} tokens ({_gib(plan.kv_cache_bytes)})"
+        return msgspec.structs.replace(
+            plan, fits=True, reason=f"{why}, {threads} threads (physical cores); {shared}"
+        )
 
 
 def make_plan(

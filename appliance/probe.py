@@ -19,10 +19,28 @@ PROBE_PROMPT = "The capital of France is"
 """A text completion, not a chat: it works for base models without a chat template too."""
 
 
+PROGRESS_METRIC = "appliance_worker_decode_steps_total"
+"""The llama.cpp worker's step counter: it moves while the worker decodes, whatever waits in its queue."""
+
+
+async def _decode_steps(worker: Worker) -> int | None:
+    """The worker's decode steps so far, or None where it does not say (vLLM) or does not answer."""
+    try:
+        answer = await worker.client.get("/metrics", timeout=2.0)
+    except httpx.HTTPError:
+        return None
+    for line in answer.text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == PROGRESS_METRIC and value.isdigit():
+            return int(value)
+    return None
+
+
 async def probe_worker(worker: Worker, settings: FallbackSettings) -> tuple[bool, str]:
     """Generate a few tokens on the worker: (passed, one-line detail)."""
     if worker.state is not WorkerState.READY:
         return False, f"engine {worker.state.value}"
+    steps_before = await _decode_steps(worker)
     body = {
         "model": worker.model.name,
         "prompt": PROBE_PROMPT,
@@ -34,6 +52,11 @@ async def probe_worker(worker: Worker, settings: FallbackSettings) -> tuple[bool
             "/v1/completions", content=msgspec.json.encode(body), timeout=settings.probe_timeout_s
         )
     except httpx.TimeoutException:
+        steps_after = await _decode_steps(worker)
+        if steps_before is not None and steps_after is not None and steps_after > steps_before:
+            # Queued behind long prompts (a full KV pool makes requests wait): slow, not ill. A hung
+            # worker does not step, and a stopped one does not answer at all.
+            return True, "busy (decoding, the probe waits in its queue)"
         return False, f"no answer within {settings.probe_timeout_s:g} s"
     except httpx.HTTPError as error:
         return False, f"unreachable ({type(error).__name__})"

@@ -101,10 +101,16 @@ class WorkerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     threads: int = 0
     """Generation threads per worker; 0 means one per physical core."""
-    context_length: int = 4096
-    """Context of a llama.cpp worker, shared evenly by its slots (each share at most the trained context)."""
+    context_length: int = 0
+    """Tokens one request may use, prompt and completion; 0 = the model's trained context (for vLLM:
+    4096). Never more than the trained context; independent of the slots, which share one KV pool."""
     parallel: int = 0
-    """Sequences a llama.cpp worker decodes together (slots); 0 picks from cores and context."""
+    """Sequences a llama.cpp worker decodes together (slots); 0 = four per compute thread, at most 16."""
+    kv_pool_tokens: int = 0
+    """KV cells all slots of a llama.cpp worker share; 0 = the planner's: every slot's full context, as
+    far as kv_memory_share of the RAM left after the weights allows (never less than one context)."""
+    kv_memory_share: float = 0.5
+    """Share of the RAM left after a model's weights that its KV pool may take when the planner sizes it."""
     queue_depth: int = 64
     """Requests that may wait for a free slot; one more is answered 429 with Retry-After."""
     stream_interval: int = 0
@@ -304,8 +310,10 @@ request_timeout_s = 600.0
 
 [workers]
 threads = 0              # 0 = one per physical core
-context_length = 4096
-parallel = 0             # slots per llama.cpp worker; 0 = chosen from cores and context
+context_length = 0       # tokens per request; 0 = the model's trained context (vLLM: 4096)
+parallel = 0             # slots per llama.cpp worker; 0 = four per compute thread, at most 16
+kv_pool_tokens = 0       # KV cells the slots share; 0 = sized by the planner (`appliance plan` shows it)
+kv_memory_share = 0.5    # share of the RAM left after the weights that the planner gives the KV pool
 queue_depth = 64         # requests waiting for a slot before 429
 stream_interval = 0      # decode steps whose text goes out in one event; 0 = by load (at most every 25 ms)
 compute_priority = "idle"  # llama.cpp compute threads yield to request handling; "normal" on a shared box

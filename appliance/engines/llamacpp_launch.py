@@ -36,13 +36,15 @@ def llamacpp_command(launch: Launch) -> list[str]:
         model.name,
         "--socket",
         str(launch.socket_path),
+        # Per request, the slots and the pool they share: the planner's figures (see planner.on_cpu).
         "--context-length",
-        # The whole context; the worker keeps each slot's share within the model's trained context.
-        str(workers.context_length),
+        str(launch.plan.context_length),
         "--threads",
         str(llamacpp_threads(launch)),
         "--parallel",
-        str(workers.parallel),
+        str(launch.plan.concurrency),
+        "--kv-pool-tokens",
+        str(launch.plan.kv_pool_tokens),
         "--queue-depth",
         str(workers.queue_depth),
         "--stream-interval",

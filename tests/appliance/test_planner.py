@@ -97,9 +97,10 @@ def test_7b_with_awq_and_gguf_variants(
 
 
 def test_7b_gguf_falls_back_to_the_cpu_on_the_v100_box_and_says_why() -> None:
-    """The V100's compute capability 7.0 is below vLLM's AWQ floor; llama.cpp gets one thread per core."""
+    """The V100's compute capability 7.0 is below vLLM's AWQ floor; llama.cpp gets one thread per core and
+    four slots per thread, at most 16."""
     (model,) = plan_one(machine("v100"), awq_7b(), gguf_7b()).models
-    assert (model.engine, model.format, model.threads, model.concurrency) == ("llamacpp", "gguf", 20, 1)
+    assert (model.engine, model.format, model.threads, model.concurrency) == ("llamacpp", "gguf", 20, 16)
     assert model.path == "/models/qwen2.5-7b-q4_k_m.gguf"
     assert "awq variant: vLLM's AWQ needs compute capability >= 7.5" in model.reason
     (awq_only,) = plan_one(machine("v100"), awq_7b()).models
@@ -179,7 +180,32 @@ def test_settings_shape_the_budget() -> None:
         0.8,
     )
     (cpu_model,) = plan_one(machine("cpu_only"), gguf_7b(), settings=settings).models
-    assert (cpu_model.threads, cpu_model.context_length) == (3, 2048)
+    assert (cpu_model.threads, cpu_model.context_length, cpu_model.concurrency) == (3, 2048, 12)
+    assert cpu_model.kv_pool_tokens == 12 * 2048  # room for every slot's whole context
+
+
+def test_each_request_gets_the_trained_context_and_the_slots_share_a_pool() -> None:
+    """By default a request may use the model's whole trained context, whatever the slots; the pool holds
+    every slot's context where the RAM share allows, and the plan says so in tokens and GiB."""
+    settings = Settings(home=Path("/unused"))
+    (model,) = plan_one(machine("cpu_only"), gguf_7b(), settings=settings).models
+    assert model.context_length == 32768
+    assert model.kv_pool_tokens >= model.context_length
+    assert model.kv_pool_tokens % 256 == 0
+    assert model.kv_cache_bytes == model.kv_pool_tokens * gguf_7b().kv_bytes_per_token()
+    assert f"share a KV pool of {model.kv_pool_tokens} tokens" in model.reason
+    room = (machine("cpu_only").cpu.ram_available_bytes - gguf_7b().size_bytes - 512 * 2**20) * 0.5
+    assert model.kv_cache_bytes <= max(room, model.context_length * gguf_7b().kv_bytes_per_token())
+
+
+def test_a_small_memory_share_still_leaves_one_whole_context() -> None:
+    """However small the share, a pool is at least one context (else the model does not fit at all)."""
+    settings = Settings(home=Path("/unused"), workers=WorkerSettings(kv_memory_share=0.0001))
+    (model,) = plan_one(machine("cpu_only"), gguf_7b(), settings=settings).models
+    assert model.kv_pool_tokens == model.context_length == 32768
+    fixed = Settings(home=Path("/unused"), workers=WorkerSettings(kv_pool_tokens=40000, parallel=2))
+    (model,) = plan_one(machine("cpu_only"), gguf_7b(), settings=fixed).models
+    assert (model.kv_pool_tokens, model.concurrency) == (40000, 2)
 
 
 def test_unknown_architecture_uses_the_parameter_approximation() -> None:

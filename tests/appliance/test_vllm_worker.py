@@ -159,7 +159,7 @@ async def test_ready_only_once_the_served_model_is_listed() -> None:
 
 
 def test_llamacpp_worker_command_is_unchanged(tmp_path: Path) -> None:
-    """The llama.cpp kind's exact argv: the whole context is passed; the worker caps each slot's share."""
+    """The llama.cpp kind's exact argv: the plan's per-request context, slots and the pool they share."""
     settings = Settings(home=tmp_path, workers=WorkerSettings(parallel=3, queue_depth=9))
     model = model_info("small", "/models/small.gguf", fmt="gguf", context_length=2048)
     (plan,) = make_plan(Hardware(), [msgspec.structs.replace(gguf_7b(), name="small")], settings).models
@@ -167,8 +167,8 @@ def test_llamacpp_worker_command_is_unchanged(tmp_path: Path) -> None:
         sys.executable, "-m", "appliance.engines.llamacpp",
         "--model", "/models/small.gguf", "--name", "small",
         "--socket", str(tmp_path / "run" / "small.sock"),
-        "--context-length", "4096", "--threads", str(physical_cores()),
-        "--parallel", "3", "--queue-depth", "9", "--stream-interval", "0",
+        "--context-length", "32768", "--threads", str(physical_cores()),
+        "--parallel", "3", "--kv-pool-tokens", str(3 * 32768), "--queue-depth", "9", "--stream-interval", "0",
         "--compute-priority", "idle",
     ]  # fmt: skip
 

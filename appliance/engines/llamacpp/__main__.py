@@ -40,9 +40,12 @@ def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
     parser.add_argument("--model", type=Path, required=True, help="GGUF file to load")
     parser.add_argument("--name", required=True, help="model name reported in responses")
     parser.add_argument("--socket", type=Path, required=True, help="unix socket to serve on")
-    parser.add_argument("--context-length", type=int, required=True)
+    parser.add_argument("--context-length", type=int, required=True, help="per request; 0 = trained")
     parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--parallel", type=int, default=0, help="slots; 0 = chosen from cores and context")
+    parser.add_argument("--parallel", type=int, default=0, help="slots; 0 = four per thread, at most 16")
+    parser.add_argument(
+        "--kv-pool-tokens", type=int, default=0, help="KV cells the slots share; 0 = every slot's context"
+    )
     parser.add_argument("--queue-depth", type=int, default=64, help="requests that may wait for a slot")
     parser.add_argument(
         "--stream-interval", type=int, default=0, help="steps whose text goes out together; 0 = by load"
@@ -66,6 +69,7 @@ def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
         queue_depth=args.queue_depth,
         stream_interval=args.stream_interval,
         compute_priority=args.compute_priority,
+        kv_pool_tokens=args.kv_pool_tokens,
     )
     return config, args.socket
 

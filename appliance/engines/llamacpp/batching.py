@@ -1,9 +1,15 @@
 """Continuous batching: one scheduler thread decodes every running sequence in one llama.cpp batch.
 
 Each step the scheduler admits waiting requests into free slots (reusing the cells of the longest matching
-prefix an idle slot still holds), puts one decode token per running sequence and chunks of pending prompt
-tokens into the same batch, calls `llama_decode` once, samples each sequence with its own sampler chain and
-streams the text to its request. A slot is released the moment its sequence finishes or its client leaves.
+prefix any slot holds), puts one decode token per running sequence and chunks of pending prompt tokens into
+the same batch, calls `llama_decode` once, samples each sequence with its own sampler chain and streams the
+text to its request. A slot is released the moment its sequence finishes or its client leaves.
+
+All slots share one pool of cells, and each request may use the model's whole context. When the pool is
+full nothing fails: a request whose prompt does not fit waits in the queue; a decode that finds no room first
+takes the cells idle slots keep as prefix cache (least useful first), then preempts the most recently
+admitted running sequence, whose prompt and tokens so far are recomputed when room returns (vLLM's recompute
+preemption) while its stream simply pauses.
 """
 
 from __future__ import annotations
@@ -14,73 +20,33 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import llama_cpp
 
-from appliance.engines.llamacpp.core import Finished, Piece, SamplingParams, TokenLogprob, WorkerCounters
+from appliance.engines.llamacpp.core import Finished, Piece, SamplingParams, WorkerCounters
 from appliance.engines.llamacpp.logprobs import token_logprob
 from appliance.engines.llamacpp.native import NativeContext, NativeModel
 from appliance.engines.llamacpp.outbox import Outbox, PendingRequest
+from appliance.engines.llamacpp.placement import place
 from appliance.engines.llamacpp.priority import apply_compute_priority
 from appliance.engines.llamacpp.sampling import GrammarSampling, build_grammar, build_sampler
+from appliance.engines.llamacpp.slots import Resume, Slot, Work, cells_in_use, eviction_order
 from appliance.engines.llamacpp.text_stream import TextStream
 from appliance.errors import ApplianceError, EngineError, EngineUnavailableError, QueueFullError
 from appliance.settings import ComputePriority
 
-BOUNDARY_SLACK = 4
-"""Cells a slot may lose and still be reused in place: the next turn of a conversation re-tokenises the end
-of the previous answer, which may not match the tokens generated there."""
-
-
-@dataclass(eq=False)
-class _Slot:
-    seq: int
-    cells: list[int] = field(default_factory=list)
-    """Tokens whose cells this sequence holds, in position order (kept after a request for prefix reuse)."""
-    request: PendingRequest | None = None
-    sampler: Any = None
-    """The request's llama.cpp sampler chain; None for plain greedy, which is an argmax over the logits."""
-    grammar: Any = None
-    """The request's grammar sampler, applied apart from the chain; None without a grammar."""
-    text: TextStream = field(default_factory=lambda: TextStream(()))
-    prefill_at: int = 0
-    next_token: int | None = None
-    generated: int = 0
-    cached: int = 0
-    released_at: float = 0.0
-    history: list[int] = field(default_factory=list)
-    """Tokens generated so far, kept only when log probabilities are asked (their penalties look back)."""
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    """Log probabilities of tokens whose text is still held back."""
-
-
-@dataclass(eq=False)
-class _Work:
-    """One slot's part of a batch: prompt chunk or one decode token, and whether it wants logits."""
-
-    slot: _Slot
-    tokens: list[int]
-    logits: bool
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
 
 class BatchingCore:
-    """The generation core of a llama.cpp worker: `parallel` slots, a bounded wait queue, one thread."""
+    """The generation core of a llama.cpp worker: `parallel` slots over one pool of cells, a bounded wait
+    queue, one thread; each request may use `context_length` tokens."""
 
     def __init__(
         self,
         model: NativeModel,
         context: NativeContext,
+        context_length: int,
         parallel: int,
         queue_depth: int,
         stream_interval: int = 0,
@@ -89,7 +55,11 @@ class BatchingCore:
         self.counters = WorkerCounters()
         self._model = model
         self._context = context
-        self._slots = [_Slot(seq) for seq in range(parallel)]
+        self._limit = context_length
+        self._slots = [Slot(seq) for seq in range(parallel)]
+        self._admissions = 0
+        self._suspended: dict[int, Resume] = {}
+        """Preempted requests waiting to go on, by id(request)."""
         self._queue_depth = queue_depth
         self._waiting: deque[PendingRequest] = deque()
         self._outbox = Outbox(stream_interval)
@@ -110,9 +80,13 @@ class BatchingCore:
         return self._thread.native_id
 
     @property
-    def slot_context(self) -> int:
-        """Tokens one sequence may hold: prompt plus completion."""
-        return self._context.slot_context
+    def pool_tokens(self) -> int:
+        """Cells of the pool every slot shares."""
+        return self._context.pool_tokens
+
+    def pool_cells_used(self) -> int:
+        """Cells the slots hold, running or kept as prefix cache (a shared prefix once per holder)."""
+        return min(cells_in_use(self._slots), self._context.pool_tokens)
 
     def generate(
         self, prompt_tokens: list[int], params: SamplingParams
@@ -223,47 +197,61 @@ class BatchingCore:
                 free = [slot for slot in self._slots if slot.request is None]
                 if not free:
                     break
-                request = self._waiting.popleft()
+                request = self._waiting[0]
                 if request.cancelled:
+                    self._waiting.popleft()
+                    self._drop_suspended(request)
                     continue
                 leader = request.leader
                 if leader is not None and not (leader.prefilled or leader.done or leader.cancelled):
-                    later.append(request)  # its prompt's cells are on their way: copied, not recomputed
+                    later.append(self._waiting.popleft())  # its prompt's cells are on their way: shared
                     continue
-                self._start(self._place(free, request.prompt), request)
+                resume = self._suspended.get(id(request))
+                feed = resume.tokens if resume is not None else request.prompt
+                if not self._room_for(feed):
+                    self.counters.waits_for_cells += 1
+                    break  # first come, first served: later requests do not overtake a long one
+                self._waiting.popleft()
+                self._start(self._place(free, feed), request)
             self._waiting.extendleft(reversed(later))
         self._outbox.flush_if_urgent()  # a request refused at admission (no room) hears it now
 
-    def _place(self, free: list[_Slot], prompt: list[int]) -> _Slot:
-        """The free slot for `prompt`, its cells already holding the longest prefix any slot has.
+    def _room_for(self, feed: list[int]) -> bool:
+        """Whether a sequence evaluating `feed` fits beside the running ones, taking idle slots' cached
+        cells (least useful first) if it needs them. With nothing running it always fits: the pool holds
+        at least one whole context."""
+        running = [slot for slot in self._slots if slot.request is not None]
+        if not running:
+            return True
+        needed = sum(slot.footprint() for slot in running) + len(feed) + 1
+        if needed > self._context.pool_tokens:
+            return False
+        for slot in eviction_order(self._slots, feed):
+            cached = cells_in_use(s for s in self._slots if s.request is None)
+            if needed + cached <= self._context.pool_tokens:
+                break
+            self._evict(slot)
+        return True
 
-        Always leaves at least the last prompt token to evaluate: its logits give the first completion token.
-        A free slot holding the prefix is reused in place when that loses nothing worth keeping: it holds
-        this very prompt (the same request again: what follows is only its old answer), or nothing beyond
-        the prefix but a few tokens (the next turn of a conversation, re-tokenised at the old answer's end).
-        Otherwise the least recently used free slot takes the request and the prefix's cells are copied from
-        the slot that holds them, busy or not (llama-server keeps a prompt cache in host memory for this), so
-        a slot's cached conversation survives a request that only shares its system prompt.
-        """
-        limit = len(prompt) - 1
-        holder = max(self._slots, key=lambda s: (_common_prefix(s.cells, prompt), s.request is None))
-        shared = min(_common_prefix(holder.cells, prompt), limit)
-        loses_little = shared == limit or len(holder.cells) - shared <= BOUNDARY_SLACK
-        in_place = holder.request is None and (loses_little or not self._model.can_share_cells)
-        slot = holder if in_place else min(free, key=lambda s: s.released_at)
-        keep = shared if slot is holder else min(_common_prefix(slot.cells, prompt), limit)
-        if not self._context.forget(slot.seq, keep):
-            keep = 0
-            self._context.forget(slot.seq, 0)
-        del slot.cells[keep:]
-        if keep < shared and self._model.can_share_cells:
-            self._context.forget(slot.seq, 0)
-            self._context.share(holder.seq, slot.seq, shared)
-            slot.cells[:] = holder.cells[:shared]
-        return slot
+    def _evict(self, slot: Slot) -> None:
+        """Free an idle slot's cached cells."""
+        self._context.forget(slot.seq, 0)
+        slot.cells.clear()
+        self.counters.cache_evictions += 1
 
-    def _start(self, slot: _Slot, request: PendingRequest) -> None:
+    def _place(self, free: list[Slot], prompt: list[int]) -> Slot:
+        return place(self._slots, free, prompt, self._context, self._model.can_share_cells)
+
+    def _start(self, slot: Slot, request: PendingRequest) -> None:
         keep = len(slot.cells)
+        self._admissions += 1
+        slot.admitted = self._admissions
+        resume = self._suspended.pop(id(request), None)
+        if resume is not None:
+            resume.restore(slot)
+            slot.request, slot.prefill_at, slot.next_token = request, keep, None
+            self.counters.prompt_tokens_cached += keep
+            return
         try:
             if not request.params.plain_greedy:
                 slot.sampler = build_sampler(request.params, self._model.vocab, self._model.n_vocab)
@@ -274,6 +262,7 @@ class BatchingCore:
             self._outbox.emit(request, error)
             return
         slot.request = request
+        slot.feed, slot.resume_token = request.prompt, None
         slot.text = TextStream(request.params.stop)
         slot.prefill_at = keep
         slot.cached = keep
@@ -282,9 +271,9 @@ class BatchingCore:
         self.counters.generations_started += 1
         self.counters.prompt_tokens_cached += keep
 
-    def _plan(self, active: list[_Slot]) -> list[_Work]:
+    def _plan(self, active: list[Slot]) -> list[Work]:
         """This step's batch: a decode token for each generating slot, then prompt chunks within budget."""
-        work: list[_Work] = []
+        work: list[Work] = []
         budget = self._context.batch_capacity
         for slot in active:
             request = slot.request
@@ -293,35 +282,70 @@ class BatchingCore:
             if request.cancelled:
                 self._finish(slot, "cancelled")
             elif slot.next_token is not None:
-                work.append(_Work(slot, [slot.next_token], logits=True))
+                work.append(Work(slot, [slot.next_token], logits=True))
                 budget -= 1
         for slot in active:
             request = slot.request
             if request is None or slot.next_token is not None or budget <= 0:
                 continue
-            chunk = request.prompt[slot.prefill_at : slot.prefill_at + budget]
+            chunk = slot.feed[slot.prefill_at : slot.prefill_at + budget]
             self.counters.prompt_tokens_evaluated += len(chunk)
-            work.append(_Work(slot, chunk, logits=slot.prefill_at + len(chunk) == len(request.prompt)))
+            # A resumed sequence already knows its next token: the end of its feed needs no logits.
+            ends = slot.prefill_at + len(chunk) == len(slot.feed) and slot.resume_token is None
+            work.append(Work(slot, chunk, logits=ends))
             budget -= len(chunk)
         return work
 
-    def _step(self, active: list[_Slot]) -> None:
+    def _step(self, active: list[Slot]) -> None:
         work = self._plan(active)
-        if not work:
-            return
-        if self._decode(work):
+        while work and not self._decode(work):
+            # No room in the pool for this batch (llama.cpp undid it): free some, then try again.
+            self.counters.decode_failures += 1
+            work = self._make_room(work)
+        if work:
             self._after_decode(work)
-            return
-        # Like llama-server: a batch that does not fit is retried one sequence at a time, so only the
-        # sequences that really cannot go on fail.
-        self.counters.decode_failures += 1
-        for part in work:
-            if self._decode([part]):
-                self._after_decode([part])
-            else:
-                self._fail(part.slot, EngineError("the engine could not fit this sequence in its memory"))
 
-    def _decode(self, work: list[_Work]) -> bool:
+    def _make_room(self, work: list[Work]) -> list[Work]:
+        """Free cells for a batch that did not fit: an idle slot's cache, else the most recently admitted
+        running sequence (preempted); the batch without it. A lone sequence that still cannot fit fails."""
+        idle = eviction_order(self._slots, [])
+        if idle:
+            self._evict(idle[0])
+            return work
+        running = [slot for slot in self._slots if slot.request is not None]
+        victim = max(running, key=lambda slot: slot.admitted)
+        if len(running) == 1:
+            self._fail(victim, EngineError("the engine could not fit this sequence in its memory"))
+            return []
+        self._preempt(victim)
+        return [part for part in work if part.slot is not victim]
+
+    def _preempt(self, slot: Slot) -> None:
+        """Stop a running sequence and free its cells; its request waits first in line to go on."""
+        request = slot.request
+        if request is None:
+            return
+        self._suspended[id(request)] = Resume.of(slot)
+        slot.sampler = slot.grammar = None  # the suspended state owns them now
+        self._context.forget(slot.seq, 0)
+        slot.cells.clear()
+        slot.history, slot.logprobs = [], []
+        slot.request, slot.next_token, slot.resume_token = None, None, None
+        slot.released_at = time.monotonic()
+        with self._lock:
+            self._waiting.appendleft(request)
+        self.counters.preemptions += 1
+
+    def _drop_suspended(self, request: PendingRequest) -> None:
+        """A preempted request whose client left: free its samplers."""
+        resume = self._suspended.pop(id(request), None)
+        if resume is not None:
+            for sampler in (resume.sampler, resume.grammar):
+                if sampler is not None:
+                    llama_cpp.llama_sampler_free(sampler)
+            request.done = True
+
+    def _decode(self, work: list[Work]) -> bool:
         batch = self._context.batch
         n = 0
         for part in work:
@@ -338,7 +362,7 @@ class BatchingCore:
         self.counters.decode_steps += 1
         return bool(llama_cpp.llama_decode(self._context.ctx, batch) == 0)
 
-    def _after_decode(self, work: list[_Work]) -> None:
+    def _after_decode(self, work: list[Work]) -> None:
         outputs = sum(part.logits for part in work)
         greedy: Any = None
         if any(part.logits and part.slot.sampler is None for part in work):
@@ -353,6 +377,8 @@ class BatchingCore:
                 slot.prefill_at += len(part.tokens)
                 if slot.request is not None and slot.prefill_at >= len(slot.request.prompt) - 1:
                     slot.request.prefilled = True
+                if slot.resume_token is not None and slot.prefill_at == len(slot.feed):
+                    slot.next_token, slot.resume_token = slot.resume_token, None  # recomputed: go on
             if part.logits:
                 if slot.request is not None:
                     if slot.sampler is None:
@@ -372,19 +398,19 @@ class BatchingCore:
                     self._on_token(slot, slot.request, token)
                 row += 1
 
-    def _note_logprob(self, slot: _Slot, params: SamplingParams, token: int, row: int, rows: int) -> None:
+    def _note_logprob(self, slot: Slot, params: SamplingParams, token: int, row: int, rows: int) -> None:
         logits = self._context.logits(rows)[row]
         slot.logprobs.append(token_logprob(logits, token, params, slot.history, self._model.token_text))
         slot.history.append(token)
 
-    def _text_event(self, slot: _Slot, request: PendingRequest, text: str) -> str | Piece:
+    def _text_event(self, slot: Slot, request: PendingRequest, text: str) -> str | Piece:
         """Plain text, or with logprobs asked the text and the entries of the tokens fed since the last."""
         if request.params.logprobs is None:
             return text
         entries, slot.logprobs = tuple(slot.logprobs), []
         return Piece(text, entries)
 
-    def _on_token(self, slot: _Slot, request: PendingRequest, token: int) -> None:
+    def _on_token(self, slot: Slot, request: PendingRequest, token: int) -> None:
         self.counters.tokens_generated += 1
         if self._model.is_end_of_generation(token):
             self._finish(slot, "stop")
@@ -395,12 +421,12 @@ class BatchingCore:
             self._outbox.emit(request, self._text_event(slot, request, text))
         if slot.text.stopped:
             self._finish(slot, "stop")
-        elif slot.generated >= request.params.max_tokens or len(slot.cells) + 1 >= self.slot_context:
+        elif slot.generated >= request.params.max_tokens or len(slot.cells) + 1 >= self._limit:
             self._finish(slot, "length")
         else:
             slot.next_token = token
 
-    def _finish(self, slot: _Slot, reason: str) -> None:
+    def _finish(self, slot: Slot, reason: str) -> None:
         request = slot.request
         if request is None:
             return
@@ -414,14 +440,14 @@ class BatchingCore:
             self.counters.generations_finished += 1
         self._release(slot)
 
-    def _fail(self, slot: _Slot, error: ApplianceError) -> None:
+    def _fail(self, slot: Slot, error: ApplianceError) -> None:
         if slot.request is not None:
             self._outbox.emit(slot.request, error)
         self._context.forget(slot.seq, 0)
         slot.cells.clear()
         self._release(slot)
 
-    def _release(self, slot: _Slot) -> None:
+    def _release(self, slot: Slot) -> None:
         self._free_sampler(slot)
         if slot.request is not None:
             slot.request.done = True
@@ -430,7 +456,7 @@ class BatchingCore:
         slot.next_token = None
         slot.released_at = time.monotonic()
 
-    def _free_sampler(self, slot: _Slot) -> None:
+    def _free_sampler(self, slot: Slot) -> None:
         if slot.sampler is not None:
             llama_cpp.llama_sampler_free(slot.sampler)
             slot.sampler = None
@@ -442,6 +468,7 @@ class BatchingCore:
         with self._lock:
             waiting, self._waiting = list(self._waiting), deque()
         for request in waiting:
+            self._drop_suspended(request)
             self._outbox.emit(request, error)
         for slot in self._slots:
             if slot.request is not None:

@@ -99,6 +99,13 @@ class WorkerCounters:
     """Prompt tokens actually decoded (not those whose cells were reused or copied)."""
     decode_steps: int = 0
     decode_failures: int = 0
+    """Decodes that found no room in the pool (each is followed by an eviction or a preemption)."""
+    preemptions: int = 0
+    """Running sequences stopped to free cells, recomputed later."""
+    waits_for_cells: int = 0
+    """Admission attempts that found a free slot but not enough free cells."""
+    cache_evictions: int = 0
+    """Idle slots whose cached prefix was dropped for room."""
 
 
 class GenerationCore(Protocol):

@@ -16,18 +16,14 @@ from appliance.engines.llamacpp.chat_template import ChatTemplate
 from appliance.engines.llamacpp.core import GenerationCore
 from appliance.engines.llamacpp.native import ContextShape, NativeContext, NativeModel
 from appliance.engines.llamacpp.priority import apply_compute_priority
+from appliance.engines.llamacpp.sizing import default_parallel, pool_size
 from appliance.errors import ContextLengthExceededError, EngineError, InvalidRequestError
 from appliance.settings import ComputePriority
 
-SLOT_TOKENS = 1024
-"""Context per slot when the number of slots is chosen automatically."""
 BATCH_TOKENS = 512
 """Tokens per decode call: every running sequence's next token plus chunks of pending prompts."""
-
-
-def default_parallel(context_length: int, threads: int) -> int:
-    """Slots from cores and context: about 1k tokens each, at most four per core."""
-    return max(1, min(4 * max(threads, 1), context_length // SLOT_TOKENS))
+EMBEDDING_CONTEXT = 4096
+"""Most tokens one embedding input may have."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +33,7 @@ class WorkerConfig:
     model_path: Path
     name: str
     context_length: int
+    """Tokens one request may use (prompt and completion); 0 or more than trained: the trained context."""
     threads: int
     chat_template_override: str | None = None
     parallel: int = 0
@@ -44,6 +41,8 @@ class WorkerConfig:
     stream_interval: int = 0
     compute_priority: ComputePriority = "normal"
     """The appliance's settings choose "idle" (see priority.py); a library user keeps its own threads' way."""
+    kv_pool_tokens: int = 0
+    """Cells of the KV pool all slots share (the planner's figure); 0: every slot's full context."""
 
 
 class Embedder:
@@ -53,8 +52,11 @@ class Embedder:
     an embedding request never waits behind a long generation.
     """
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, context_length: int) -> None:
         self._config = config
+        self.context_length = min(context_length, EMBEDDING_CONTEXT)
+        """Tokens one input may have: the whole input is one micro-batch, whose compute buffer grows with
+        its square, so it is capped apart from generation's context."""
         self._llm: Any = None
         self._executor = ThreadPoolExecutor(
             max_workers=1,
@@ -69,9 +71,9 @@ class Embedder:
                 str(self._config.model_path),
                 embedding=True,
                 pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                n_ctx=self._config.context_length,
-                n_batch=self._config.context_length,
-                n_ubatch=self._config.context_length,
+                n_ctx=self.context_length,
+                n_batch=self.context_length,
+                n_ubatch=self.context_length,
                 n_threads=self._config.threads,
                 verbose=False,
             )
@@ -96,11 +98,11 @@ class LoadedModel:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.native = NativeModel(config.model_path)
-        parallel = config.parallel or default_parallel(config.context_length, config.threads)
-        # No slot may hold more than the model was trained for, so the pool is at most that per slot.
-        total = min(config.context_length, self.native.trained_context * parallel)
-        shape = ContextShape(total, parallel, BATCH_TOKENS, config.threads)
-        context = NativeContext(self.native, shape)
+        trained = self.native.trained_context
+        self.context_length = min(config.context_length or trained, trained)
+        parallel = config.parallel or default_parallel(config.threads)
+        pool = pool_size(self.context_length, parallel, config.kv_pool_tokens)
+        context = NativeContext(self.native, ContextShape(pool, parallel, BATCH_TOKENS, config.threads))
         self.parallel = parallel
         template = config.chat_template_override or self.native.chat_template()
         self.chat_template = ChatTemplate(
@@ -111,13 +113,14 @@ class LoadedModel:
         self.batching = BatchingCore(
             self.native,
             context,
+            self.context_length,
             parallel,
             config.queue_depth,
             config.stream_interval,
             config.compute_priority,
         )
         self.core: GenerationCore = self.batching
-        self.embedder = Embedder(config)
+        self.embedder = Embedder(config, self.context_length)
 
     def _token_text(self, token: int) -> str:
         return "" if token < 0 else self.native.token_text(token, special=True).decode("utf-8", "replace")
@@ -139,11 +142,6 @@ class LoadedModel:
     def token_text(self, token: int) -> str:
         """One token's text, special tokens written out (for /tokenize's token_strs)."""
         return self.detokenize([token])
-
-    @property
-    def context_length(self) -> int:
-        """Tokens that fit in one sequence (one slot's share of the context)."""
-        return self.batching.slot_context
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of a prompt exactly as llama-cpp-python's own completion path makes them."""

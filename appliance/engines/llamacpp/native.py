@@ -27,9 +27,9 @@ logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
 
 @dataclass(frozen=True)
 class ContextShape:
-    """How the decoding context is sized: total cells, slots sharing them, tokens per decode call."""
+    """How the decoding context is sized: the pool's cells, the slots sharing them, tokens per decode call."""
 
-    context_length: int
+    pool_tokens: int
     parallel: int
     batch_tokens: int
     threads: int
@@ -88,26 +88,29 @@ class NativeModel:
 
 
 class NativeContext:
-    """A decoding context whose cells are split evenly among `parallel` sequences (one per slot)."""
+    """A decoding context whose cells are one pool shared by `parallel` sequences (one per slot).
+
+    A sequence takes cells as it grows, up to the per-request limit the model sets; sequences that share a
+    prefix share its cells (llama.cpp's unified KV cache, as llama-server lays it out by default).
+    """
 
     def __init__(self, model: NativeModel, shape: ContextShape) -> None:
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = shape.context_length
+        params.n_ctx = shape.pool_tokens
         params.n_batch = shape.batch_tokens
-        params.n_ubatch = min(shape.batch_tokens, 512)
+        # One micro-batch per decode: a decode that finds no room then changes nothing (llama.cpp undoes
+        # only the micro-batch that failed), so the scheduler can free cells and try again.
+        params.n_ubatch = shape.batch_tokens
         params.n_seq_max = shape.parallel
         params.n_threads = shape.threads
         params.n_threads_batch = shape.threads
-        # One stream of cells per sequence, as llama-server lays out -np: a sequence attends only over its
-        # own cells. A unified pool measured about 6% slower per step at 8 and 16 sequences (every token
-        # scans every sequence's cells through the mask).
-        params.kv_unified = False
+        params.kv_unified = True
         params.no_perf = True
         self.ctx: Any = llama_cpp.llama_init_from_model(model.model, params)
         if not self.ctx:
             raise EngineError("llama.cpp could not create a context of this size")
         self.memory: Any = llama_cpp.llama_get_memory(self.ctx)
-        self.slot_context = int(llama_cpp.llama_n_ctx(self.ctx)) // shape.parallel
+        self.pool_tokens = int(llama_cpp.llama_n_ctx(self.ctx))
         self.n_vocab = model.n_vocab
         self.batch = llama_cpp.llama_batch_init(shape.batch_tokens, 0, 1)
         self.batch_capacity = shape.batch_tokens
@@ -126,13 +129,10 @@ class NativeContext:
         return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq, from_position, -1))
 
     def share(self, source: int, target: int, length: int) -> None:
-        """Make `target` hold the first `length` cells of `source`.
-
-        Each sequence has its own stream, so llama.cpp copies the whole stream (at the start of the next
-        decode, a plain memory copy) and the copy is then cut to the prefix.
-        """
-        llama_cpp.llama_memory_seq_cp(self.memory, source, target, -1, -1)
-        llama_cpp.llama_memory_seq_rm(self.memory, target, length, -1)
+        """Make `target` hold the first `length` cells of `source`: in the shared pool the cells are not
+        copied, they gain a second owner (and stay until neither sequence holds them)."""
+        llama_cpp.llama_memory_seq_rm(self.memory, target, 0, -1)
+        llama_cpp.llama_memory_seq_cp(self.memory, source, target, 0, length)
 
     def close(self) -> None:
         """Free the batch and the context."""

@@ -188,10 +188,11 @@ async def embeddings(request: Request[Any, Any, Any], model: NamedDependency[Loa
     """Mean-pooled, normalised embeddings of each input text."""
     body = decode_request(await request.body(), EmbeddingRequest)
     texts = _embedding_inputs(body.input)
+    limit = model.embedder.context_length
     for index, text in enumerate(texts):
-        if model.count_tokens(text) > model.context_length:
+        if model.count_tokens(text) > limit:
             raise ContextLengthExceededError(
-                f"input[{index}] is longer than the model's context of {model.context_length} tokens",
+                f"input[{index}] is longer than the model's context of {limit} tokens",
                 param="input",
             )
     vectors, tokens = await model.embedder.embed(texts)
@@ -218,6 +219,8 @@ async def health(model: NamedDependency[LoadedModel]) -> dict[str, Any]:
         "model": model.config.name,
         "context_length": model.context_length,
         "slots": model.parallel,
+        "kv_pool_tokens": model.batching.pool_tokens,
+        "kv_pool_used": model.batching.pool_cells_used(),
     }
 
 
@@ -248,6 +251,11 @@ async def metrics(model: NamedDependency[LoadedModel]) -> str:
         f"appliance_worker_prompt_tokens_cached_total {counters.prompt_tokens_cached}",
         f"appliance_worker_decode_steps_total {counters.decode_steps}",
         f"appliance_worker_decode_failures_total {counters.decode_failures}",
+        f"appliance_worker_preemptions_total {counters.preemptions}",
+        f"appliance_worker_waits_for_cells_total {counters.waits_for_cells}",
+        f"appliance_worker_cache_evictions_total {counters.cache_evictions}",
+        f"appliance_worker_kv_pool_cells {model.batching.pool_tokens}",
+        f"appliance_worker_kv_pool_cells_used {model.batching.pool_cells_used()}",
         f"appliance_worker_slots {model.parallel}",
     ]
     return "\n".join(lines) + "\n"

@@ -27,7 +27,10 @@ def test_health_reports_the_model_and_its_context(model: LoadedModel) -> None:
     """/health answers with the served name and the real context size."""
     with TestClient(create_worker_app(model)) as client:
         health = client.get("/health").json()
-    assert health == {"status": "ok", "model": "smollm2-135m", "context_length": 512, "slots": 1}
+    assert health == {
+        "status": "ok", "model": "smollm2-135m", "context_length": 512, "slots": 8,
+        "kv_pool_tokens": 8 * 512, "kv_pool_used": 0,
+    }  # fmt: skip
 
 
 def test_model_without_chat_template_gets_a_clear_400(model: LoadedModel) -> None:

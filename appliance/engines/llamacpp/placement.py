@@ -1,0 +1,41 @@
+"""Where a new sequence starts: the free slot whose cells already hold the longest prefix of its prompt."""
+
+from __future__ import annotations
+
+from appliance.engines.llamacpp.native import NativeContext
+from appliance.engines.llamacpp.slots import Slot, common_prefix
+
+BOUNDARY_SLACK = 4
+"""Cells a slot may lose and still be reused in place: the next turn of a conversation re-tokenises the end
+of the previous answer, which may not match the tokens generated there."""
+
+
+def place(
+    slots: list[Slot], free: list[Slot], prompt: list[int], context: NativeContext, can_share_cells: bool
+) -> Slot:
+    """The free slot for `prompt`, its cells already holding the longest prefix any slot has.
+
+    Always leaves at least the last prompt token to evaluate: its logits give the first completion token.
+    A free slot holding the prefix is reused in place when that loses nothing worth keeping: it holds
+    this very prompt (the same request again: what follows is only its old answer), or nothing beyond
+    the prefix but a few tokens (the next turn of a conversation, re-tokenised at the old answer's end).
+    Otherwise the least recently used free slot takes the request and shares the prefix's cells with
+    the slot that holds them, busy or not (llama-server keeps a prompt cache in host memory for this), so
+    a slot's cached conversation survives a request that only shares its system prompt.
+    """
+    limit = len(prompt) - 1
+    holder = max(slots, key=lambda s: (common_prefix(s.cells, prompt), s.request is None))
+    shared = min(common_prefix(holder.cells, prompt), limit)
+    loses_little = shared == limit or len(holder.cells) - shared <= BOUNDARY_SLACK
+    in_place = holder.request is None and (loses_little or not can_share_cells)
+    slot = holder if in_place else min(free, key=lambda s: s.released_at)
+    keep = shared if slot is holder else min(common_prefix(slot.cells, prompt), limit)
+    if not context.forget(slot.seq, keep):
+        keep = 0
+        context.forget(slot.seq, 0)
+    del slot.cells[keep:]
+    if keep < shared and can_share_cells:
+        context.forget(slot.seq, 0)
+        context.share(holder.seq, slot.seq, shared)
+        slot.cells[:] = holder.cells[:shared]
+    return slot

@@ -1,0 +1,87 @@
+"""Long prompts on the default settings, end to end: the worker's slots share one KV pool, so a request may
+use the model's whole trained context, and concurrent long prompts wait for cells instead of failing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.e2e.server import RunningAppliance, cli, free_port, serve
+
+SENTENCES = [
+    "The plant's cooling loop is inspected every morning before the first shift starts.",
+    "Each operator signs the log after checking the pressure gauges and the valve positions.",
+    "Maintenance windows are planned a week ahead and announced on the control room board.",
+    "Spare pumps are kept in the north store, beside the filters and the gasket kits.",
+]
+
+
+def document(tokens_wanted: int, topic: int) -> str:
+    """A plain document of roughly `tokens_wanted` tokens, different from the first words per topic."""
+    return f"Report {topic}. " + " ".join(SENTENCES[(topic + i) % 4] for i in range(tokens_wanted // 16))
+
+
+@pytest.fixture(scope="module")
+def defaults(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[RunningAppliance]:
+    """An appliance on the default [workers] settings (only the port and two threads given)."""
+    home = tmp_path_factory.mktemp("long") / "home"
+    home.mkdir(parents=True)
+    port = free_port()
+    (home / "settings.toml").write_text(
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\n[workers]\nthreads = 2\n'
+    )
+    cli(home, "models", "add", str(model_path), "--name", "smollm2-135m", "--alias", "default")
+    admin = cli(home, "keys", "create", "--name", "admin", "--role", "admin", "--quiet").strip()
+    user = cli(home, "keys", "create", "--name", "user", "--role", "user", "--quiet").strip()
+    running = serve(home, port, admin, user)
+    yield running
+    running.stop()
+    assert "Traceback" not in running.log, running.log
+
+
+def test_a_6000_token_prompt_is_answered(defaults: RunningAppliance) -> None:
+    """Far beyond a slot's old share (1,024 tokens): answered, and the usage counts every prompt token."""
+    client = openai.OpenAI(base_url=f"{defaults.base_url}/v1", api_key=defaults.user_key, max_retries=0)
+    text = document(6000, 0) + "\nWhat is inspected every morning?"
+    reply = client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": text}], max_tokens=16, temperature=0
+    )
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens > 6000
+    assert reply.choices[0].finish_reason in {"stop", "length"}
+    plan = cli(defaults.home, "plan")
+    assert "share a KV pool of" in plan
+
+
+def test_eight_concurrent_3000_token_prompts_all_answer(defaults: RunningAppliance) -> None:
+    """Eight long prompts at once, two documents shared by four each: zero errors, and the repeats of a
+    document report its cells as cached."""
+
+    async def ask(client: openai.AsyncOpenAI, index: int) -> Any:
+        text = document(3000, index % 2) + f"\nQuestion {index}: where are the spare pumps kept?"
+        return await client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": text}], max_tokens=16, temperature=0
+        )
+
+    async def all_of_them() -> list[Any]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{defaults.base_url}/v1",
+            api_key=defaults.user_key,
+            max_retries=0,
+            timeout=300.0,
+        ) as client:
+            return await asyncio.gather(*(ask(client, index) for index in range(8)))
+
+    replies = asyncio.run(all_of_them())
+    assert len(replies) == 8
+    assert all(reply.usage.prompt_tokens > 3000 for reply in replies)
+    cached = [
+        (reply.usage.prompt_tokens_details.cached_tokens or 0) if reply.usage.prompt_tokens_details else 0
+        for reply in replies
+    ]
+    assert sum(count > 2500 for count in cached) >= 4  # each document evaluated about once
