@@ -23,7 +23,7 @@ PROGRESS_METRIC = "appliance_worker_decode_steps_total"
 """The llama.cpp worker's step counter: it moves while the worker decodes, whatever waits in its queue."""
 
 
-async def _decode_steps(worker: Worker) -> int | None:
+async def worker_decode_steps(worker: Worker) -> int | None:
     """The worker's decode steps so far, or None where it does not say (vLLM) or does not answer."""
     try:
         answer = await worker.client.get("/metrics", timeout=2.0)
@@ -40,7 +40,7 @@ async def probe_worker(worker: Worker, settings: FallbackSettings) -> tuple[bool
     """Generate a few tokens on the worker: (passed, one-line detail)."""
     if worker.state is not WorkerState.READY:
         return False, f"engine {worker.state.value}"
-    steps_before = await _decode_steps(worker)
+    steps_before = await worker_decode_steps(worker)
     body = {
         "model": worker.model.name,
         "prompt": PROBE_PROMPT,
@@ -52,7 +52,7 @@ async def probe_worker(worker: Worker, settings: FallbackSettings) -> tuple[bool
             "/v1/completions", content=msgspec.json.encode(body), timeout=settings.probe_timeout_s
         )
     except httpx.TimeoutException:
-        steps_after = await _decode_steps(worker)
+        steps_after = await worker_decode_steps(worker)
         if steps_before is not None and steps_after is not None and steps_after > steps_before:
             # Queued behind long prompts (a full KV pool makes requests wait): slow, not ill. A hung
             # worker does not step, and a stopped one does not answer at all.

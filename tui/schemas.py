@@ -53,6 +53,12 @@ class Engine(msgspec.Struct, frozen=True):
     restarts: int = 0
     last_exit: str = ""
     version: str = ""
+    engine: str = ""
+    context_length: int = 0
+    slots: int = 0
+    kv_pool_tokens: int = 0
+    """llama.cpp: the KV cells its slots share (0 for vLLM, which manages its own)."""
+    kv_cache_bytes: int = 0
 
 
 class ErrorEvent(msgspec.Struct, frozen=True):

@@ -32,7 +32,8 @@ def _key_object(key: KeyInfo) -> dict[str, Any]:
 
 
 def engine_objects(gateway: GatewayState) -> list[dict[str, Any]]:
-    """Each worker as the admin API shows it: its model, state, pid, restarts and last exit."""
+    """Each worker as the admin API shows it: its model, state, pid, restarts and last exit, and what the
+    plan gave it (per-request context, slots or sequences, and for llama.cpp the KV pool they share)."""
     return [
         {
             "model": w.model.name,
@@ -41,6 +42,11 @@ def engine_objects(gateway: GatewayState) -> list[dict[str, Any]]:
             "pid": w.pid,
             "restarts": w.restarts,
             "last_exit": w.last_exit,
+            "engine": w.launch.plan.engine,
+            "context_length": w.launch.plan.context_length,
+            "slots": w.launch.plan.concurrency,
+            "kv_pool_tokens": w.launch.plan.kv_pool_tokens,
+            "kv_cache_bytes": w.launch.plan.kv_cache_bytes,
         }
         for w in gateway.supervisor.workers.values()
     ]

@@ -3,7 +3,8 @@
 The rules (docs: README "Fallback chain"):
 - a link whose circuit is open, whose engine is not ready, or (for chat) whose model has no chat template,
   or a vLLM link without a tool parser for a request that lets the model choose a tool, is skipped;
-- a connection error, a worker crash, a timeout before the first streamed event, a 5xx or a 429 → the
+- a connection error, a worker crash, a timeout before the first streamed event (while the engine does not
+  decode: queued behind others it waits, up to the request timeout), a 5xx or a 429 → the
   next link (a 429 is overload, not illness: it does not count against the link's breaker);
 - any other 4xx is the request's own fault → returned as is, no failover;
 - once an event has been streamed to the client, an error becomes an error event on that stream;
@@ -32,9 +33,10 @@ from appliance.chain import Route
 from appliance.engines.canned import CANNED_MODEL, canned_body, canned_events
 from appliance.errors import EngineUnavailableError
 from appliance.planner import ModelPlan
+from appliance.probe import worker_decode_steps
 from appliance.protocol import ChatCompletionRequest, SamplingRequest
 from appliance.registry.models import ModelInfo
-from appliance.supervisor import WorkerState
+from appliance.supervisor import Worker, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -220,40 +222,79 @@ async def _plain(call: _Call) -> Response[bytes]:
     return json_response(upstream, call.headers)
 
 
+PROGRESS_CHECK_S = 10.0
+"""How often a request past its first-token window checks that its engine still decodes: longer than one
+decode step ever takes (a 512-token step over long sequences takes about 1.5 s on two cores)."""
+
+
+async def _while_progressing(call: _Call, worker: Worker, work: Awaitable[T]) -> T:
+    """Await `work`, giving up (TimeoutError) after `first_token_timeout_s` without an answer unless the
+    engine decoded meanwhile: a request queued behind long prompts (a full KV pool) waits, bounded by
+    `request_timeout_s`; a hung engine neither steps nor answers, and fails over as before."""
+    task = asyncio.ensure_future(work)
+    deadline = time.monotonic() + call.gateway.settings.limits.request_timeout_s
+    try:
+        await asyncio.wait({task}, timeout=call.gateway.settings.fallback.first_token_timeout_s)
+        # Past the window: keep waiting only while the engine's step counter moves (read only now, so a
+        # request that answers in time costs no extra round trip).
+        steps = None if task.done() else await worker_decode_steps(worker)
+        if not task.done() and steps is None:
+            raise TimeoutError  # no step counter (vLLM), or the engine does not even answer /metrics
+        while not task.done():
+            await asyncio.wait({task}, timeout=PROGRESS_CHECK_S)
+            if task.done():
+                break
+            now = await worker_decode_steps(worker)
+            if steps is None or now is None or now <= steps or time.monotonic() >= deadline:
+                raise TimeoutError
+            steps = now
+        return task.result()
+    finally:
+        task.cancel()
+
+
 async def _open_stream(call: _Call) -> tuple[httpx.Response, AsyncIterator[bytes], bytes] | Response[bytes]:
     """Send the request and read up to the first whole event: (upstream, the rest, the first events), or
     the engine's non-200 answer to return as is. Closes the upstream on any way out but success."""
     worker = call.gateway.supervisor.workers[call.model.name]
     call.headers[SERVED_VERSION] = worker.model.version
-    upstream: httpx.Response | None = None
+    sent: list[httpx.Response] = []
+
+    async def first_events() -> tuple[httpx.Response, AsyncIterator[bytes], bytes] | Response[bytes]:
+        upstream = await worker.client.send(
+            worker.client.build_request(
+                "POST", call.path, content=call.payload, headers=worker_headers(call.request)
+            ),
+            stream=True,
+        )
+        sent.append(upstream)
+        if upstream.status_code != 200:
+            await upstream.aread()
+            await upstream.aclose()
+            failed = _failed_status(upstream, call.headers)
+            if failed is not None:
+                raise failed
+            return json_response(upstream, call.headers)
+        chunks = upstream.aiter_raw()
+        first = b""
+        while b"\n\n" not in first:
+            first += await anext(chunks)
+        return upstream, chunks, first
+
     try:
-        async with asyncio.timeout(call.gateway.settings.fallback.first_token_timeout_s):
-            upstream = await worker.client.send(
-                worker.client.build_request(
-                    "POST", call.path, content=call.payload, headers=worker_headers(call.request)
-                ),
-                stream=True,
-            )
-            if upstream.status_code != 200:
-                await upstream.aread()
-                await upstream.aclose()
-                failed = _failed_status(upstream, call.headers)
-                if failed is not None:
-                    raise failed
-                return json_response(upstream, call.headers)
-            chunks = upstream.aiter_raw()
-            first = b""
-            while b"\n\n" not in first:
-                first += await anext(chunks)
+        opened = await _while_progressing(call, worker, first_events())
     except (TimeoutError, httpx.TimeoutException) as error:
-        await _close(upstream)
+        await _close(sent[0] if sent else None)
         raise LinkFailed("timeout", counts=True) from error
     except (httpx.HTTPError, StopAsyncIteration) as error:
-        await _close(upstream)
+        await _close(sent[0] if sent else None)
         raise LinkFailed("connection", counts=True) from error
     except BaseException:
-        await _close(upstream)  # cancelled because the circuit opened, or the client left
+        await _close(sent[0] if sent else None)  # cancelled because the circuit opened, or the client left
         raise
+    if isinstance(opened, Response):
+        return opened
+    upstream, chunks, first = opened
     if first.startswith(_ERROR_EVENT):
         # The engine failed before any token: nothing reached the client yet, so another link may answer.
         await _close(upstream)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -56,6 +57,10 @@ def test_a_6000_token_prompt_is_answered(defaults: RunningAppliance) -> None:
     assert reply.choices[0].finish_reason in {"stop", "length"}
     plan = cli(defaults.home, "plan")
     assert "share a KV pool of" in plan
+    engines = httpx.get(f"{defaults.base_url}/admin/engines", headers=defaults.headers(defaults.admin_key))
+    (engine,) = engines.json()["data"]
+    assert (engine["engine"], engine["context_length"], engine["slots"]) == ("llamacpp", 8192, 8)
+    assert engine["kv_pool_tokens"] >= 8192
 
 
 def test_eight_concurrent_3000_token_prompts_all_answer(defaults: RunningAppliance) -> None:
@@ -85,3 +90,45 @@ def test_eight_concurrent_3000_token_prompts_all_answer(defaults: RunningApplian
         for reply in replies
     ]
     assert sum(count > 2500 for count in cached) >= 4  # each document evaluated about once
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[RunningAppliance]:
+    """Default workers, but a first-token window of 2 s: far shorter than a queue of long prompts takes."""
+    home = tmp_path_factory.mktemp("impatient") / "home"
+    home.mkdir(parents=True)
+    port = free_port()
+    settings = f'[server]\nhost = "127.0.0.1"\nport = {port}\n[workers]\nthreads = 2\n'
+    (home / "settings.toml").write_text(settings + "[fallback]\nfirst_token_timeout_s = 2.0\n")
+    cli(home, "models", "add", str(model_path), "--name", "smollm2-135m", "--alias", "default")
+    admin = cli(home, "keys", "create", "--name", "admin", "--role", "admin", "--quiet").strip()
+    user = cli(home, "keys", "create", "--name", "user", "--role", "user", "--quiet").strip()
+    running = serve(home, port, admin, user)
+    yield running
+    running.stop()
+    assert "Traceback" not in running.log, running.log
+
+
+def test_streams_queued_behind_long_prompts_wait_instead_of_failing(impatient: RunningAppliance) -> None:
+    """Four streamed 3,000-token prompts at once: the last ones see their first token long after the 2 s
+    window, yet none fails over or errors, because the engine is visibly decoding meanwhile."""
+
+    async def stream(client: openai.AsyncOpenAI, index: int) -> str:
+        text = document(3000, index) + "\nWhat is planned a week ahead?"
+        chunks = await client.chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": text}],
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+        )
+        return "".join([chunk.choices[0].delta.content or "" async for chunk in chunks if chunk.choices])
+
+    async def all_of_them() -> list[str]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{impatient.base_url}/v1", api_key=impatient.user_key, max_retries=0, timeout=300.0
+        ) as client:
+            return await asyncio.gather(*(stream(client, index) for index in range(4)))
+
+    answers = asyncio.run(all_of_them())  # a timed-out link would be a 503 here: one link, no fallback
+    assert all(answers)

@@ -47,7 +47,18 @@ OVERVIEW = Overview(
         ),
     ),
     engines=(
-        Engine(model="smollm2-135m", state="ready", pid=4242, restarts=0, version="2"),
+        Engine(
+            model="smollm2-135m",
+            state="ready",
+            pid=4242,
+            restarts=0,
+            version="2",
+            engine="llamacpp",
+            context_length=8192,
+            slots=8,
+            kv_pool_tokens=65536,
+            kv_cache_bytes=1_509_949_440,
+        ),
         Engine(
             model="qwen2.5-7b", state="restarting", pid=None, restarts=2, last_exit="signal 9", version="1"
         ),

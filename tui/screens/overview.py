@@ -10,10 +10,15 @@ from tui.chains import chain_text
 from tui.schemas import Gpu, GpuUsage, Hardware, Overview
 from tui.screens.base import ConsoleScreen
 
-ENGINE_COLUMNS = ("model", "ver", "state", "pid", "restarts", "last exit")
+ENGINE_COLUMNS = ("model", "ver", "state", "pid", "restarts", "slots", "KV pool", "last exit")
 
 
 GIB = 1024**3
+
+
+def pool_text(tokens: int, size: int) -> str:
+    """A KV pool in thousands of tokens and GiB, `-` where the engine sizes its own (vLLM)."""
+    return f"{tokens / 1024:.0f}k {size / GIB:.1f}G" if tokens else "-"
 
 
 def gpu_line(gpu: Gpu, usage: GpuUsage | None) -> str:
@@ -86,9 +91,12 @@ class OverviewScreen(ConsoleScreen):
         table: DataTable[str] = self.query_one("#engines", DataTable)
         table.clear()
         for e in overview.engines:
-            table.add_row(e.model, e.version, e.state, str(e.pid or "-"), str(e.restarts), e.last_exit or "-")
+            table.add_row(
+                e.model, e.version, e.state, str(e.pid or "-"), str(e.restarts), str(e.slots or "-"),
+                pool_text(e.kv_pool_tokens, e.kv_cache_bytes), e.last_exit or "-",
+            )  # fmt: skip
         for model, reason in overview.not_started.items():
-            table.add_row(model, "-", "not started", "-", "-", reason)
+            table.add_row(model, "-", "not started", "-", "-", "-", "-", reason)
         chains = [f"{r.name}: {chain_text(r, overview.breakers)}" for r in overview.routes]
         self.query_one("#chains", Static).update("Routes\n" + ("\n".join(chains) if chains else "(none)"))
         errors = [f"{e.time[:19]}  {e.action}  {e.target}  {e.detail}" for e in overview.errors]
