@@ -33,7 +33,16 @@ from pathlib import Path
 # Run as a script, only bench/ is on sys.path; the shared harness is imported as bench.harness.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Figures, Load, markdown_table, print_table, ratios, run_servers, table
+from bench.harness import (
+    Figures,
+    Load,
+    markdown_table,
+    print_table,
+    ratios,
+    run_servers,
+    table,
+    write_section,
+)
 from bench.servers import (
     APPLIANCE,
     DEFAULT_MODEL,
@@ -115,18 +124,6 @@ def section(rows: list[list[str]], checks: list[str], setup: Setup, load: Load, 
     )
 
 
-def write_results(path: Path, text: str) -> None:
-    """Replace this benchmark's section of `path` (or append it), leaving the rest of the file alone."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
-    print(f"wrote {path}", file=sys.stderr)
-
-
 def plot(figures: list[Figures], path: Path) -> None:
     """Draw aggregate tok/s against concurrency per server, if matplotlib is importable."""
     try:
@@ -204,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = targets(figures)
     print("\n".join(checks))
     if args.results is not None:
-        write_results(args.results, section(rows, checks, setup, load, args.context_length))
+        write_section(args.results, section(rows, checks, setup, load, args.context_length), BEGIN, END)
     if args.plot is not None:
         plot(figures, args.plot)
     if args.json is not None:

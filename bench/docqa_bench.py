@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import servers
 from bench.batching_bench import command_line, cpu_model
-from bench.harness import markdown_table, percentile, print_table
+from bench.harness import markdown_table, percentile, print_table, write_section
 from bench.servers import APPLIANCE, LLAMA_SERVER, VENV_BIN, Setup, Target
 
 NP16 = f"{LLAMA_SERVER} -np16"
@@ -457,18 +457,6 @@ def section(rows: list[list[str]], lines: list[str], args: argparse.Namespace) -
     return f"{BEGIN}\n{head}\n\n{info}\n\n{markdown_table(rows)}\n{notes}\n{END}"
 
 
-def write_results(path: Path, text: str) -> None:
-    """Replace this benchmark's section of `path` (or append it), leaving the rest of the file alone."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
-    print(f"wrote {path}", file=sys.stderr)
-
-
 def _server_name(text: str) -> str:
     """A --servers entry as the table names it: `llama-server-np16` and `llama-server -np16` are one."""
     for name in ORDER:
@@ -524,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [*verdicts(figures), *error_lines(measured)]
     print("\n".join(lines))
     if args.results is not None:
-        write_results(args.results, section(rows, lines, args))
+        write_section(args.results, section(rows, lines, args), BEGIN, END)
     if args.json is not None:
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         rounds = {name: [asdict(f) for f in runs] for name, runs in measured.items()}

@@ -304,3 +304,16 @@ def markdown_table(rows: list[list[str]]) -> str:
     """The same rows as a GitHub markdown table."""
     align = ["---", "---"] + ["---:"] * (len(rows[0]) - 2)
     return "\n".join("| " + " | ".join(row) + " |" for row in [rows[0], align, *rows[1:]]) + "\n"
+
+
+def write_section(path: Path, text: str, begin: str, end: str) -> None:
+    """Replace the section of `path` between the `begin` and `end` markers with `text` (which carries
+    them), or append it; the rest of the file stays as it is."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + text + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    path.write_text(new)
+    print(f"wrote {path}", file=sys.stderr)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import servers
 from bench.batching_bench import command_line, cpu_model
-from bench.harness import markdown_table, percentile, print_table
+from bench.harness import markdown_table, percentile, print_table, write_section
 from bench.servers import APPLIANCE, LLAMA_SERVER, VENV_BIN, Setup, Target
 
 ORDER = [LLAMA_SERVER, APPLIANCE]
@@ -328,19 +328,6 @@ def section(rows: list[list[str]], lines: list[str], setup: Setup, args: argpars
     return f"{begin}\n{head}\n\n{info}\n\n{markdown_table(rows)}\n{notes}\n{end}"
 
 
-def write_results(path: Path, text: str, template: Path | None) -> None:
-    """Replace this run's section of `path` (or append it), leaving the rest of the file alone."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    begin, end = markers(template)
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        new = head + text + rest.split(end, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
-    print(f"wrote {path}", file=sys.stderr)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -400,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [*verdicts(results), *grammar_lines(grammar), *invalid_lines(results)]
     print("\n".join(lines))
     if args.results is not None:
-        write_results(args.results, section(rows, lines, setup, args), args.chat_template)
+        write_section(args.results, section(rows, lines, setup, args), *markers(args.chat_template))
     if args.json is not None:
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         doc = {"config": config, "grammar": grammar, "results": [asdict(r) for r in results]}

@@ -27,19 +27,22 @@ def document(tokens_wanted: int, topic: int) -> str:
     return f"Report {topic}. " + " ".join(SENTENCES[(topic + i) % 4] for i in range(tokens_wanted // 16))
 
 
-@pytest.fixture(scope="module")
-def defaults(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[RunningAppliance]:
+def _serve_default_workers(home: Path, model_path: Path, more_settings: str = "") -> RunningAppliance:
     """An appliance on the default [workers] settings (only the port and two threads given)."""
-    home = tmp_path_factory.mktemp("long") / "home"
     home.mkdir(parents=True)
     port = free_port()
-    (home / "settings.toml").write_text(
-        f'[server]\nhost = "127.0.0.1"\nport = {port}\n[workers]\nthreads = 2\n'
-    )
+    settings = f'[server]\nhost = "127.0.0.1"\nport = {port}\n[workers]\nthreads = 2\n'
+    (home / "settings.toml").write_text(settings + more_settings)
     cli(home, "models", "add", str(model_path), "--name", "smollm2-135m", "--alias", "default")
     admin = cli(home, "keys", "create", "--name", "admin", "--role", "admin", "--quiet").strip()
     user = cli(home, "keys", "create", "--name", "user", "--role", "user", "--quiet").strip()
-    running = serve(home, port, admin, user)
+    return serve(home, port, admin, user)
+
+
+@pytest.fixture(scope="module")
+def defaults(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[RunningAppliance]:
+    """An appliance on the default [workers] settings."""
+    running = _serve_default_workers(tmp_path_factory.mktemp("long") / "home", model_path)
     yield running
     running.stop()
     assert "Traceback" not in running.log, running.log
@@ -96,14 +99,7 @@ def test_eight_concurrent_3000_token_prompts_all_answer(defaults: RunningApplian
 def impatient(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[RunningAppliance]:
     """Default workers, but a first-token window of 2 s: far shorter than a queue of long prompts takes."""
     home = tmp_path_factory.mktemp("impatient") / "home"
-    home.mkdir(parents=True)
-    port = free_port()
-    settings = f'[server]\nhost = "127.0.0.1"\nport = {port}\n[workers]\nthreads = 2\n'
-    (home / "settings.toml").write_text(settings + "[fallback]\nfirst_token_timeout_s = 2.0\n")
-    cli(home, "models", "add", str(model_path), "--name", "smollm2-135m", "--alias", "default")
-    admin = cli(home, "keys", "create", "--name", "admin", "--role", "admin", "--quiet").strip()
-    user = cli(home, "keys", "create", "--name", "user", "--role", "user", "--quiet").strip()
-    running = serve(home, port, admin, user)
+    running = _serve_default_workers(home, model_path, "[fallback]\nfirst_token_timeout_s = 2.0\n")
     yield running
     running.stop()
     assert "Traceback" not in running.log, running.log
