@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from appliance.engines.llamacpp.sizing import default_parallel, pool_size
+from appliance.engines.llamacpp.sizing import default_parallel, own_streams, pool_size
 from appliance.engines.vllm.tool_parsers import tool_parser_for
 from appliance.hardware import MIB, Gpu, Hardware
 from appliance.registry.models import ModelInfo
@@ -324,7 +324,7 @@ class _Planner:
         threads = self.settings.workers.threads or self.hardware.cpu.physical_cores
         slots = self.settings.workers.parallel or default_parallel(threads)
         pool = self.kv_pool(spec, context, slots)
-        # The slots share one pool of cells: each request may use a whole context, together they use the pool.
+        # Each request may use a whole context; the slots share the pool, or each has a stream if it holds them all.
         plan = ModelPlan(
             spec.name, "llamacpp", False, "", format=spec.format, path=spec.path, devices=("CPU",),
             quantization=spec.quantization, context_length=context, concurrency=slots, threads=threads,
@@ -340,7 +340,10 @@ class _Planner:
         why = "GGUF on the CPU"
         if not self.hardware.gpus:
             why = f"{self.hardware.gpu_note or 'no NVIDIA GPU'}; GGUF on the CPU"
-        shared = f"{slots} slots share a KV pool of {pool} tokens ({_gib(plan.kv_cache_bytes)})"
+        if own_streams(pool, context, slots):
+            shared = f"{slots} slots, each its own KV stream of {context} tokens ({_gib(plan.kv_cache_bytes)} in all)"
+        else:
+            shared = f"{slots} slots share a KV pool of {pool} tokens ({_gib(plan.kv_cache_bytes)})"
         return msgspec.structs.replace(
             plan, fits=True, reason=f"{why}, {threads} threads (physical cores); {shared}"
         )

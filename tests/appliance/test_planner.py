@@ -193,7 +193,7 @@ def test_each_request_gets_the_trained_context_and_the_slots_share_a_pool() -> N
     assert model.kv_pool_tokens >= model.context_length
     assert model.kv_pool_tokens % 256 == 0
     assert model.kv_cache_bytes == model.kv_pool_tokens * gguf_7b().kv_bytes_per_token()
-    assert f"share a KV pool of {model.kv_pool_tokens} tokens" in model.reason
+    assert "16 slots, each its own KV stream of 32768 tokens" in model.reason  # the box's RAM holds them all
     room = (machine("cpu_only").cpu.ram_available_bytes - gguf_7b().size_bytes - 512 * 2**20) * 0.5
     assert model.kv_cache_bytes <= max(room, model.context_length * gguf_7b().kv_bytes_per_token())
 
@@ -206,6 +206,7 @@ def test_a_small_memory_share_still_leaves_one_whole_context() -> None:
     fixed = Settings(home=Path("/unused"), workers=WorkerSettings(kv_pool_tokens=40000, parallel=2))
     (model,) = plan_one(machine("cpu_only"), gguf_7b(), settings=fixed).models
     assert (model.kv_pool_tokens, model.concurrency) == (40000, 2)
+    assert "2 slots share a KV pool of 40000 tokens" in model.reason  # less than two whole contexts
 
 
 def test_unknown_architecture_uses_the_parameter_approximation() -> None:

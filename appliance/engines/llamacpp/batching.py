@@ -84,6 +84,11 @@ class BatchingCore:
         """Cells of the pool every slot shares."""
         return self._context.pool_tokens
 
+    @property
+    def kv_layout(self) -> str:
+        """"own_streams" (a stream of cells per slot) or "shared_pool" (one pool every slot draws on)."""
+        return "own_streams" if self._context.own_streams else "shared_pool"
+
     def pool_cells_used(self) -> int:
         """Cells the slots hold, running or kept as prefix cache (a shared prefix once per holder)."""
         return min(cells_in_use(self._slots), self._context.pool_tokens)
@@ -219,9 +224,9 @@ class BatchingCore:
     def _room_for(self, feed: list[int]) -> bool:
         """Whether a sequence evaluating `feed` fits beside the running ones, taking idle slots' cached
         cells (least useful first) if it needs them. With nothing running it always fits: the pool holds
-        at least one whole context."""
+        at least one whole context, and with a stream per slot every slot holds one."""
         running = [slot for slot in self._slots if slot.request is not None]
-        if not running:
+        if not running or self._context.own_streams:
             return True
         needed = sum(slot.footprint() for slot in running) + len(feed) + 1
         if needed > self._context.pool_tokens:

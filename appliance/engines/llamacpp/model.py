@@ -16,7 +16,7 @@ from appliance.engines.llamacpp.chat_template import ChatTemplate
 from appliance.engines.llamacpp.core import GenerationCore
 from appliance.engines.llamacpp.native import ContextShape, NativeContext, NativeModel
 from appliance.engines.llamacpp.priority import apply_compute_priority
-from appliance.engines.llamacpp.sizing import default_parallel, pool_size
+from appliance.engines.llamacpp.sizing import default_parallel, own_streams, pool_size
 from appliance.errors import ContextLengthExceededError, EngineError, InvalidRequestError
 from appliance.settings import ComputePriority
 
@@ -102,7 +102,9 @@ class LoadedModel:
         self.context_length = min(config.context_length or trained, trained)
         parallel = config.parallel or default_parallel(config.threads)
         pool = pool_size(self.context_length, parallel, config.kv_pool_tokens)
-        context = NativeContext(self.native, ContextShape(pool, parallel, BATCH_TOKENS, config.threads))
+        streams = own_streams(pool, self.context_length, parallel)
+        shape = ContextShape(pool, parallel, BATCH_TOKENS, config.threads, own_streams=streams)
+        context = NativeContext(self.native, shape)
         self.parallel = parallel
         template = config.chat_template_override or self.native.chat_template()
         self.chat_template = ChatTemplate(

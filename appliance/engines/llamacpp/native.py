@@ -27,12 +27,14 @@ logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
 
 @dataclass(frozen=True)
 class ContextShape:
-    """How the decoding context is sized: the pool's cells, the slots sharing them, tokens per decode call."""
+    """How the decoding context is sized: the pool's cells, the slots sharing them, tokens per decode call,
+    and whether each slot has a stream of its own (`pool_tokens` // `parallel` cells each)."""
 
     pool_tokens: int
     parallel: int
     batch_tokens: int
     threads: int
+    own_streams: bool = False
 
 
 class NativeModel:
@@ -88,10 +90,12 @@ class NativeModel:
 
 
 class NativeContext:
-    """A decoding context whose cells are one pool shared by `parallel` sequences (one per slot).
+    """A decoding context for `parallel` sequences (one per slot), in one of two layouts.
 
-    A sequence takes cells as it grows, up to the per-request limit the model sets; sequences that share a
-    prefix share its cells (llama.cpp's unified KV cache, as llama-server lays it out by default).
+    Shared pool: a sequence takes cells as it grows, up to the per-request limit the model sets, and
+    sequences that share a prefix share its cells (llama.cpp's unified KV cache, llama-server's default).
+    Own streams: each sequence has a stream of `pool_tokens // parallel` cells and attends only over it
+    (llama-server's `-np` without `--kv-unified`); a shared prefix is copied between streams.
     """
 
     def __init__(self, model: NativeModel, shape: ContextShape) -> None:
@@ -104,13 +108,14 @@ class NativeContext:
         params.n_seq_max = shape.parallel
         params.n_threads = shape.threads
         params.n_threads_batch = shape.threads
-        params.kv_unified = True
+        params.kv_unified = not shape.own_streams
         params.no_perf = True
         self.ctx: Any = llama_cpp.llama_init_from_model(model.model, params)
         if not self.ctx:
             raise EngineError("llama.cpp could not create a context of this size")
         self.memory: Any = llama_cpp.llama_get_memory(self.ctx)
         self.pool_tokens = int(llama_cpp.llama_n_ctx(self.ctx))
+        self.own_streams = shape.own_streams
         self.n_vocab = model.n_vocab
         self.batch = llama_cpp.llama_batch_init(shape.batch_tokens, 0, 1)
         self.batch_capacity = shape.batch_tokens
@@ -129,10 +134,18 @@ class NativeContext:
         return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq, from_position, -1))
 
     def share(self, source: int, target: int, length: int) -> None:
-        """Make `target` hold the first `length` cells of `source`: in the shared pool the cells are not
-        copied, they gain a second owner (and stay until neither sequence holds them)."""
+        """Make `target` hold the first `length` cells of `source`.
+
+        In the shared pool the cells are not copied, they gain a second owner (and stay until neither
+        sequence holds them). Between own streams llama.cpp copies the whole stream (a plain memory copy
+        at the start of the next decode, far cheaper than recomputing a prefix) and the copy is cut.
+        """
         llama_cpp.llama_memory_seq_rm(self.memory, target, 0, -1)
-        llama_cpp.llama_memory_seq_cp(self.memory, source, target, 0, length)
+        if self.own_streams:
+            llama_cpp.llama_memory_seq_cp(self.memory, source, target, -1, -1)
+            llama_cpp.llama_memory_seq_rm(self.memory, target, length, -1)
+        else:
+            llama_cpp.llama_memory_seq_cp(self.memory, source, target, 0, length)
 
     def close(self) -> None:
         """Free the batch and the context."""

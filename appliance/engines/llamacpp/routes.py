@@ -221,6 +221,7 @@ async def health(model: NamedDependency[LoadedModel]) -> dict[str, Any]:
         "slots": model.parallel,
         "kv_pool_tokens": model.batching.pool_tokens,
         "kv_pool_used": model.batching.pool_cells_used(),
+        "kv_layout": model.batching.kv_layout,
     }
 
 

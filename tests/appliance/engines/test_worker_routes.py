@@ -29,7 +29,7 @@ def test_health_reports_the_model_and_its_context(model: LoadedModel) -> None:
         health = client.get("/health").json()
     assert health == {
         "status": "ok", "model": "smollm2-135m", "context_length": 512, "slots": 8,
-        "kv_pool_tokens": 8 * 512, "kv_pool_used": 0,
+        "kv_pool_tokens": 8 * 512, "kv_pool_used": 0, "kv_layout": "own_streams",
     }  # fmt: skip
 
 
