@@ -24,6 +24,7 @@ from appliance.errors import (
 from appliance.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from appliance.registry.keys import KeyInfo
 from appliance.settings import LimitSettings
+from appliance.wire.schema_limits import check_request_schemas
 
 LimitedRequest = TypeVar("LimitedRequest", ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
 Answer = TypeVar("Answer", Response[bytes], Response[bytes] | Stream)
@@ -72,6 +73,15 @@ def _checked_token_limit(limits: LimitSettings, body: LimitedRequest) -> tuple[L
     return body, body.token_limit or 0
 
 
+def _check_costly_parts(
+    limits: LimitSettings, body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+) -> None:
+    """Refuse (400 naming the parameter) the parts whose cost to an engine is out of proportion to their
+    bytes: JSON Schemas that become grammars."""
+    if not isinstance(body, EmbeddingRequest):
+        check_request_schemas(body, limits.schema)
+
+
 async def json_body(request: Request[Any, Any, Any]) -> bytes:
     """The raw body of a JSON request; another content type is 415 (the body is never guessed at)."""
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -111,6 +121,7 @@ class RequestLimits:
             raise InvalidRequestError(
                 f"n is {choices}, but this key may ask for at most {limits.max_choices} choices.", param="n"
             )
+        _check_costly_parts(limits, body)
         body, completion_tokens = _checked_token_limit(limits, body)
         completion_tokens *= choices
         charge = Charge(

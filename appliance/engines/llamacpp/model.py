@@ -16,12 +16,14 @@ from appliance.engines.llamacpp.chat_template import ChatTemplate
 from appliance.engines.llamacpp.core import GenerationCore
 from appliance.engines.llamacpp.native import ContextShape, NativeContext, NativeModel
 from appliance.engines.llamacpp.priority import apply_compute_priority
+from appliance.engines.llamacpp.schema_grammar import GrammarThread
 from appliance.engines.llamacpp.sizing import default_parallel, pool_size
 from appliance.errors import ContextLengthExceededError, EngineError, InvalidRequestError
-from appliance.settings import ComputePriority
+from appliance.settings import ComputePriority, SchemaLimits
 
 BATCH_TOKENS = 512
 """Tokens per decode call: every running sequence's next token plus chunks of pending prompts."""
+DEFAULT_SCHEMA_LIMITS = SchemaLimits()
 EMBEDDING_CONTEXT = 4096
 """Most tokens one embedding input may have."""
 
@@ -43,6 +45,8 @@ class WorkerConfig:
     """The appliance's settings choose "idle" (see priority.py); a library user keeps its own threads' way."""
     kv_pool_tokens: int = 0
     """Cells of the KV pool all slots share (the planner's figure); 0: every slot's full context."""
+    schema_limits: SchemaLimits = DEFAULT_SCHEMA_LIMITS
+    """Bounds on the JSON Schemas requests turn into grammars (`[limits.schema]`)."""
 
 
 class Embedder:
@@ -121,6 +125,7 @@ class LoadedModel:
         )
         self.core: GenerationCore = self.batching
         self.embedder = Embedder(config, self.context_length)
+        self.grammars = GrammarThread()
 
     def _token_text(self, token: int) -> str:
         return "" if token < 0 else self.native.token_text(token, special=True).decode("utf-8", "replace")
@@ -169,6 +174,7 @@ class LoadedModel:
         return len(self.native.tokenize(text, add_bos=True))
 
     def close(self) -> None:
-        """Stop generation and embedding threads and free the model."""
+        """Stop generation, embedding and grammar threads and free the model."""
+        self.grammars.close()
         self.embedder.close()
         self.core.close()
