@@ -98,6 +98,14 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     request_timeout_s: float = 600.0
     """Longest a single request may take, streamed or not; past it the request ends with 504 and its
     generation is cancelled."""
+    max_stop_chars: int = 256
+    """Longest stop string, in characters; longer is 400 `stop`. A request may send at most 4 (OpenAI's
+    limit): each is looked for at the end of the text after every token."""
+    max_embedding_inputs: int = 2048
+    """Most inputs one embedding request may send (OpenAI's limit); more is 400 `input`."""
+    max_embedding_chars: int = 262_144
+    """Most characters all inputs of one embedding request may have together (a token id counts as one);
+    more is 400 `input`. About 64k tokens: 2,048 inputs of 128 characters."""
     schema: SchemaLimits = SchemaLimits()
     """Bounds on the JSON Schemas that become grammars (`[limits.schema]`)."""
     keys: dict[str, KeyLimitSettings] = {}
@@ -330,6 +338,9 @@ max_tokens = 4096          # a request asking for more is refused (400), not cla
 requests_per_minute = 0    # per key; 0 = unlimited
 tokens_per_minute = 0      # per key, estimated at admission; 0 = unlimited
 request_timeout_s = 600.0
+max_stop_chars = 256       # longest stop string (at most 4 of them)
+max_embedding_inputs = 2048
+max_embedding_chars = 262144   # all inputs of one embedding request together
 
 [limits.schema]            # JSON Schemas of response_format and tools, before they become grammars
 max_bytes = 65536

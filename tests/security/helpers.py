@@ -1,4 +1,4 @@
-"""What the security tests share: the openai client on an appliance, and engine pids."""
+"""What the security tests share: the openai client on an appliance, engine pids, a worker's counters."""
 
 from __future__ import annotations
 
@@ -21,3 +21,11 @@ def engine_pids(appliance: RunningAppliance) -> dict[str, object]:
         f"{appliance.base_url}/admin/engines", headers=appliance.headers(appliance.admin_key), timeout=30
     )
     return {engine["model"]: engine["pid"] for engine in answer.json()["data"]}
+
+
+def worker_counters(appliance: RunningAppliance, model: str = "smollm2-135m") -> dict[str, float]:
+    """The worker's own Prometheus counters, read from its unix socket."""
+    transport = httpx.HTTPTransport(uds=str(appliance.worker_socket(model)))
+    with httpx.Client(transport=transport, base_url="http://worker", timeout=30) as worker:
+        text = worker.get("/metrics").text
+    return {name: float(value) for name, value in (line.split(" ") for line in text.splitlines() if line)}

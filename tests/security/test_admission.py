@@ -10,11 +10,14 @@ import pytest
 
 from api.limits import RequestLimits
 from appliance.errors import InvalidRequestError
-from appliance.protocol import ChatCompletionRequest, decode_request
+from appliance.protocol import ChatCompletionRequest, EmbeddingRequest, decode_request
 from appliance.settings import LimitSettings, SchemaLimits, SettingsFile
 from tests.api.fakes import user_key
 
 LIMITS = LimitSettings(
+    max_stop_chars=8,
+    max_embedding_inputs=3,
+    max_embedding_chars=10,
     schema=SchemaLimits(max_bytes=200, max_depth=4, max_repetition=10),
 )
 
@@ -47,6 +50,11 @@ def _refused(body: dict[str, Any], param: str, kind: type[Any] = ChatCompletionR
 def test_the_defaults_are_documented_values() -> None:
     """Safe defaults: what settings.toml may say, and what README's settings section shows."""
     limits = SettingsFile().limits
+    assert (limits.max_stop_chars, limits.max_embedding_inputs, limits.max_embedding_chars) == (
+        256,
+        2048,
+        262_144,
+    )
     assert limits.schema == SchemaLimits(
         max_bytes=65_536, max_depth=32, max_repetition=1_000, max_grammar_bytes=262_144
     )
@@ -87,3 +95,21 @@ def test_tool_schemas_are_checked_when_tools_are_offered(tool_choice: str) -> No
     hostile = {"type": "object", "properties": {"q": {"type": "string", "maxLength": 10**8}}}
     assert "tools[0]" in _refused(_tools(hostile, tool_choice), "tools")
     _admit(_tools(hostile, "none"))
+
+
+def test_stop_strings_at_the_limit_pass_longer_or_more_are_400() -> None:
+    """Up to max_stop_chars characters each, up to four of them."""
+    _admit(_chat(stop=["12345678"] * 4))
+    _refused(_chat(stop=["123456789"]), "stop")
+    _refused(_chat(stop="123456789"), "stop")
+    _refused(_chat(stop=["a"] * 5), "stop")
+
+
+def test_embedding_inputs_at_the_limit_pass_more_are_400() -> None:
+    """Count and total characters (a token id counts as one) of the inputs."""
+    _admit({"model": "m", "input": ["abc", "def", "ghij"]}, EmbeddingRequest)
+    _refused({"model": "m", "input": ["a", "b", "c", "d"]}, "input", EmbeddingRequest)
+    _refused({"model": "m", "input": ["abcdef", "ghijk"]}, "input", EmbeddingRequest)
+    _admit({"model": "m", "input": list(range(10))}, EmbeddingRequest)
+    _refused({"model": "m", "input": list(range(11))}, "input", EmbeddingRequest)
+    _refused({"model": "m", "input": "x" * 11}, "input", EmbeddingRequest)

@@ -15,7 +15,6 @@ from litestar.response import Stream
 from appliance.engines.llamacpp.chat_prompt import ChatPlan, needs_grammar_thread, plan_chat
 from appliance.engines.llamacpp.choices import Decoder, PlainText, collect
 from appliance.engines.llamacpp.core import SamplingParams
-from appliance.engines.llamacpp.disconnect import unless_disconnected
 from appliance.engines.llamacpp.model import LoadedModel
 from appliance.engines.llamacpp.responses import CompletionShape, stream_events
 from appliance.engines.llamacpp.sampling import grammar_for, needs_conversion
@@ -23,7 +22,6 @@ from appliance.engines.llamacpp.schema_grammar import check_parses
 from appliance.engines.llamacpp.tokenize_routes import detokenize, tokenize
 from appliance.errors import (
     ApplianceError,
-    ContextLengthExceededError,
     InvalidRequestError,
     PromptTooLongError,
     appliance_error_body,
@@ -37,6 +35,7 @@ from appliance.protocol import (
     decode_request,
     usage,
 )
+from appliance.wire.disconnect import unless_disconnected
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -210,14 +209,9 @@ async def embeddings(request: Request[Any, Any, Any], model: NamedDependency[Loa
     """Mean-pooled, normalised embeddings of each input text."""
     body = decode_request(await request.body(), EmbeddingRequest)
     texts = _embedding_inputs(body.input)
-    limit = model.embedder.context_length
-    for index, text in enumerate(texts):
-        if model.count_tokens(text) > limit:
-            raise ContextLengthExceededError(
-                f"input[{index}] is longer than the model's context of {limit} tokens",
-                param="input",
-            )
-    vectors, tokens = await model.embedder.embed(texts)
+    # Inputs are counted and checked against the context on the embedding thread, not here: by the
+    # thousand they would hold the event loop. A client that hangs up stops the work at the next batch.
+    vectors, tokens = await unless_disconnected(request, model.embedder.embed(texts))
     if body.dimensions is not None and vectors and body.dimensions != len(vectors[0]):
         raise InvalidRequestError(f"this model only gives {len(vectors[0])} dimensions", param="dimensions")
     data = [
@@ -279,6 +273,8 @@ async def metrics(model: NamedDependency[LoadedModel]) -> str:
         f"appliance_worker_kv_pool_cells {model.batching.pool_tokens}",
         f"appliance_worker_kv_pool_cells_used {model.batching.pool_cells_used()}",
         f"appliance_worker_slots {model.parallel}",
+        f"appliance_worker_embedding_inputs_total {model.embedder.inputs_embedded}",
+        f"appliance_worker_embeddings_cancelled_total {model.embedder.cancelled}",
     ]
     return "\n".join(lines) + "\n"
 
