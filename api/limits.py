@@ -24,6 +24,7 @@ from appliance.errors import (
 from appliance.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from appliance.registry.keys import KeyInfo
 from appliance.settings import LimitSettings
+from appliance.wire.schema_limits import check_request_schemas
 
 LimitedRequest = TypeVar("LimitedRequest", ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
 Answer = TypeVar("Answer", Response[bytes], Response[bytes] | Stream)
@@ -72,6 +73,46 @@ def _checked_token_limit(limits: LimitSettings, body: LimitedRequest) -> tuple[L
     return body, body.token_limit or 0
 
 
+def _embedding_inputs(raw: str | list[Any]) -> tuple[int, int]:
+    """How many inputs an embedding request sends, and their characters (a token id counts as one)."""
+    if isinstance(raw, str):
+        return 1, len(raw)
+    if raw and all(isinstance(item, int) for item in raw):
+        return 1, len(raw)  # one input given as token ids
+    return len(raw), _estimated_size(raw)
+
+
+def _estimated_size(items: list[Any]) -> int:
+    return sum(len(item) if isinstance(item, str | list) else 1 for item in items)
+
+
+def _check_costly_parts(
+    limits: LimitSettings, body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+) -> None:
+    """Refuse (400 naming the parameter) the parts whose cost to an engine is out of proportion to their
+    bytes: long stop strings (searched for after every token), JSON Schemas that become grammars, embedding
+    inputs by the thousand."""
+    if isinstance(body, EmbeddingRequest):
+        count, chars = _embedding_inputs(body.input)
+        if count > limits.max_embedding_inputs:
+            raise InvalidRequestError(
+                f"input has {count} items; at most {limits.max_embedding_inputs} are allowed.", param="input"
+            )
+        if chars > limits.max_embedding_chars:
+            raise InvalidRequestError(
+                f"input has {chars} characters in all; at most {limits.max_embedding_chars} are allowed.",
+                param="input",
+            )
+        return
+    for stop in body.stop_list:
+        if len(stop) > limits.max_stop_chars:
+            raise InvalidRequestError(
+                f"A stop string has {len(stop)} characters; at most {limits.max_stop_chars} are allowed.",
+                param="stop",
+            )
+    check_request_schemas(body, limits.schema)
+
+
 async def json_body(request: Request[Any, Any, Any]) -> bytes:
     """The raw body of a JSON request; another content type is 415 (the body is never guessed at)."""
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -111,6 +152,7 @@ class RequestLimits:
             raise InvalidRequestError(
                 f"n is {choices}, but this key may ask for at most {limits.max_choices} choices.", param="n"
             )
+        _check_costly_parts(limits, body)
         body, completion_tokens = _checked_token_limit(limits, body)
         completion_tokens *= choices
         charge = Charge(

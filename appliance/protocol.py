@@ -32,8 +32,9 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 
 MEDIA_PARTS = frozenset({"image_url", "input_audio", "file"})
 """Content part types that carry media: refused, never dropped, since the models served read text only."""
-MAX_STOP = 16
-"""Stop strings one request may send (OpenAI takes 4; llama.cpp and vLLM more)."""
+MAX_STOP = 4
+"""Stop strings one request may send: OpenAI's limit. Each is searched for after every token, so a long
+list costs every token of the answer (their length is bounded by `[limits] max_stop_chars`)."""
 
 
 class ContentPart(msgspec.Struct, kw_only=True, omit_defaults=True):

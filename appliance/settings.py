@@ -42,6 +42,30 @@ class KeyLimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     request_timeout_s: float | None = None
 
 
+class SchemaLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """`[limits.schema]`: bounds on the JSON Schemas that become output grammars: `response_format`'s, and the
+    tools' parameters whenever tools are offered. A schema's cost is out of all proportion to its bytes (the
+    60 bytes of `{"type": "string", "maxLength": 100000000}` made a 762 MB grammar and crashed the worker),
+    so past any of these the request is refused with 400 naming `response_format` or `tools`. The gateway
+    checks the schema itself before any engine sees it; the llama.cpp worker checks again and bounds the
+    grammar it writes. Not per key: one key's schema costs every key's requests on that engine."""
+
+    max_bytes: int = 65_536
+    """Largest schema, as compact JSON (for tools: each tool's parameters)."""
+    max_depth: int = 32
+    """Deepest nesting of JSON objects and arrays in one schema (a property's schema sits two levels below
+    its object's, so 32 allows about 15 levels of nested objects)."""
+    max_repetition: int = 1_000
+    """Largest count a schema may ask to repeat: minLength/maxLength, minItems/maxItems and the {m,n}
+    quantifiers of a `pattern`, anywhere in it. Each becomes that many nested copies of a rule; llama.cpp
+    refuses 2,000."""
+    max_grammar_bytes: int = 262_144
+    """Largest grammar one request's schemas may become; on the way the converter may write four times as
+    much (it rewrites some rules again and again), so its CPU time is bounded too (a few tenths of a second
+    on a busy two-core box at worst). llama.cpp parses the grammar again on the thread that decodes for
+    every request."""
+
+
 class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Request limits the gateway enforces before any engine sees the request (see api/limits.py).
 
@@ -74,6 +98,16 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     request_timeout_s: float = 600.0
     """Longest a single request may take, streamed or not; past it the request ends with 504 and its
     generation is cancelled."""
+    max_stop_chars: int = 256
+    """Longest stop string, in characters; longer is 400 `stop`. A request may send at most 4 (OpenAI's
+    limit): each is looked for at the end of the text after every token."""
+    max_embedding_inputs: int = 2048
+    """Most inputs one embedding request may send (OpenAI's limit); more is 400 `input`."""
+    max_embedding_chars: int = 262_144
+    """Most characters all inputs of one embedding request may have together (a token id counts as one);
+    more is 400 `input`. About 64k tokens: 2,048 inputs of 128 characters."""
+    schema: SchemaLimits = SchemaLimits()
+    """Bounds on the JSON Schemas that become grammars (`[limits.schema]`)."""
     keys: dict[str, KeyLimitSettings] = {}
     """Overrides by key name."""
 
@@ -304,6 +338,15 @@ max_tokens = 4096          # a request asking for more is refused (400), not cla
 requests_per_minute = 0    # per key; 0 = unlimited
 tokens_per_minute = 0      # per key, estimated at admission; 0 = unlimited
 request_timeout_s = 600.0
+max_stop_chars = 256       # longest stop string (at most 4 of them)
+max_embedding_inputs = 2048
+max_embedding_chars = 262144   # all inputs of one embedding request together
+
+[limits.schema]            # JSON Schemas of response_format and tools, before they become grammars
+max_bytes = 65536
+max_depth = 32
+max_repetition = 1000      # minLength/maxLength, minItems/maxItems, {m,n} in patterns
+max_grammar_bytes = 262144
 # Per-key overrides, by key name:
 # [limits.keys."reporting"]
 # requests_per_minute = 60

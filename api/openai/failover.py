@@ -6,7 +6,9 @@ The rules (docs: README "Fallback chain"):
 - a connection error, a worker crash, a timeout before the first streamed event (while the engine does not
   decode: queued behind others it waits, up to the request timeout), a 5xx or a 429 → the
   next link (a 429 is overload, not illness: it does not count against the link's breaker);
-- any other 4xx is the request's own fault → returned as is, no failover;
+- any other 4xx is the request's own fault → returned as is, no failover, never counted against the link;
+- a stream whose first event is an error: the request's own (`invalid_request_error`) → that error as a 400,
+  no failover, not counted; overload → the next link, not counted; anything else → the next link, counted;
 - once an event has been streamed to the client, an error becomes an error event on that stream;
 - every link failed → the route's canned answer, or 503 with Retry-After when it has none.
 A plain model name is a chain of one link: its engine's own answer (a 429 say) comes back as it is.
@@ -49,6 +51,10 @@ SKIP_REASONS = "X-Fallback-Skipped-Reasons"
 """Which links were skipped and why, `model=reason` comma-separated (absent when none was)."""
 CANNED = "X-Canned-Answer"
 _ERROR_EVENT = b'data: {"error"'
+REQUEST_ERROR = "invalid_request_error"
+"""The OpenAI error type of a request's own mistakes (400, 404, 413 …): never an engine failure."""
+OVERLOAD_ERROR = "rate_limit_exceeded"
+"""The error type of a full queue: overload, not illness (it does not count against the breaker)."""
 T = TypeVar("T")
 
 
@@ -296,10 +302,33 @@ async def _open_stream(call: _Call) -> tuple[httpx.Response, AsyncIterator[bytes
         return opened
     upstream, chunks, first = opened
     if first.startswith(_ERROR_EVENT):
-        # The engine failed before any token: nothing reached the client yet, so another link may answer.
+        # The engine failed before any token: nothing reached the client yet. Whose fault is it?
         await _close(upstream)
+        error_type = _error_type(first)
+        if error_type == REQUEST_ERROR:
+            # The request's own (a check that ran once the stream had begun): its 400, as the worker gives
+            # for errors found before a stream begins; never a failover, never a count against the engine.
+            return Response(
+                first[len(b"data: ") : first.index(b"\n\n")],
+                status_code=400,
+                media_type="application/json",
+                headers=call.headers,
+            )
+        if error_type == OVERLOAD_ERROR:
+            raise LinkFailed("overloaded", counts=False)
         raise LinkFailed("engine_error", counts=True)
     return upstream, chunks, first
+
+
+def _error_type(events: bytes) -> str | None:
+    """The OpenAI error type of the error event `events` starts with, if it can be read."""
+    try:
+        body = msgspec.json.decode(events[len(b"data: ") : events.index(b"\n\n")], type=dict[str, Any])
+    except (ValueError, msgspec.DecodeError):
+        return None
+    error = body.get("error")
+    found = error.get("type") if isinstance(error, dict) else None
+    return found if isinstance(found, str) else None
 
 
 async def _stream(call: _Call) -> Response[bytes] | Stream:

@@ -17,6 +17,7 @@ from appliance.errors import EngineUnavailableError
 from appliance.protocol import EmbeddingRequest, SamplingRequest
 from appliance.registry.models import ModelInfo
 from appliance.supervisor import Worker, WorkerState
+from appliance.wire.disconnect import unless_disconnected
 
 ModelRequest = TypeVar("ModelRequest", SamplingRequest, EmbeddingRequest)
 
@@ -57,12 +58,14 @@ async def forward(
     path: str,
     payload: bytes,
 ) -> Response[bytes]:
-    """POST a non-streamed request to the model's worker and return its JSON as is (embeddings)."""
+    """POST a non-streamed request to the model's worker and return its JSON as is (embeddings); a client
+    that hangs up cancels it (499)."""
     request.state.model = model.name
     gateway.store.refuse_if_locked()
     worker = ready_worker(gateway, model)
     try:
-        upstream = await worker.client.post(path, content=payload)
+        # A client that hangs up cancels the call, which closes the worker's connection: it stops too.
+        upstream = await unless_disconnected(request, worker.client.post(path, content=payload))
     except httpx.HTTPError as error:
         raise unavailable(model, error) from error
     if upstream.status_code == 200:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import httpx
+import msgspec
 
 from appliance.egress import in_network_namespace
 from appliance.engines.kind import EngineKind, Launch, worker_environment
@@ -51,6 +52,8 @@ def llamacpp_command(launch: Launch) -> list[str]:
         str(workers.stream_interval),
         "--compute-priority",
         workers.compute_priority,
+        "--schema-limits",
+        msgspec.json.encode(launch.settings.limits.schema).decode(),
     ]
     if model.chat_template_override is not None:
         template_file = launch.settings.run_dir / f"{model.name}.chat_template.jinja"

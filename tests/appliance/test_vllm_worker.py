@@ -170,6 +170,7 @@ def test_llamacpp_worker_command_is_unchanged(tmp_path: Path) -> None:
         "--context-length", "32768", "--threads", str(physical_cores()),
         "--parallel", "3", "--kv-pool-tokens", str(3 * 32768), "--queue-depth", "9", "--stream-interval", "0",
         "--compute-priority", "idle",
+        "--schema-limits", msgspec.json.encode(settings.limits.schema).decode(),
     ]  # fmt: skip
 
 

@@ -11,13 +11,14 @@ from pathlib import Path
 from types import FrameType
 from typing import get_args
 
+import msgspec
 import uvicorn
 
 from appliance.egress import EGRESS_SELF_TEST_FLAG, GUARDED_LOOP, install_worker_guard, worker_self_test
 from appliance.engines.llamacpp.model import LoadedModel, WorkerConfig
 from appliance.engines.llamacpp.routes import create_worker_app
 from appliance.errors import ApplianceError
-from appliance.settings import ComputePriority
+from appliance.settings import ComputePriority, SchemaLimits
 from appliance.store.keys import make_non_dumpable
 
 PR_SET_PDEATHSIG = 1
@@ -33,6 +34,13 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the supervisor died before the request took effect
         sys.exit(1)
+
+
+def _schema_limits(text: str) -> SchemaLimits:
+    try:
+        return msgspec.json.decode(text, type=SchemaLimits)
+    except msgspec.MsgspecError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
@@ -57,6 +65,12 @@ def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
         help="idle: compute threads under SCHED_IDLE, giving way to request handling",
     )
     parser.add_argument("--chat-template-file", type=Path, help="template to use instead of the GGUF's")
+    parser.add_argument(
+        "--schema-limits",
+        type=_schema_limits,
+        default=SchemaLimits(),
+        help="[limits.schema] as JSON: bounds on the JSON Schemas requests turn into grammars",
+    )
     args = parser.parse_args(argv)
     template = args.chat_template_file.read_text(encoding="utf-8") if args.chat_template_file else None
     config = WorkerConfig(
@@ -70,6 +84,7 @@ def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
         stream_interval=args.stream_interval,
         compute_priority=args.compute_priority,
         kv_pool_tokens=args.kv_pool_tokens,
+        schema_limits=args.schema_limits,
     )
     return config, args.socket
 

@@ -12,13 +12,14 @@ import msgspec
 
 from appliance.engines.llamacpp.chat_template import ChatTemplate
 from appliance.engines.llamacpp.choices import Decoder, PlainText
-from appliance.engines.llamacpp.sampling import grammar_for
+from appliance.engines.llamacpp.sampling import DEFAULT_LIMITS, grammar_for, needs_conversion
 from appliance.engines.llamacpp.tools.formats import detect_format
 from appliance.engines.llamacpp.tools.grammar import arguments_grammar, forced_prefix, tool_grammar
 from appliance.engines.llamacpp.tools.prompt import tool_prompt
 from appliance.engines.llamacpp.tools.stream import ToolCallStream
 from appliance.errors import InvalidRequestError
 from appliance.protocol import ChatCompletionRequest, ChatMessage
+from appliance.settings import SchemaLimits
 from appliance.wire.tools import NamedToolChoice, ToolDefinition, call_names
 
 
@@ -30,7 +31,12 @@ class ChatPlan:
     grammar: str | None
     decoder: Callable[[], Decoder]
     tools: bool
-    """Whether the model was offered tools (the answer may be tool calls)."""
+    """Whether the model was offered tools (the answer may be tool calls; the grammar is theirs)."""
+
+    @property
+    def grammar_param(self) -> str:
+        """The request parameter the grammar comes from, which a 400 about it names."""
+        return "tools" if self.tools else "response_format"
 
 
 def _arguments(text: str) -> Any:
@@ -85,13 +91,23 @@ def render_prompt(
     return tool_prompt(template, dicts, [msgspec.to_builtins(tool) for tool in tools or ()], fmt)
 
 
-def plan_chat(template: ChatTemplate, body: ChatCompletionRequest) -> ChatPlan:
-    """The prompt, grammar and decoders of a chat request (400 for tools and formats that clash)."""
+def needs_grammar_thread(body: ChatCompletionRequest) -> bool:
+    """Whether planning `body` converts JSON Schemas (its tools', its response_format's): then it runs on the
+    grammar thread, off the event loop."""
+    response_format = msgspec.to_builtins(body.response_format) if body.response_format else None
+    return body.wants_tools or needs_conversion(response_format)
+
+
+def plan_chat(
+    template: ChatTemplate, body: ChatCompletionRequest, limits: SchemaLimits = DEFAULT_LIMITS
+) -> ChatPlan:
+    """The prompt, grammar and decoders of a chat request (400 for tools and formats that clash, and for
+    schemas over `limits` or that the converter cannot take)."""
     response_format = msgspec.to_builtins(body.response_format) if body.response_format else None
     offered = body.tools if body.wants_tools else None
     prompt = render_prompt(template, body.messages, offered)
     if not offered:
-        return ChatPlan(prompt, grammar_for(response_format), PlainText, tools=False)
+        return ChatPlan(prompt, grammar_for(response_format, limits), PlainText, tools=False)
     if response_format is not None and response_format.get("type") != "text":
         raise InvalidRequestError(
             "response_format together with tools is not supported; constrain the answer with one of them",
@@ -103,14 +119,14 @@ def plan_chat(template: ChatTemplate, body: ChatCompletionRequest) -> ChatPlan:
     parallel = body.parallel_tool_calls is not False
     choice = body.tool_choice or "auto"
     # Compiled (and cached) in every mode: a malformed schema is the request's fault, tool call or not.
-    required = tool_grammar(tools, parallel, fmt)
+    required = tool_grammar(tools, parallel, fmt, limits)
     if isinstance(choice, NamedToolChoice):
         name = choice.function.name
         (tool,) = [tool for tool in tools if tool["function"]["name"] == name]
         # The call's opening is known: prefilled with the prompt in one batch, not decoded token by token.
         return ChatPlan(
             prompt + forced_prefix(fmt, name),
-            arguments_grammar(tool),
+            arguments_grammar(tool, limits),
             lambda: ToolCallStream(fmt, names, forced_name=name),
             tools=True,
         )

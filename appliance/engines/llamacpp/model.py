@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,19 @@ from appliance.engines.llamacpp.chat_template import ChatTemplate
 from appliance.engines.llamacpp.core import GenerationCore
 from appliance.engines.llamacpp.native import ContextShape, NativeContext, NativeModel
 from appliance.engines.llamacpp.priority import apply_compute_priority
+from appliance.engines.llamacpp.schema_grammar import GrammarThread
 from appliance.engines.llamacpp.sizing import default_parallel, own_streams, pool_size
-from appliance.errors import ContextLengthExceededError, EngineError, InvalidRequestError
-from appliance.settings import ComputePriority
+from appliance.errors import (
+    ContextLengthExceededError,
+    EngineError,
+    EngineUnavailableError,
+    InvalidRequestError,
+)
+from appliance.settings import ComputePriority, SchemaLimits
 
 BATCH_TOKENS = 512
 """Tokens per decode call: every running sequence's next token plus chunks of pending prompts."""
+DEFAULT_SCHEMA_LIMITS = SchemaLimits()
 EMBEDDING_CONTEXT = 4096
 """Most tokens one embedding input may have."""
 
@@ -43,13 +51,18 @@ class WorkerConfig:
     """The appliance's settings choose "idle" (see priority.py); a library user keeps its own threads' way."""
     kv_pool_tokens: int = 0
     """Cells of the KV pool all slots share (the planner's figure); 0: every slot's full context."""
+    schema_limits: SchemaLimits = DEFAULT_SCHEMA_LIMITS
+    """Bounds on the JSON Schemas requests turn into grammars (`[limits.schema]`)."""
 
 
 class Embedder:
     """A second llama.cpp context in embedding mode, loaded on first use, on its own thread.
 
     It shares the model file's mapped pages with the generating context, and running on its own thread means
-    an embedding request never waits behind a long generation.
+    an embedding request never waits behind a long generation. A request's inputs are decoded a batch at a
+    time (as many as fill one decode, as llama-cpp-python batches them), and a cancelled request stops at the
+    next batch: a client that hangs up on 2,048 inputs does not keep the thread, and every later embedding
+    request, busy for the rest of them.
     """
 
     def __init__(self, config: WorkerConfig, context_length: int) -> None:
@@ -58,6 +71,11 @@ class Embedder:
         """Tokens one input may have: the whole input is one micro-batch, whose compute buffer grows with
         its square, so it is capped apart from generation's context."""
         self._llm: Any = None
+        self._closing = threading.Event()
+        self.inputs_embedded = 0
+        """Inputs embedded so far (counted per batch, by the embedding thread)."""
+        self.cancelled = 0
+        """Requests stopped before their last batch because their client left."""
         self._executor = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="embeddings",
@@ -79,16 +97,58 @@ class Embedder:
             )
         return self._llm
 
-    def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        vectors, tokens = self._load().embed(texts, normalize=True, truncate=False, return_count=True)
+    def _batches(self, llm: Any, texts: list[str]) -> list[list[str]]:
+        """`texts` in the groups that llama-cpp-python's embed would decode together; an input longer than
+        the embedding context is a 400 before anything is decoded."""
+        most_inputs = int(llm.context_params.n_seq_max)
+        batches: list[list[str]] = []
+        used = 0
+        for index, text in enumerate(texts):
+            tokens = len(llm.tokenize(text.encode("utf-8")))  # as embed() tokenizes, BOS included
+            if tokens > self.context_length:
+                raise ContextLengthExceededError(
+                    f"input[{index}] is longer than the model's context of {self.context_length} tokens",
+                    param="input",
+                )
+            if not batches or used + tokens > self.context_length or len(batches[-1]) >= most_inputs:
+                batches.append([])
+                used = 0
+            batches[-1].append(text)
+            used += tokens
+        return batches
+
+    def _embed(self, texts: list[str], stop: threading.Event) -> tuple[list[list[float]], int] | None:
+        """The vectors and token count of `texts`, or None once `stop` (or closing) is set."""
+        llm = self._load()
+        vectors: list[list[float]] = []
+        tokens = 0
+        for batch in self._batches(llm, texts):
+            if stop.is_set() or self._closing.is_set():
+                self.cancelled += 1
+                return None
+            found, count = llm.embed(batch, normalize=True, truncate=False, return_count=True)
+            vectors += found
+            tokens += count
+            self.inputs_embedded += len(batch)
         return vectors, tokens
 
     async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """Mean-pooled, L2-normalised vectors of `texts` and the number of tokens they took."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._embed, texts)
+        """Mean-pooled, L2-normalised vectors of `texts` and the number of tokens they took; cancelling the
+        call stops the work at the next batch."""
+        stop = threading.Event()
+        job = asyncio.get_running_loop().run_in_executor(self._executor, self._embed, texts, stop)
+        try:
+            done = await job
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+        if done is None:
+            raise EngineUnavailableError("The worker is shutting down; retry shortly.")
+        return done
 
     def close(self) -> None:
-        """Stop the embedding thread."""
+        """Stop the embedding thread (a request under way stops at its next batch)."""
+        self._closing.set()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
@@ -123,6 +183,7 @@ class LoadedModel:
         )
         self.core: GenerationCore = self.batching
         self.embedder = Embedder(config, self.context_length)
+        self.grammars = GrammarThread()
 
     def _token_text(self, token: int) -> str:
         return "" if token < 0 else self.native.token_text(token, special=True).decode("utf-8", "replace")
@@ -166,11 +227,8 @@ class LoadedModel:
         if any(not 0 <= token < self.native.n_vocab for token in tokens):
             raise InvalidRequestError(f"{param} names a token id outside the vocabulary", param=param)
 
-    def count_tokens(self, text: str) -> int:
-        """How many tokens `text` takes (for the embeddings' context check)."""
-        return len(self.native.tokenize(text, add_bos=True))
-
     def close(self) -> None:
-        """Stop generation and embedding threads and free the model."""
+        """Stop generation, embedding and grammar threads and free the model."""
+        self.grammars.close()
         self.embedder.close()
         self.core.close()

@@ -12,17 +12,16 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.response import Stream
 
-from appliance.engines.llamacpp.chat_prompt import plan_chat
+from appliance.engines.llamacpp.chat_prompt import ChatPlan, needs_grammar_thread, plan_chat
 from appliance.engines.llamacpp.choices import Decoder, PlainText, collect
 from appliance.engines.llamacpp.core import SamplingParams
-from appliance.engines.llamacpp.disconnect import unless_disconnected
 from appliance.engines.llamacpp.model import LoadedModel
 from appliance.engines.llamacpp.responses import CompletionShape, stream_events
-from appliance.engines.llamacpp.sampling import grammar_for
+from appliance.engines.llamacpp.sampling import grammar_for, needs_conversion
+from appliance.engines.llamacpp.schema_grammar import check_parses
 from appliance.engines.llamacpp.tokenize_routes import detokenize, tokenize
 from appliance.errors import (
     ApplianceError,
-    ContextLengthExceededError,
     InvalidRequestError,
     PromptTooLongError,
     appliance_error_body,
@@ -36,6 +35,7 @@ from appliance.protocol import (
     decode_request,
     usage,
 )
+from appliance.wire.disconnect import unless_disconnected
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -128,13 +128,32 @@ async def _complete(
     return Response(shape.full(results))
 
 
+def _checked_plan(model: LoadedModel, body: ChatCompletionRequest) -> ChatPlan:
+    """The request's plan, its grammar parsed by llama.cpp once (a grammar it refuses is a 400 now)."""
+    plan = plan_chat(model.chat_template, body, model.config.schema_limits)
+    if plan.grammar is not None:
+        check_parses(plan.grammar, model.native.vocab, plan.grammar_param)
+    return plan
+
+
+def _checked_grammar(model: LoadedModel, response_format: dict[str, Any] | None) -> str | None:
+    """The grammar of `response_format`, parsed by llama.cpp once (a grammar it refuses is a 400 now)."""
+    grammar = grammar_for(response_format, model.config.schema_limits)
+    if grammar is not None:
+        check_parses(grammar, model.native.vocab, "response_format")
+    return grammar
+
+
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(
     request: Request[Any, Any, Any], model: NamedDependency[LoadedModel]
 ) -> Response[Any] | Stream:
     """Render the messages (and the tools offered) with the model's chat template, then generate."""
     body = decode_request(await request.body(), ChatCompletionRequest)
-    plan = plan_chat(model.chat_template, body)
+    if needs_grammar_thread(body):
+        plan = await model.grammars.run(_checked_plan, model, body)
+    else:
+        plan = _checked_plan(model, body)
     return await _complete(
         request,
         model,
@@ -171,9 +190,11 @@ async def completions(
         raise InvalidRequestError("echo is not supported by this engine", param="echo")
     tokens = _prompt_tokens(model, body.prompt)
     response_format = msgspec.to_builtins(body.response_format) if body.response_format else None
-    return await _complete(
-        request, model, body, tokens, body.token_limit, grammar=grammar_for(response_format)
-    )
+    if needs_conversion(response_format):
+        grammar = await model.grammars.run(_checked_grammar, model, response_format)
+    else:
+        grammar = _checked_grammar(model, response_format)
+    return await _complete(request, model, body, tokens, body.token_limit, grammar=grammar)
 
 
 def _embedding_inputs(raw: str | list[Any]) -> list[str]:
@@ -188,14 +209,9 @@ async def embeddings(request: Request[Any, Any, Any], model: NamedDependency[Loa
     """Mean-pooled, normalised embeddings of each input text."""
     body = decode_request(await request.body(), EmbeddingRequest)
     texts = _embedding_inputs(body.input)
-    limit = model.embedder.context_length
-    for index, text in enumerate(texts):
-        if model.count_tokens(text) > limit:
-            raise ContextLengthExceededError(
-                f"input[{index}] is longer than the model's context of {limit} tokens",
-                param="input",
-            )
-    vectors, tokens = await model.embedder.embed(texts)
+    # Inputs are counted and checked against the context on the embedding thread, not here: by the
+    # thousand they would hold the event loop. A client that hangs up stops the work at the next batch.
+    vectors, tokens = await unless_disconnected(request, model.embedder.embed(texts))
     if body.dimensions is not None and vectors and body.dimensions != len(vectors[0]):
         raise InvalidRequestError(f"this model only gives {len(vectors[0])} dimensions", param="dimensions")
     data = [
@@ -258,6 +274,8 @@ async def metrics(model: NamedDependency[LoadedModel]) -> str:
         f"appliance_worker_kv_pool_cells {model.batching.pool_tokens}",
         f"appliance_worker_kv_pool_cells_used {model.batching.pool_cells_used()}",
         f"appliance_worker_slots {model.parallel}",
+        f"appliance_worker_embedding_inputs_total {model.embedder.inputs_embedded}",
+        f"appliance_worker_embeddings_cancelled_total {model.embedder.cancelled}",
     ]
     return "\n".join(lines) + "\n"
 

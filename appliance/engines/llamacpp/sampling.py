@@ -8,17 +8,22 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF
 
 from appliance.engines.llamacpp.core import SamplingParams
+from appliance.engines.llamacpp.schema_grammar import converted, schema_grammar
 from appliance.errors import InvalidRequestError
+from appliance.settings import SchemaLimits
+from appliance.wire.schema_limits import check_schema
 
+DEFAULT_LIMITS = SchemaLimits()
 PENALTY_WINDOW = 64
 """Tokens the repetition, presence and frequency penalties look back over (llama.cpp's default)."""
 
 
-def grammar_for(response_format: dict[str, Any] | None) -> str | None:
-    """The GBNF grammar that constrains output to `response_format`, or None for free text."""
+def grammar_for(response_format: dict[str, Any] | None, limits: SchemaLimits = DEFAULT_LIMITS) -> str | None:
+    """The GBNF grammar that constrains output to `response_format`, or None for free text; a schema over
+    `limits`, or one the converter cannot take, is a 400 naming `response_format`."""
     if response_format is None or response_format.get("type") in (None, "text"):
         return None
     kind = response_format.get("type")
@@ -31,11 +36,16 @@ def grammar_for(response_format: dict[str, Any] | None) -> str | None:
             raise InvalidRequestError(
                 "response_format.json_schema.schema must be a JSON Schema object", param="response_format"
             )
-        try:
-            return str(json_schema_to_gbnf(json.dumps(schema)))
-        except (ValueError, KeyError, TypeError, NotImplementedError) as error:
-            raise InvalidRequestError(f"unsupported JSON schema: {error}", param="response_format") from error
+        what = "response_format's JSON Schema"
+        check_schema(schema, limits, param="response_format", what=what)
+        copy = json.loads(json.dumps(schema))  # the converter resolves references in place
+        return converted(limits, "response_format", what, lambda: schema_grammar(copy, limits))
     raise InvalidRequestError(f"unknown response_format type {kind!r}", param="response_format")
+
+
+def needs_conversion(response_format: dict[str, Any] | None) -> bool:
+    """Whether `response_format` carries a JSON Schema to convert (work for the grammar thread)."""
+    return response_format is not None and response_format.get("type") == "json_schema"
 
 
 def build_grammar(params: SamplingParams, vocab: Any) -> Any:

@@ -6,14 +6,14 @@ import functools
 import json
 from typing import Any
 
-from llama_cpp import llama_grammar
-
+from appliance.engines.llamacpp.schema_grammar import BoundedConverter, GrammarTooLarge, converted
 from appliance.engines.llamacpp.tools.formats import ToolFormat
 from appliance.errors import InvalidRequestError
+from appliance.settings import SchemaLimits
+from appliance.wire.schema_limits import check_schema
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
-_CONVERTER_ERRORS = (ValueError, KeyError, TypeError, NotImplementedError, RecursionError, AssertionError)
-"""What llama-cpp-python's converter raises on a schema it cannot take (it asserts on some)."""
+DEFAULT_LIMITS = SchemaLimits()
 
 
 def _literal(text: str) -> str:
@@ -47,38 +47,57 @@ def _parameters(tool: dict[str, Any]) -> dict[str, Any]:
     return _ranges_as_enums(parameters) if parameters else ANY_OBJECT
 
 
-def _converter() -> Any:
-    # llama-cpp-python's converter is untyped; one instance shares the primitive rules of every schema.
-    converter: Any = llama_grammar.SchemaConverter
-    return converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-
-
 def _visit(converter: Any, tool: dict[str, Any], rule: str) -> str:
     name = tool["function"]["name"]
     try:
         schema = converter.resolve_refs(_parameters(tool), "request")
         return str(converter.visit(schema, rule))
-    except _CONVERTER_ERRORS as error:
+    except GrammarTooLarge:
+        raise  # the budget is the whole request's, not this tool's: `converted` names it
+    # The converter is pure code over the schema: whatever it raises (it asserts on some) is its fault.
+    except Exception as error:
         raise InvalidRequestError(
-            f"the parameters schema of tool `{name}` is not supported: {error}", param="tools"
+            f"the parameters schema of tool `{name}` is not supported: {error}"[:300], param="tools"
         ) from error
 
 
+def _checked(tools: list[dict[str, Any]], limits: SchemaLimits) -> None:
+    """The limits on each tool's parameters schema, before any conversion (400 naming `tools`)."""
+    for tool in tools:
+        parameters = tool["function"].get("parameters")
+        if parameters is not None:
+            what = f"the parameters schema of tool `{tool['function']['name']}`"
+            check_schema(parameters, limits, param="tools", what=what)
+
+
 @functools.lru_cache(maxsize=256)
-def _arguments_grammar(tool_json: str) -> str:
-    converter = _converter()
-    _visit(converter, json.loads(tool_json), "")  # "" names the rule root, as json_schema_to_gbnf does
-    return str(converter.format_grammar())
+def _arguments_grammar(tool_json: str, limits: SchemaLimits) -> str:
+    def convert() -> str:
+        converter: Any = BoundedConverter(limits)
+        _visit(converter, json.loads(tool_json), "")  # "" names the rule root, as json_schema_to_gbnf does
+        return str(converter.format_grammar())
+
+    return converted(limits, "tools", "the tool's parameters schema", convert)
 
 
-def arguments_grammar(tool: dict[str, Any]) -> str:
+def arguments_grammar(tool: dict[str, Any], limits: SchemaLimits = DEFAULT_LIMITS) -> str:
     """The grammar of one tool's arguments object alone (a named call whose opening is in the prompt)."""
-    return _arguments_grammar(json.dumps(tool, sort_keys=True))
+    _checked([tool], limits)
+    return _arguments_grammar(json.dumps(tool, sort_keys=True), limits)
 
 
 @functools.lru_cache(maxsize=256)
-def _tool_grammar(tools_json: str, parallel: bool, fmt: ToolFormat) -> str:
-    converter = _converter()
+def _tool_grammar(tools_json: str, parallel: bool, fmt: ToolFormat, limits: SchemaLimits) -> str:
+    return converted(
+        limits,
+        "tools",
+        "the tools' parameters schemas",
+        lambda: _calls_grammar(tools_json, parallel, fmt, limits),
+    )
+
+
+def _calls_grammar(tools_json: str, parallel: bool, fmt: ToolFormat, limits: SchemaLimits) -> str:
+    converter: Any = BoundedConverter(limits)
     calls = []
     for index, tool in enumerate(json.loads(tools_json)):
         arguments = _visit(converter, tool, f"tool{index}-arguments")
@@ -90,10 +109,14 @@ def _tool_grammar(tools_json: str, parallel: bool, fmt: ToolFormat) -> str:
     return str(converter.format_grammar())
 
 
-def tool_grammar(tools: list[dict[str, Any]], parallel: bool, fmt: ToolFormat) -> str:
+def tool_grammar(
+    tools: list[dict[str, Any]], parallel: bool, fmt: ToolFormat, limits: SchemaLimits = DEFAULT_LIMITS
+) -> str:
     """The grammar of an answer that is only calls to `tools` in `fmt` (exactly one unless `parallel`);
-    compiled once per distinct set of tools (an lru cache on their canonical JSON)."""
-    return _tool_grammar(json.dumps(tools, sort_keys=True), parallel, fmt)
+    compiled once per distinct set of tools (an lru cache on their canonical JSON). A schema over `limits`,
+    or one the converter cannot take, is a 400 naming `tools`."""
+    _checked(tools, limits)
+    return _tool_grammar(json.dumps(tools, sort_keys=True), parallel, fmt, limits)
 
 
 def forced_prefix(fmt: ToolFormat, name: str) -> str:

@@ -1,4 +1,5 @@
-"""Cancel a non-streamed generation whose client hung up (the gateway's deadline, a killed client)."""
+"""Cancel non-streamed work whose client hung up (the gateway's deadline, a killed client): a generation or
+an embedding in a worker, the call to the worker in the gateway."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ async def _hang_up(request: Request[Any, Any, Any]) -> None:
 
 
 async def unless_disconnected(request: Request[Any, Any, Any], work: Coroutine[Any, Any, T]) -> T:
-    """Run `work`; if the client hangs up first, cancel it (its generation stops) and raise 499."""
+    """Run `work`; if the client hangs up first, cancel it (a generation or embedding stops), raise 499."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_hang_up(request))
     try:
