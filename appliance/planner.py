@@ -324,7 +324,8 @@ class _Planner:
         threads = self.settings.workers.threads or self.hardware.cpu.physical_cores
         slots = self.settings.workers.parallel or default_parallel(threads)
         pool = self.kv_pool(spec, context, slots)
-        # Each request may use a whole context; the slots share the pool, or each has a stream if it holds them all.
+        # Each request may use a whole context; the slots share the pool, or each has its own stream
+        # when the pool holds them all.
         plan = ModelPlan(
             spec.name, "llamacpp", False, "", format=spec.format, path=spec.path, devices=("CPU",),
             quantization=spec.quantization, context_length=context, concurrency=slots, threads=threads,
@@ -340,10 +341,11 @@ class _Planner:
         why = "GGUF on the CPU"
         if not self.hardware.gpus:
             why = f"{self.hardware.gpu_note or 'no NVIDIA GPU'}; GGUF on the CPU"
+        kv = _gib(plan.kv_cache_bytes)
         if own_streams(pool, context, slots):
-            shared = f"{slots} slots, each its own KV stream of {context} tokens ({_gib(plan.kv_cache_bytes)} in all)"
+            shared = f"{slots} slots, each its own KV stream of {context} tokens ({kv} in all)"
         else:
-            shared = f"{slots} slots share a KV pool of {pool} tokens ({_gib(plan.kv_cache_bytes)})"
+            shared = f"{slots} slots share a KV pool of {pool} tokens ({kv})"
         return msgspec.structs.replace(
             plan, fits=True, reason=f"{why}, {threads} threads (physical cores); {shared}"
         )

@@ -23,6 +23,7 @@ import httpx
 
 from appliance.engines.kind import EngineKind, Launch
 from appliance.engines.llamacpp_launch import LLAMACPP
+from appliance.engines.metrics_label import with_model_label
 from appliance.engines.vllm.launch import VLLM, installed_vllm_version, vllm_problem
 from appliance.errors import ApplianceError
 from appliance.hardware import Hardware
@@ -132,7 +133,8 @@ class Supervisor:
         return Worker(launch, kind, client, transport)
 
     async def worker_metrics(self) -> list[str]:
-        """The Prometheus text of every ready worker whose kind exports metrics (vLLM)."""
+        """The Prometheus text of every ready worker whose kind exports metrics (vLLM's own; llama.cpp's
+        counters, KV pool and slots, labelled with the model)."""
         texts = []
         for worker in self.workers.values():
             if worker.kind.metrics_path is None or worker.state is not WorkerState.READY:
@@ -140,7 +142,10 @@ class Supervisor:
             with contextlib.suppress(httpx.HTTPError):
                 answer = await worker.client.get(worker.kind.metrics_path, timeout=2.0)
                 if answer.status_code == 200:
-                    texts.append(answer.text)
+                    text = answer.text
+                    if worker.kind.metrics_need_model_label:
+                        text = with_model_label(text, worker.model.name)
+                    texts.append(text)
         return texts
 
     async def start(self, names: Collection[str] | None = None) -> None:

@@ -44,6 +44,8 @@ class EngineKind:
     """One readiness probe over the worker's socket: True once it serves."""
     metrics_path: str | None = None
     """Where the worker exposes Prometheus metrics that the gateway merges into its own, if anywhere."""
+    metrics_need_model_label: bool = False
+    """The worker's metrics do not name its model (llama.cpp's): the gateway adds a `model` label."""
     compute_threads: Callable[[Launch], int] | None = None
     """CPU threads the worker decodes with, for kinds that compute on the CPU (None: not CPU-bound)."""
     set_threads: Callable[[httpx.AsyncClient, int], Awaitable[None]] | None = None

@@ -73,6 +73,8 @@ LLAMACPP = EngineKind(
     command=lambda launch: in_network_namespace(llamacpp_command(launch)),
     environment=lambda _launch: worker_environment(),
     is_ready=llamacpp_is_ready,
+    metrics_path="/metrics",
+    metrics_need_model_label=True,
     compute_threads=llamacpp_threads,
     set_threads=llamacpp_set_threads,
 )

@@ -86,7 +86,7 @@ class BatchingCore:
 
     @property
     def kv_layout(self) -> str:
-        """"own_streams" (a stream of cells per slot) or "shared_pool" (one pool every slot draws on)."""
+        """ "own_streams" (a stream of cells per slot) or "shared_pool" (one pool every slot draws on)."""
         return "own_streams" if self._context.own_streams else "shared_pool"
 
     def pool_cells_used(self) -> int:
