@@ -70,7 +70,8 @@ def test_a_6000_token_prompt_is_answered(defaults: RunningAppliance) -> None:
     metrics = httpx.get(f"{defaults.base_url}/metrics", headers=defaults.headers(defaults.admin_key)).text
     assert re.search(r'^appliance_worker_kv_pool_cells\{model="smollm2-135m"\} 65536(\.0)?$', metrics, re.M)
     assert re.search(r'^appliance_worker_slots\{model="smollm2-135m"\} 8(\.0)?$', metrics, re.M)
-    used = re.search(r'^appliance_worker_kv_pool_cells_used\{model="smollm2-135m"\} (\d+)(\.0)?$', metrics, re.M)
+    used_line = r'^appliance_worker_kv_pool_cells_used\{model="smollm2-135m"\} (\d+)(\.0)?$'
+    used = re.search(used_line, metrics, re.M)
     assert used is not None
     assert int(used.group(1)) > 6000  # the answered prompt's cells, kept as cache
 
