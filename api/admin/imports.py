@@ -110,10 +110,11 @@ class ImportController(Controller):
         audit = gateway.registry.audit
         actor = request.user.id  # read now: the job ends after this request is gone
         try:
-            source, folder, size = _checked_source(data)
+            # The name first: it becomes file and socket names, and a bad one is refused with 400.
             gateway.registry.models.check_names_free(
                 data.name, tuple(data.aliases), new_version=data.version is not None
             )
+            source, folder, size = _checked_source(data)
             if data.encrypt:
                 gateway.store.refuse_if_locked()
         except ApplianceError as error:

@@ -146,8 +146,9 @@ class ModelStore:
 
         With `version`, it becomes a new version of the existing model `name` (`appliance models activate`).
         """
-        info = read_gguf_info(source)
+        # Names first: reading the header hashes the whole file, minutes for a large one.
         self._registry.models.check_names_free(name, aliases, new_version=version is not None)
+        info = read_gguf_info(source)
         kek = self._kek()
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         with writing(self.folder):
@@ -164,8 +165,8 @@ class ModelStore:
     ) -> ModelInfo:
         """Encrypt every file of an AWQ model folder into the store and register it (format `awq`);
         `tool_parser` is vLLM's tool-call parser for it (None: the architecture's)."""
-        awq_folder_facts(source, name, "")  # refuse a folder that is not an AWQ model before any work
         self._registry.models.check_names_free(name, aliases)
+        awq_folder_facts(source, name, "")  # refuse a folder that is not an AWQ model before any work
         kek = self._kek()
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         data_key, file_id = new_data_key(), secrets.token_hex(16)
