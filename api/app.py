@@ -52,11 +52,13 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
     nvml = load_nvml()
     hardware = detect_hardware(nvml)
     models = registry.models.enabled()
-    store = ModelStore(settings.home, registry)
+    store = ModelStore(settings.home, registry, import_folders=settings.store.import_roots)
     if settings.store.require_encrypted:
         store.require_encrypted(models)
     metrics_ = GatewayMetrics(nvml if hardware.gpus else None)
-    gate = StoreGate(settings.home, registry)  # passphrase mode: locked until an admin unlocks it
+    gate = StoreGate(
+        settings.home, registry, settings.store.import_roots
+    )  # passphrase mode: locked until an admin unlocks it
     supervisor = Supervisor(
         settings,
         models,

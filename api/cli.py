@@ -16,11 +16,12 @@ from api.cli_versions import register_version_commands
 from api.doctor import doctor
 from appliance.cli.model_settings import register_model_settings_commands
 from appliance.egress import GUARDED_LOOP, install_command_guard
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, InvalidRequestError
 from appliance.gguf_info import read_gguf_info
 from appliance.hardware import Hardware, detect_hardware, load_nvml
 from appliance.planner import GIB, ModelSpec, Plan, make_plan, spec_from_model
 from appliance.registry.keys import CreatedKey, Role
+from appliance.registry.names import check_model_name
 from appliance.registry.registry import Registry, open_registry
 from appliance.settings import Settings, home_from_environment, load_settings, write_default_settings
 
@@ -103,13 +104,19 @@ def models_add(
     ] = None,
 ) -> None:
     """Read a GGUF file's header and register it (a new model, or a new version of one)."""
-    _, registry = _open()
-    info = read_gguf_info(path)
+    settings, registry = _open()
+    model_name = name or path.stem.lower()
+    try:  # before the header is read: reading it hashes the whole file
+        check_model_name(model_name)
+    except InvalidRequestError as error:
+        hint = "" if name else " (the name comes from the file name; give one with --name)"
+        raise InvalidRequestError(error.message + hint, param=error.param) from error
+    info = read_gguf_info(path, allowed=settings.store.import_roots)
     template = chat_template.read_text(encoding="utf-8") if chat_template else None
     model = registry.models.add(
         path,
         info,
-        name=name or path.stem.lower(),
+        name=model_name,
         aliases=tuple(alias or ()),
         chat_template_override=template,
         version=version,
@@ -256,7 +263,8 @@ def bootstrap(
     """First-run set-up for development: home, default model, an admin and a user key (printed once)."""
     settings, registry = _open()
     if not any(m.name == name for m in registry.models.list()):
-        registry.models.add(model, read_gguf_info(model), name=name, aliases=(alias,))
+        info = read_gguf_info(model, allowed=settings.store.import_roots)
+        registry.models.add(model, info, name=name, aliases=(alias,))
         typer.echo(f"registered {name} (alias {alias}) from {model}")
     user_key = "$APPLIANCE_KEY"
     if not registry.keys.list():

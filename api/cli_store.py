@@ -12,6 +12,7 @@ import typer
 from appliance.cli.model_settings import ToolParserOption
 from appliance.engines.vllm.tool_parsers import AUTO, check_tool_parser
 from appliance.registry.registry import Registry, open_registry
+from appliance.safe_files import folder_files, is_folder, size_of
 from appliance.settings import home_from_environment, load_settings, write_default_settings
 from appliance.store.format import Progress
 from appliance.store.housekeeping import StoreBusyError, entry_bytes
@@ -35,7 +36,8 @@ def _open_store() -> tuple[ModelStore, Registry]:
     passphrase = os.environ.get(PASSPHRASE_VARIABLE)
     if kek is not None and kek.mode == "passphrase" and passphrase is None:
         passphrase = typer.prompt("store passphrase", hide_input=True, err=True)
-    return ModelStore(settings.home, registry, passphrase=passphrase), registry
+    folders = settings.store.import_roots
+    return ModelStore(settings.home, registry, passphrase=passphrase, import_folders=folders), registry
 
 
 def _progress(verb: str, total: int) -> Progress:
@@ -68,8 +70,8 @@ def models_import(
     """Encrypt a GGUF file or an AWQ model folder into the store and register it (the original stays)."""
     parser = check_tool_parser(tool_parser) if tool_parser is not None else None
     store, registry = _open_store()
-    if path.is_dir():
-        size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    if is_folder(path):
+        size = size_of(folder_files(path))  # the store checks the folder again, with the allow-list
         model = store.import_awq_folder(
             path,
             name=name,
@@ -78,7 +80,7 @@ def models_import(
             tool_parser=None if parser == AUTO else parser,
         )
     else:
-        size = path.stat().st_size if path.is_file() else 0
+        size = path.lstat().st_size if os.path.lexists(path) else 0
         model = store.import_gguf(
             path,
             name=name,

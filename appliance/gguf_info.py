@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import gguf
 
 from appliance.errors import ModelFileError
+from appliance.safe_files import open_source_file
 
 GGUF_MAGIC = b"GGUF"
 HASH_CHUNK = 4 * 1024 * 1024
@@ -42,26 +44,36 @@ def _quantization_name(file_type: int | None) -> str:
         return f"type-{file_type}"
 
 
-def _sha256(path: Path) -> str:
+def _sha256(handle: BinaryIO) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
+    handle.seek(0)
+    while chunk := handle.read(HASH_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
-def read_gguf_info(path: Path) -> GgufInfo:
-    """Parse the header and tensor table of `path`; a non-GGUF or truncated file raises ModelFileError."""
+def read_gguf_info(path: Path, *, allowed: tuple[Path, ...] = ()) -> GgufInfo:
+    """Parse the header and tensor table of `path`; a non-GGUF or truncated file raises ModelFileError.
+
+    The file is opened once, by appliance/safe_files.py's rules (no link, a regular file, inside
+    `allowed` when that is not empty), and header, size and hash all come from that one descriptor.
+    """
+    with open_source_file(path, allowed=allowed) as handle:
+        return _read_open(path, handle)
+
+
+def _read_open(path: Path, handle: BinaryIO) -> GgufInfo:
     try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            magic = handle.read(4)
+        size = os.fstat(handle.fileno()).st_size
+        magic = handle.read(4)
     except OSError as error:
         raise ModelFileError(f"{path}: cannot read ({error.strerror})") from error
     if magic != GGUF_MAGIC:
         raise ModelFileError(f"{path}: not a GGUF file (it does not start with the GGUF magic)")
     try:
-        reader = gguf.GGUFReader(path)
+        # The open file, not the name: numpy maps this very descriptor, whatever the name points to now.
+        # GGUFReader hands its argument to np.memmap, which takes a file object too (its hint says paths).
+        reader = gguf.GGUFReader(handle)  # type: ignore[arg-type]
     except (ValueError, IndexError, OSError) as error:
         raise ModelFileError(f"{path}: damaged or truncated GGUF header ({error})") from error
     # The reader maps tensors lazily, so check by hand that the last tensor's bytes are really there.
@@ -80,6 +92,6 @@ def read_gguf_info(path: Path) -> GgufInfo:
         quantization=_quantization_name(_field(reader, "general.file_type")),
         chat_template=template if isinstance(template, str) and template.strip() else None,
         size_bytes=size,
-        sha256=_sha256(path),
+        sha256=_sha256(handle),
         display_name=name if isinstance(name, str) else path.stem,
     )

@@ -182,6 +182,20 @@ class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     require_encrypted: bool = False
     """Production: `appliance serve` refuses a model that is not in the encrypted store."""
+    import_folders: tuple[str, ...] = ()
+    """Absolute folders that models may be imported or added from (CLI and admin API), links resolved;
+    empty = any folder. Whatever the setting, imports follow no link and read regular files only."""
+
+    def __post_init__(self) -> None:
+        # Relative to what? The gateway's working folder is no place an admin thinks of.
+        for folder in self.import_folders:
+            if not folder.startswith("/"):
+                raise ValueError(f"import_folders: {folder!r} is not an absolute path")
+
+    @property
+    def import_roots(self) -> tuple[Path, ...]:
+        """`import_folders` as paths."""
+        return tuple(Path(folder) for folder in self.import_folders)
 
 
 class RouteSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -372,6 +386,7 @@ enable_prefix_caching = true
 
 [store]
 require_encrypted = false     # true: serve only models imported into the encrypted store
+import_folders = []           # absolute folders imports may read from, e.g. ["/srv/models"]; empty = any
 
 [egress]
 allow = []                    # enclave CIDRs or host names this appliance may reach; empty = loopback only

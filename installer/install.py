@@ -7,27 +7,24 @@ folder; state.json lists it only once it is complete; `current` is switched last
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from installer.bundled_models import import_models
 from installer.bundlefile import VerifiedBundle, read_bundle
 from installer.crypto import Verifier, load_public_key
-from installer.egress import offline_environment
-from installer.errors import InstallerError, InstallStepError, StateError, TargetError, UsageError
+from installer.errors import InstallerError, InstallStepError, StateError, UsageError
 from installer.limits import Limits
-from installer.manifest import Manifest, Target
+from installer.manifest import Manifest
 from installer.state import InstalledVersion, InstallState, Prefix, atomic_write
+from installer.steps import Report, clean_env, run_step
 from installer.systemd import check_unit, unit_text
+from installer.target_python import python_for
 from installer.trust import TrustedKeys
 
-Report = Callable[[str], None]
 STEP_TIMEOUT_S = 3600
 
 
@@ -79,95 +76,6 @@ def verify(options: Options, verifier: Verifier, report: Report) -> VerifiedBund
     )
 
 
-def _python_for(target: Target, wanted: str | None) -> str:
-    """An interpreter matching the bundle's target; the wheels are built for exactly that Python."""
-    candidate = wanted or shutil.which(f"python{target.python}") or sys.executable
-    probe = (
-        "import sys,sysconfig;print(f'{sys.version_info[0]}.{sys.version_info[1]}',sysconfig.get_platform())"
-    )
-    try:
-        done = subprocess.run([candidate, "-I", "-c", probe], capture_output=True, text=True, timeout=60)
-    except OSError:
-        raise TargetError(f"cannot run Python {candidate!r} for the appliance's venv") from None
-    found = done.stdout.split()
-    platform = found[1].replace("-", "_").replace(".", "_") if len(found) == 2 else "?"
-    if done.returncode != 0 or found[:1] != [target.python] or platform != target.platform:
-        raise TargetError(
-            f"bundle targets Python {target.python} on {target.platform}; {candidate} is "
-            f"{' on '.join(found) or 'unusable'} (pass --python)"
-        )
-    return candidate
-
-
-def _clean_env(home: Path | None = None) -> dict[str, str]:
-    # pip must see only the bundle: no config files, no index or find-links from the environment.
-    env = {k: v for k, v in offline_environment(os.environ).items() if not k.startswith(("PIP_", "PYTHON"))}
-    env |= {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    if home is not None:
-        env["APPLIANCE_HOME"] = str(home)
-    return env
-
-
-def _run(step: str, argv: list[str], env: dict[str, str]) -> str:
-    try:
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise InstallStepError(f"{step} failed: {error}") from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise InstallStepError(f"{step} failed (exit {done.returncode}): {last}")
-    return done.stdout
-
-
-def _store_model(prefix: Prefix, source: Path, sha256: str) -> Path:
-    """Put a verified weights file into PREFIX/models/<sha256>/ (shared by versions, never changed)."""
-    target = prefix.models / sha256 / source.name
-    if target.is_file() and target.stat().st_size == source.stat().st_size:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.parent / f".{source.name}.{os.getpid()}.tmp"
-    temp.unlink(missing_ok=True)
-    try:
-        os.link(source, temp)  # same filesystem: no copy of gigabytes
-    except OSError:
-        shutil.copyfile(source, temp)
-    os.replace(temp, target)
-    return target
-
-
-def _import_models(
-    prefix: Prefix, manifest: Manifest, root: Path, env: dict[str, str], report: Report
-) -> None:
-    # There is no encrypted model store yet (another issue): "importing" a model means registering it in
-    # the new version's registry with the installed `appliance models add`, from the shared weights folder.
-    appliance = str(root / "venv" / "bin" / "appliance")
-    registered = {
-        line.split()[0]
-        for line in _run("models list", [appliance, "models", "list"], env).splitlines()[1:]
-        if line.strip()
-    }
-    for member in manifest.members:
-        if member.role != "model" or not member.path.endswith("/registry.json"):
-            continue
-        meta = json.loads((root / "bundle" / member.path).read_text(encoding="utf-8"))
-        name, weights = str(meta["name"]), f"{member.path.rsplit('/', 1)[0]}/{meta['file']}"
-        if meta.get("format", "gguf") != "gguf":
-            report(f"model {name}: format {meta.get('format')} has no registry support yet; weights kept")
-            continue
-        if name in registered:
-            report(f"model {name}: already registered (carried over with the data)")
-            continue
-        weights_member = manifest.member(weights)
-        if weights_member is None:
-            raise InstallStepError(f"model {name}: its registry.json names {weights!r}, not in the manifest")
-        stored = _store_model(prefix, root / "bundle" / weights, weights_member.sha256)
-        aliases = [a for alias in meta.get("aliases", []) for a in ("--alias", str(alias))]
-        _run(
-            f"register model {name}", [appliance, "models", "add", str(stored), "--name", name, *aliases], env
-        )
-        report(f"model {name}: registered")
-
-
 def _prepare_home(prefix: Prefix, root: Path) -> Path:
     """The new version's data: a copy of the current version's, so rollback returns to matching data."""
     home = root / "home"
@@ -189,7 +97,7 @@ def _build_version(
     prefix: Prefix, manifest: Manifest, root: Path, options: Options, python: str, report: Report
 ) -> None:
     report("step: venv")
-    _run("venv", [python, "-m", "venv", str(root / "venv")], _clean_env())
+    run_step("venv", [python, "-m", "venv", str(root / "venv")], clean_env())
     report("step: pip")
     pip = [
         str(root / "venv" / "bin" / "python"),
@@ -201,21 +109,21 @@ def _build_version(
         ":all:",
     ]
     pip += ["--no-cache-dir", "--find-links", str(root / "bundle" / "wheels"), *manifest.requirements]
-    _run("pip install", pip, _clean_env())
+    run_step("pip install", pip, clean_env())
     report("step: home")
-    env = _clean_env(_prepare_home(prefix, root))
+    env = clean_env(_prepare_home(prefix, root))
     appliance = str(root / "venv" / "bin" / "appliance")
     report("step: migrations")
-    _run("database migrations", [appliance, "init"], env)  # `init` opens the registry, which migrates it
+    run_step("database migrations", [appliance, "init"], env)  # `init` opens the registry, which migrates it
     report("step: models")
-    _import_models(prefix, manifest, root, env, report)
+    import_models(prefix, manifest, root, env, report)
     report("step: planner")
     # The hardware planner is another issue; run it only when the installed version has `appliance plan`.
     probe = subprocess.run(
         [appliance, "plan", "--help"], env=env, capture_output=True, timeout=120, check=False
     )
     if probe.returncode == 0:
-        plan = _run("hardware planner", [appliance, "plan", "--json"], env)
+        plan = run_step("hardware planner", [appliance, "plan", "--json"], env)
         atomic_write(Path(env["APPLIANCE_HOME"]) / "plan.json", plan.encode("utf-8"), mode=0o600)
         report("planner: plan written to home/plan.json")
     else:
@@ -244,7 +152,7 @@ def install(options: Options, verifier: Verifier, report: Report) -> Manifest:
     prefix = Prefix(options.prefix)
     verified = verify(options, verifier, report)  # pass 1: nothing written before this passes
     manifest = verified.manifest
-    python = _python_for(manifest.target, options.python)
+    python = python_for(manifest.target, options.python)
     _check_space(prefix.root, manifest)
     with prefix.locked():
         state = prefix.load()

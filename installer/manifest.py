@@ -100,6 +100,20 @@ def _parse_time(value: object, field: str) -> int:
         raise BundleFormatError(f"manifest field {field!r} is not a time like 2026-01-31T00:00:00Z") from None
 
 
+def parse_json(data: bytes, what: str, **options: Any) -> Any:
+    """Decode JSON bytes; whatever is wrong with them is one BundleFormatError naming `what`.
+
+    ValueError covers more than JSONDecodeError: an integer of over 4300 digits is refused by Python
+    itself; RecursionError is what a deeply nested document raises. Neither may escape as a traceback.
+    """
+    try:
+        return json.loads(data.decode("utf-8"), **options)
+    except BundleFormatError:
+        raise
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError too
+        raise BundleFormatError(f"{what} is not valid UTF-8 JSON ({error.__class__.__name__})") from None
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [k for k, _ in pairs]
     if len(set(keys)) != len(keys):
@@ -137,10 +151,7 @@ def parse_manifest(data: bytes, limits: Limits) -> Manifest:
     """Parse manifest bytes strictly: exact fields, exact types, safe paths, no duplicates."""
     if len(data) > limits.max_manifest_bytes:
         raise LimitError(f"manifest is {len(data)} bytes, more than the limit of {limits.max_manifest_bytes}")
-    try:
-        raw = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleFormatError(f"manifest is not valid UTF-8 JSON ({error.__class__.__name__})") from None
+    raw = parse_json(data, "manifest", object_pairs_hook=_no_duplicate_keys)
     top = _fields(raw, _TOP, "manifest")
     if top["format"] != FORMAT_VERSION or isinstance(top["format"], bool):
         raise BundleFormatError(f"manifest format {top['format']!r} is not {FORMAT_VERSION}")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from installer.crypto import PublicKey, load_public_key
 from installer.errors import BundleFormatError, LimitError
+from installer.manifest import parse_json
 
 _KEY_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -82,10 +82,7 @@ def parse_trust_file(data: bytes, max_bytes: int) -> TrustUpdate:
     """Parse a bundle's `trust/keys.json` (after its bytes were checked against the signed manifest)."""
     if len(data) > max_bytes:
         raise LimitError(f"trusted-keys file is more than {max_bytes} bytes")
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BundleFormatError("trusted-keys file is not valid UTF-8 JSON") from None
+    obj = parse_json(data, "trusted-keys file")
     update = parse_trust_obj(obj)
     if not update.keys:
         raise BundleFormatError("trusted-keys file lists no keys; it would lock every later bundle out")

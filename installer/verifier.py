@@ -7,6 +7,7 @@ caller passes `now`), so every rule can be tested with bytes alone. The tar read
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 from installer.crypto import Verifier
@@ -56,10 +57,13 @@ def verify_manifest(
 ) -> Manifest:
     """Verify a manifest and return it; raise an InstallerError subclass on the first broken rule.
 
-    Invariants (each has a test in tests/installer):
-    - the manifest is at most `limits.max_manifest_bytes` before it is parsed at all;
-    - the signature is exactly 64 bytes and is checked over the exact bytes given, never a re-encoding;
-    - the key the manifest names is refused if revoked, refused if not trusted, and used only if trusted;
+    Invariants (each has a test in tests/installer or tests/security):
+    - the manifest is at most `limits.max_manifest_bytes` before anything else looks at it;
+    - the signature is exactly 64 bytes and is checked over the exact bytes given, never a re-encoding,
+      and before the manifest is parsed: a hostile manifest (deeply nested, huge numbers) reaches the
+      JSON parser only if a trusted key signed it;
+    - the key the manifest names is refused if revoked, refused if not trusted, and must be the very key
+      whose signature verified;
     - nothing the manifest says (expiry, version, members) is believed before its signature verifies;
     - an expired manifest (`now` at or after `expires`) is refused;
     - the version must be higher than `installed_version` (the current one) and not lower than
@@ -67,16 +71,16 @@ def verify_manifest(
       one may come back, never an older bundle), unless `allow_downgrade` is set by the admin;
     - member paths are relative, of safe components, unique, and each in its role's folder.
     """
-    manifest = parse_manifest(manifest_data, limits)
+    if len(manifest_data) > limits.max_manifest_bytes:
+        raise LimitError(
+            f"manifest is {len(manifest_data)} bytes, more than the limit of {limits.max_manifest_bytes}"
+        )
     if len(signature) != SIGNATURE_BYTES:
         raise SignatureError(f"manifest.sig is {len(signature)} bytes; an Ed25519 signature is 64")
-    if manifest.key_id in trust.revoked:
-        raise RevokedKeyError(f"manifest is signed by revoked key {manifest.key_id[:16]}")
-    key = trust.usable(manifest.key_id)
-    if key is None:
-        raise UntrustedKeyError(f"manifest is signed by key {manifest.key_id[:16]}, which is not trusted")
-    if not verifier.verify(key, signature, manifest_data):
-        raise SignatureError(f"manifest signature does not verify with key {manifest.key_id[:16]}")
+    signer = _signing_key(manifest_data, signature, trust, verifier)
+    manifest = parse_manifest(manifest_data, limits)  # signed bytes only from here on
+    if manifest.key_id != signer:
+        raise SignatureError(f"manifest names key {manifest.key_id[:16]} but is signed by key {signer[:16]}")
     if now >= manifest.expires:
         raise ExpiredError(f"manifest of version {manifest.version} expired at {manifest.expires}")
     if installed_version is not None and manifest.version <= installed_version and not allow_downgrade:
@@ -88,6 +92,26 @@ def verify_manifest(
             f"bundle version {manifest.version} is older than version {highest_version}, installed before"
         )
     return manifest
+
+
+# Only to word a refusal and to try the likely key first: a flat scan of the raw bytes, never a parse.
+_KEY_ID_HINT = re.compile(rb'"key_id"\s*:\s*"([0-9a-f]{64})"')
+
+
+def _signing_key(data: bytes, signature: bytes, trust: TrustedKeys, verifier: Verifier) -> str:
+    """The id of the usable key whose signature over `data` verifies, or the refusal that fits."""
+    found = _KEY_ID_HINT.search(data)
+    hint = found.group(1).decode("ascii") if found else None
+    usable = {kid: key for kid in sorted(trust.keys) if (key := trust.usable(kid)) is not None}
+    for key_id in sorted(usable, key=lambda kid: kid != hint):  # the named key first: usually one check
+        if verifier.verify(usable[key_id], signature, data):
+            return key_id
+    if hint is not None and hint in trust.revoked:
+        raise RevokedKeyError(f"manifest is signed by revoked key {hint[:16]}")
+    if hint is not None and hint not in trust.keys:
+        raise UntrustedKeyError(f"manifest is signed by key {hint[:16]}, which is not trusted")
+    named = f" with key {hint[:16]}" if hint is not None else " with any trusted key"
+    raise SignatureError(f"manifest signature does not verify{named}")
 
 
 @dataclass

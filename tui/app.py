@@ -8,6 +8,7 @@ from collections.abc import Callable
 from textual import work
 from textual.app import App
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 
 from tui.client import AdminApiError, AdminSource, ConnectionLost
@@ -88,6 +89,19 @@ class ConsoleApp(App[None]):
             self.history.add(overview, self.clock())
         self.connected = True
         self.latest = overview
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Every toast is literal text, whatever the caller asks: toasts carry the gateway's error messages
+        and names (tui/literal.py), and screens call notify in many places."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def action_help(self) -> None:
         """Show the keys of every screen."""

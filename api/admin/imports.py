@@ -4,6 +4,7 @@ long part is the job."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from appliance.gguf_info import GGUF_MAGIC, read_gguf_info
 from appliance.registry.awq import awq_folder_facts
 from appliance.registry.keys import KeyInfo
 from appliance.registry.models import ModelInfo
+from appliance.safe_files import folder_files, is_folder, open_source_file, size_of
 
 SERVED_AFTER_RESTART = "the gateway serves it from its next start"
 ACTIVATE_TO_SERVE = "a new version: activate it to serve it"
@@ -50,31 +52,29 @@ def _checked_folder(source: Path, data: ImportRequest) -> Path:
     return source
 
 
-def _checked_file(path: str) -> Path:
-    """The file, if it is an absolute path to a readable file that starts like a GGUF file."""
-    source = Path(path)
-    if not source.is_absolute():
-        raise InvalidRequestError(f"{path!r}: give an absolute path on the appliance", param="path")
-    if not source.is_file():
-        raise InvalidRequestError(f"{path}: no such file or folder", param="path")
-    try:
-        with source.open("rb") as handle:
+def _checked_file(source: Path, allowed: tuple[Path, ...]) -> int:
+    """The size of a GGUF file an import may read (appliance/safe_files.py's rules), read from the open
+    file: not a link, a regular file, in an allowed folder, starting with the GGUF magic."""
+    with open_source_file(source, allowed=allowed) as handle:
+        try:
             magic = handle.read(len(GGUF_MAGIC))
-    except OSError as error:
-        raise ModelFileError(f"{path}: cannot read ({error.strerror})") from error
+        except OSError as error:
+            raise ModelFileError(f"{source}: cannot read ({error.strerror})") from error
+        size = os.fstat(handle.fileno()).st_size
     if magic != GGUF_MAGIC:
-        raise ModelFileError(f"{path}: not a GGUF file (it does not start with the GGUF magic)")
-    return source
+        raise ModelFileError(f"{source}: not a GGUF file (it does not start with the GGUF magic)")
+    return size
 
 
-def _checked_source(data: ImportRequest) -> tuple[Path, bool, int]:
+def _checked_source(data: ImportRequest, allowed: tuple[Path, ...]) -> tuple[Path, bool, int]:
     """(the checked path, whether it is an AWQ folder, how many bytes the import reads)."""
     path = Path(data.path)
-    if path.is_absolute() and path.is_dir():
-        folder = _checked_folder(path, data)
-        return folder, True, sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    source = _checked_file(data.path)
-    return source, False, source.stat().st_size
+    if not path.is_absolute():
+        raise InvalidRequestError(f"{data.path!r}: give an absolute path on the appliance", param="path")
+    if is_folder(path):
+        files = folder_files(path, allowed=allowed)  # refuses links and special files in the folder
+        return _checked_folder(path, data), True, size_of(files)
+    return path, False, _checked_file(path, allowed)
 
 
 def _model_object(model: ModelInfo, encrypted: bool) -> dict[str, Any]:
@@ -109,11 +109,13 @@ class ImportController(Controller):
         action = "models.import" if data.encrypt else "models.add"
         audit = gateway.registry.audit
         actor = request.user.id  # read now: the job ends after this request is gone
+        allowed = gateway.settings.store.import_roots
         try:
-            source, folder, size = _checked_source(data)
+            # The name first: it becomes file and socket names, and a bad one is refused with 400.
             gateway.registry.models.check_names_free(
                 data.name, tuple(data.aliases), new_version=data.version is not None
             )
+            source, folder, size = _checked_source(data, allowed)
             if data.encrypt:
                 gateway.store.refuse_if_locked()
         except ApplianceError as error:
@@ -139,8 +141,9 @@ class ImportController(Controller):
 
         def register_in_place(progress: ProgressCallback) -> dict[str, Any]:
             # Reading the header also hashes the whole file: that is the long part of a plain add.
+            info = read_gguf_info(source, allowed=allowed)
             model = gateway.registry.models.add(
-                source, read_gguf_info(source), name=data.name, aliases=aliases, version=data.version
+                source, info, name=data.name, aliases=aliases, version=data.version
             )
             return _model_object(model, encrypted=False)
 
@@ -154,11 +157,6 @@ class ImportController(Controller):
                 detail=str(job.error["message"]) if job.error else str(source),
             )
 
-        size = (
-            sum(f.stat().st_size for f in source.rglob("*") if f.is_file())
-            if folder
-            else source.stat().st_size
-        )
         job = jobs.start(
             action,
             data.name,

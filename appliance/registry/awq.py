@@ -3,32 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import msgspec
-
-from appliance.engines.vllm.model_folder import describe_awq_folder
+from appliance.engines.vllm.model_folder import (
+    MAX_CONFIG_BYTES,
+    MAX_TOKENIZER_CONFIG_BYTES,
+    describe_awq_folder,
+    read_config,
+)
 from appliance.gguf_info import GgufInfo
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return msgspec.json.decode(path.read_bytes(), type=dict[str, Any])
-    except (OSError, msgspec.DecodeError):
-        return {}
 
 
 def awq_folder_facts(folder: Path, name: str, sha256: str) -> GgufInfo:
     """What `ModelRegistry.add_awq_folder` records; ModelFileError when the folder is not an AWQ model."""
     spec = describe_awq_folder(folder, name)  # also refuses a folder that is not AWQ or has no weights
-    config = _json(folder / "config.json")
+    config = read_config(folder, "config.json", MAX_CONFIG_BYTES) or {}
     architectures = config.get("architectures")
     architecture = (
         str(architectures[0])
         if isinstance(architectures, list) and architectures
         else str(config.get("model_type", "unknown"))
     )
-    template = _json(folder / "tokenizer_config.json").get("chat_template")
+    tokenizer = read_config(folder, "tokenizer_config.json", MAX_TOKENIZER_CONFIG_BYTES) or {}
+    template = tokenizer.get("chat_template")
     return GgufInfo(
         architecture=architecture,
         context_length=spec.context_length,

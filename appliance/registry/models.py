@@ -9,9 +9,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.errors import ConflictError, InvalidRequestError, ModelNotFoundError
+from appliance.errors import ConflictError, ModelNotFoundError
 from appliance.gguf_info import GgufInfo
 from appliance.registry.changes import DataVersion, ReadCache
+from appliance.registry.names import check_model_name, check_version
 from appliance.registry.schema import ModelRow, utc_now
 
 
@@ -44,11 +45,6 @@ class ModelInfo:
     def public_names(self) -> tuple[str, ...]:
         """Every name a request may use for this model."""
         return (self.name, *self.aliases)
-
-
-def _valid_version(version: str) -> bool:
-    """Versions become file and socket names: keep them short and plain."""
-    return 0 < len(version) <= 32 and all(c.isascii() and (c.isalnum() or c in "._-") for c in version)
 
 
 def _info(row: ModelRow) -> ModelInfo:
@@ -105,10 +101,9 @@ class ModelRegistry:
         wanted = {name, *aliases}
         if len(wanted) != 1 + len(aliases):
             raise ConflictError("a model's name and aliases must all differ", param="alias")
-        if version is not None and not _valid_version(version):
-            raise InvalidRequestError(
-                f"version {version!r}: use 1 to 32 letters, digits, '.', '_' or '-'", param="version"
-            )
+        check_model_name(name)  # every way in (CLI, admin API, store import) reaches this one check
+        if version is not None:
+            check_version(version)
         with self._sessions.begin() as session:
             same_name = list(session.scalars(select(ModelRow).where(ModelRow.name == name)))
             for existing in session.scalars(select(ModelRow).where(ModelRow.name != name)):
@@ -155,7 +150,8 @@ class ModelRegistry:
             return _info(row)
 
     def check_names_free(self, name: str, aliases: tuple[str, ...], *, new_version: bool = False) -> None:
-        """Refuse names already taken before a long import starts (`add` checks again when it adds)."""
+        """Refuse a bad or taken name before a long import starts (`add` checks again when it adds)."""
+        check_model_name(name)
         for existing in self.list():
             if new_version and existing.name == name:
                 continue  # a new version of this very model: `add` checks the version itself

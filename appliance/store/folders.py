@@ -16,7 +16,8 @@ from pathlib import Path, PurePosixPath
 
 import msgspec
 
-from appliance.errors import ModelFileError, StoreIntegrityError
+from appliance.errors import StoreIntegrityError
+from appliance.safe_files import folder_files, open_source_file, open_source_folder
 from appliance.store.format import Progress, decrypt_chunks, encrypt_stream
 from appliance.store.streams import FdWriter, HashingReader
 
@@ -46,15 +47,11 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def source_files(folder: Path) -> list[tuple[str, Path]]:
-    """Every regular file under `folder` (links followed: Hugging Face caches link to blobs), by name."""
-    found = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            found.append((path.relative_to(folder).as_posix(), path))
-    if not found:
-        raise ModelFileError(f"{folder}: the folder holds no files")
-    return found
+def source_files(folder: Path, allowed: tuple[Path, ...] = ()) -> tuple[Path, list[tuple[str, Path]]]:
+    """The resolved folder and every regular file under it, by name; a link or special file in it refuses
+    the folder (appliance/safe_files.py): a link could bring any file of the box into the store."""
+    root = open_source_folder(folder, allowed=allowed)
+    return root, folder_files(root)
 
 
 def _new_private_file(path: Path) -> int:
@@ -70,16 +67,23 @@ def _offset(progress: Progress | None, base: int) -> Progress | None:
 
 
 def encrypt_folder(
-    source: Path, target: Path, data_key: bytes, file_id: str, chunk_size: int, progress: Progress | None
+    source: Path,
+    target: Path,
+    data_key: bytes,
+    file_id: str,
+    chunk_size: int,
+    progress: Progress | None,
+    allowed: tuple[Path, ...] = (),
 ) -> Manifest:
     """Encrypt every file of `source` into the new folder `target` (mode 0700), manifest last."""
+    root, listed = source_files(source, allowed)
     target.mkdir(mode=0o700)
     files, done = [], 0
-    for index, (name, path) in enumerate(source_files(source)):
+    for index, (name, path) in enumerate(listed):
         stored, digest = f"{index}.aplm", hashlib.sha256()
         fd = _new_private_file(target / stored)
         try:
-            with path.open("rb") as plain:
+            with open_source_file(path, within=root) as plain:
                 size = encrypt_stream(
                     HashingReader(plain, digest.update),
                     FdWriter(fd),
@@ -186,12 +190,13 @@ def import_folder(
     file_id: str,
     chunk_size: int,
     progress: Progress | None,
+    allowed: tuple[Path, ...] = (),
 ) -> tuple[Path, Manifest]:
     """Encrypt `source` into a temp folder in the store, then rename it to `<file id>.awq` atomically."""
     final = store_folder / f"{file_id}{FOLDER_SUFFIX}"
     tmp = store_folder / f".{file_id}.{os.getpid()}.tmp"
     try:
-        manifest = encrypt_folder(source, tmp, data_key, file_id, chunk_size, progress)
+        manifest = encrypt_folder(source, tmp, data_key, file_id, chunk_size, progress, allowed)
         os.replace(tmp, final)
     except BaseException:
         remove_tree(tmp)

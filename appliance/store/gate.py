@@ -43,9 +43,10 @@ class NotPassphraseModeError(ConflictError):
 class StoreGate:
     """Whether the encrypted store is open for serving, and the workers that wait for it."""
 
-    def __init__(self, home: Path, registry: Registry) -> None:
+    def __init__(self, home: Path, registry: Registry, import_folders: tuple[Path, ...] = ()) -> None:
         self._home = home
         self._registry = registry
+        self._import_folders = import_folders
         record = registry.store_keys.kek()
         # Read once at start: a rotation to or from passphrase mode takes effect at the next `serve`.
         self.mode: StoreMode = (
@@ -61,7 +62,7 @@ class StoreGate:
 
     def store(self) -> ModelStore:
         """The model store, opened with the unlocked KEK when there is one."""
-        return ModelStore(self._home, self._registry, kek=self._kek)
+        return ModelStore(self._home, self._registry, kek=self._kek, import_folders=self._import_folders)
 
     def model_source(self) -> ModelSource:
         """The supervisor's model source: sealed memfds, decrypted with the KEK current at each start."""

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from appliance.errors import (
     ApplianceError,
-    ConflictError,
     ModelFileError,
     ModelNotFoundError,
     StoreIntegrityError,
@@ -29,6 +28,8 @@ from appliance.registry.awq import awq_folder_facts
 from appliance.registry.models import ModelInfo
 from appliance.registry.registry import Registry
 from appliance.registry.store_keys import ModelKey
+from appliance.safe_files import folder_files, open_source_file
+from appliance.store.exports import export_target, write_new_file, write_new_folder
 from appliance.store.folders import decrypt_folder, import_folder, read_manifest, remove_tree, verify_folder
 from appliance.store.format import DEFAULT_CHUNK_SIZE, Progress, Reader, decrypt_chunks, encrypt_stream
 from appliance.store.housekeeping import entry_bytes, no_writers, remove_entries, unreferenced, writing
@@ -67,18 +68,6 @@ class StoredModel:
     path: Path
 
 
-def _sync_write(path: Path, chunks: Iterator[bytes]) -> None:
-    """Write chunks to a new file (mode 0600) and fsync it; the caller renames it into place."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        writer = FdWriter(fd)
-        for chunk in chunks:
-            writer.write(chunk)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ModelStore:
     """The encrypted store of one appliance home, over its registry."""
 
@@ -90,8 +79,11 @@ class ModelStore:
         passphrase: str | None = None,
         kek: Kek | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        import_folders: tuple[Path, ...] = (),
     ) -> None:
         self._home = home
+        self._import_folders = import_folders
+        """`[store] import_folders`: where imports may read from (empty: anywhere)."""
         self._registry = registry
         self._keys = StoreKek(home, registry, passphrase=passphrase, unlocked=kek)
         self._chunk_size = chunk_size
@@ -146,8 +138,9 @@ class ModelStore:
 
         With `version`, it becomes a new version of the existing model `name` (`appliance models activate`).
         """
-        info = read_gguf_info(source)
+        # Names first: reading the header hashes the whole file, minutes for a large one.
         self._registry.models.check_names_free(name, aliases, new_version=version is not None)
+        info = read_gguf_info(source, allowed=self._import_folders)
         kek = self._kek()
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         with writing(self.folder):
@@ -164,14 +157,17 @@ class ModelStore:
     ) -> ModelInfo:
         """Encrypt every file of an AWQ model folder into the store and register it (format `awq`);
         `tool_parser` is vLLM's tool-call parser for it (None: the architecture's)."""
-        awq_folder_facts(source, name, "")  # refuse a folder that is not an AWQ model before any work
         self._registry.models.check_names_free(name, aliases)
+        folder_files(source, allowed=self._import_folders)  # no link or special file, in an allowed folder
+        awq_folder_facts(source, name, "")  # refuse a folder that is not an AWQ model before any work
         kek = self._kek()
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         data_key, file_id = new_data_key(), secrets.token_hex(16)
         with writing(self.folder):
             chunk = self._chunk_size
-            final, manifest = import_folder(self.folder, source, data_key, file_id, chunk, progress)
+            final, manifest = import_folder(
+                self.folder, source, data_key, file_id, chunk, progress, self._import_folders
+            )
             try:
                 facts = awq_folder_facts(source, name, manifest.digest())
                 model = self._registry.models.add_awq_folder(
@@ -205,7 +201,8 @@ class ModelStore:
         tmp = self.folder / f".{file_id}.{os.getpid()}.tmp"
         digest = hashlib.sha256()
         try:
-            with source.open("rb") as plain:
+            # Opened again by the same rules; the digest below catches a file changed in between.
+            with open_source_file(source, allowed=self._import_folders) as plain:
                 self._encrypt_into(tmp, HashingReader(plain, digest.update), data_key, file_id, progress)
             if digest.hexdigest() != info.sha256:
                 raise ModelFileError(f"{source}: the file changed while it was being imported")
@@ -324,38 +321,14 @@ class ModelStore:
             raise StoreIntegrityError(f"the re-encrypted file of {model.name!r} does not verify")
 
     def export(self, name: str, target: Path) -> Path:
-        """Decrypt a model to `target` (a new file, mode 0600; into it if it is a folder), atomically."""
+        """Decrypt a model to `target`, a new file (mode 0600; in it, when it is a folder), all or nothing:
+        never over an existing file, never through a link (appliance/store/exports.py)."""
         model = self._find(name)
         if model.format == AWQ and self.is_encrypted(model):
-            return self._export_folder(model, target)
-        if target.is_dir():
-            target = target / f"{model.name}.gguf"
-        if target.exists():
-            raise ConflictError(f"{target} exists already; export does not overwrite", param="to")
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            _sync_write(tmp, self._plain_chunks(model))
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return target
-
-    def _export_folder(self, model: ModelInfo, target: Path) -> Path:
-        """Re-create an AWQ model's folder at `target` (or in it, named after the model), atomically."""
-        if target.is_dir():
-            target = target / model.name
-        if target.exists():
-            raise ConflictError(f"{target} exists already; export does not overwrite", param="to")
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            tmp.mkdir(mode=0o700)
-            decrypt_folder(model.path, self._data_key(model), tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            remove_tree(tmp)
-            raise
-        return target
+            data_key = self._data_key(model)
+            path = export_target(target, model.name)
+            return write_new_folder(path, lambda tmp: decrypt_folder(model.path, data_key, tmp))
+        return write_new_file(export_target(target, f"{model.name}.gguf"), self._plain_chunks(model))
 
     def decrypt_to_folder(self, model: ModelInfo, parent: Path) -> Path:
         """Decrypt an AWQ model into a new folder (mode 0700) under `parent`; the caller removes it."""

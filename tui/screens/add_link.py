@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
@@ -26,9 +27,11 @@ class AddLinkScreen(ModalScreen[str | None]):
         """A line that says what happens, and the candidates."""
         with Vertical(classes="dialog", id="add-link"):
             yield Static(
-                f"Add a link to {self.route}: it goes below the selected link. (Enter adds, Esc cancels)"
+                f"Add a link to {self.route}: it goes below the selected link. (Enter adds, Esc cancels)",
+                markup=False,
             )
-            yield OptionList(*(Option(name, id=name) for name in self.candidates), id="candidates")
+            options = (Option(Content(name), id=name) for name in self.candidates)  # names, not markup
+            yield OptionList(*options, id="candidates")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         """Enter or a click on a model adds it."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Static
 
 from tui.audit_filter import AuditFilter, parse_since
+from tui.literal import literal_row
 from tui.schemas import AuditEvent
 from tui.screens.base import ConsoleScreen
 
@@ -35,8 +37,8 @@ class AuditScreen(ConsoleScreen):
             yield Input(placeholder="actor key id", id="actor")
             yield Input(placeholder="action", id="action")
             yield Input(placeholder="since: 15m, 2h, 2026-01-31", id="since")
-        yield Static("", id="audit-status")
-        table: DataTable[str] = DataTable(id="audit", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="audit-status", markup=False)  # may quote what the admin typed
+        table: DataTable[Text] = DataTable(id="audit", cursor_type="row", zebra_stripes=True)
         table.add_columns(*COLUMNS)
         yield table
 
@@ -63,12 +65,12 @@ class AuditScreen(ConsoleScreen):
             return
         shown = wanted.apply(self.events)
         self.query_one("#audit-status", Static).update(f"{len(shown)} of {len(self.events)} events")
-        table: DataTable[str] = self.query_one("#audit", DataTable)
+        table: DataTable[Text] = self.query_one("#audit", DataTable)
         table.clear()
         for e in shown:
-            table.add_row(
-                e.time[:19].replace("T", " "), e.actor_key_id or "-", e.action, e.outcome, e.target, e.detail
-            )
+            when = e.time[:19].replace("T", " ")
+            # The target is often a request path, i.e. whatever a client chose to send: literal cells only.
+            table.add_row(*literal_row(when, e.actor_key_id or "-", e.action, e.outcome, e.target, e.detail))
 
     def on_input_changed(self, _event: Input.Changed) -> None:
         """Filter as the admin types."""

@@ -53,7 +53,8 @@ class KeyShownScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         """The key on a line of its own, and the hint."""
         with Vertical(classes="dialog", id="key-shown"):
-            yield Static(f"Created {self.created.role} key {self.created.id} ({self.created.name}):")
+            created = f"Created {self.created.role} key {self.created.id} ({self.created.name}):"
+            yield Static(created, markup=False)
             yield Static(self.created.key, id="secret", markup=False)
             yield Static("Copy it now: it is shown only this once. (Enter or Esc closes)", classes="hint")
 

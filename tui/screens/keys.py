@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
+from tui.literal import literal_row
 from tui.schemas import Key
 from tui.screens.base import ConsoleScreen
 from tui.screens.confirm import ConfirmScreen
@@ -27,19 +29,20 @@ class KeysScreen(ConsoleScreen):
     def body(self) -> ComposeResult:
         """The key table."""
         yield Static("API keys", classes="title")
-        table: DataTable[str] = DataTable(id="keys", cursor_type="row", zebra_stripes=True)
+        table: DataTable[Text] = DataTable(id="keys", cursor_type="row", zebra_stripes=True)
         table.add_columns(*COLUMNS)
         yield table
 
     def show(self, keys: list[Key]) -> None:
         """Fill the table, keeping the cursor where it was."""
-        table: DataTable[str] = self.query_one("#keys", DataTable)
+        table: DataTable[Text] = self.query_one("#keys", DataTable)
         row = table.cursor_row
         table.clear()
         for k in keys:
             last = k.last_used_at[:19].replace("T", " ") if k.last_used_at else "never"
             state = "revoked" if k.revoked else "active"
-            table.add_row(k.id, k.role, state, k.created_at[:19].replace("T", " "), last, k.name, key=k.id)
+            created = k.created_at[:19].replace("T", " ")
+            table.add_row(*literal_row(k.id, k.role, state, created, last, k.name), key=k.id)
         if keys:
             table.move_cursor(row=min(row, len(keys) - 1))
 
@@ -69,10 +72,10 @@ class KeysScreen(ConsoleScreen):
     @work(exclusive=True, group="keys-change")
     async def action_revoke(self) -> None:
         """Ask, then revoke the selected key."""
-        table: DataTable[str] = self.query_one("#keys", DataTable)
+        table: DataTable[Text] = self.query_one("#keys", DataTable)
         if table.row_count == 0:
             return
-        key_id, _, state, _, _, name = table.get_row_at(table.cursor_row)
+        key_id, _, state, _, _, name = (cell.plain for cell in table.get_row_at(table.cursor_row))
         if state == "revoked":
             self.notify(f"{key_id} is revoked already")
             return

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, ProgressBar, Static
 
 from tui.client import AdminApiError, ConnectionLost
+from tui.literal import literal_row
 from tui.schemas import Activated, Job, Model, StoredModel
 from tui.screens.base import ConsoleScreen
 from tui.screens.confirm import ConfirmScreen
@@ -39,11 +41,11 @@ class ModelsScreen(ConsoleScreen):
     def body(self) -> ComposeResult:
         """The registry table and a status line."""
         yield Static("Models", classes="title")
-        table: DataTable[str] = DataTable(id="models", cursor_type="row", zebra_stripes=True)
+        table: DataTable[Text] = DataTable(id="models", cursor_type="row", zebra_stripes=True)
         table.add_columns(*COLUMNS)
         yield table
         yield Static("Enabling and disabling apply at the gateway's next start.", classes="hint")
-        yield Static("", id="models-status", classes="hint")
+        yield Static("", id="models-status", classes="hint", markup=False)  # names, the gateway's errors
         yield ProgressBar(id="import-progress", show_eta=False)
         # No total: an activation reports no progress, the moving bar only says it is still working.
         yield ProgressBar(id="activation-progress", total=None, show_eta=False, show_percentage=False)
@@ -52,14 +54,14 @@ class ModelsScreen(ConsoleScreen):
     """The model whose activation is running, if one is: one at a time from this console."""
 
     def _selected(self) -> str | None:
-        table: DataTable[str] = self.query_one("#models", DataTable)
+        table: DataTable[Text] = self.query_one("#models", DataTable)
         if table.row_count == 0:
             return None
         return str(table.get_row_at(table.cursor_row)[0])
 
     def show(self, models: list[Model], stored: list[StoredModel] | None = None) -> None:
         """Fill the table (size and encryption from the store when it answered), keeping the cursor."""
-        table: DataTable[str] = self.query_one("#models", DataTable)
+        table: DataTable[Text] = self.query_one("#models", DataTable)
         row = table.cursor_row
         table.clear()
         in_store = {s.name: s for s in stored or []}
@@ -68,15 +70,17 @@ class ModelsScreen(ConsoleScreen):
             size = entry.size_bytes if entry else m.size_bytes
             encrypted = ("yes" if entry.encrypted else "no") if entry else "?"
             table.add_row(
-                m.name,
-                m.version,
-                ",".join(m.aliases) or "-",
-                m.format,
-                m.quantization,
-                f"{size / 1e6:.1f}",
-                encrypted,
-                str(m.context_length),
-                m.status,
+                *literal_row(
+                    m.name,
+                    m.version,
+                    ",".join(m.aliases) or "-",
+                    m.format,
+                    m.quantization,
+                    f"{size / 1e6:.1f}",
+                    encrypted,
+                    m.context_length,
+                    m.status,
+                ),
                 key=m.name,
             )
         if models:

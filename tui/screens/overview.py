@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.widgets import DataTable, Sparkline, Static
 
-from tui.chains import chain_text
+from tui.chains import chain_content
+from tui.literal import literal_row
 from tui.schemas import Gpu, GpuUsage, Hardware, Overview
 from tui.screens.base import ConsoleScreen
 
@@ -50,18 +53,19 @@ class OverviewScreen(ConsoleScreen):
     def body(self) -> ComposeResult:
         """Hardware, three sparklines, engines table, errors."""
         with VerticalScroll(id="overview"):
-            yield Static("loading...", id="hardware", classes="panel")
+            # markup=False wherever the gateway's text goes: names and errors are shown as they are.
+            yield Static("loading...", id="hardware", classes="panel", markup=False)
             with Horizontal(id="rates"):
                 for name, title in (("rps", "requests/s"), ("tps", "output tok/s"), ("ttft", "TTFT p50 ms")):
                     with Vertical(classes="rate"):
                         yield Static(title, id=f"{name}-label", classes="rate-label")
                         yield Sparkline([], id=f"{name}-spark")
             yield Static("", id="queue")
-            engines: DataTable[str] = DataTable(id="engines", cursor_type="row", zebra_stripes=True)
+            engines: DataTable[Text] = DataTable(id="engines", cursor_type="row", zebra_stripes=True)
             engines.add_columns(*ENGINE_COLUMNS)
             yield engines
             yield Static("", id="chains", classes="panel")
-            yield Static("", id="errors", classes="panel")
+            yield Static("", id="errors", classes="panel", markup=False)
 
     def on_mount(self) -> None:
         """Show each poll the app makes."""
@@ -88,17 +92,20 @@ class OverviewScreen(ConsoleScreen):
         self.query_one("#queue", Static).update(
             f"in flight: {overview.in_flight:.0f}   engines ready: {ready}/{len(overview.engines)}"
         )
-        table: DataTable[str] = self.query_one("#engines", DataTable)
+        table: DataTable[Text] = self.query_one("#engines", DataTable)
         table.clear()
         for e in overview.engines:
-            table.add_row(
-                e.model, e.version, e.state, str(e.pid or "-"), str(e.restarts), str(e.slots or "-"),
+            table.add_row(*literal_row(
+                e.model, e.version, e.state, e.pid or "-", e.restarts, e.slots or "-",
                 pool_text(e.kv_pool_tokens, e.kv_cache_bytes), e.last_exit or "-",
-            )  # fmt: skip
+            ))  # fmt: skip
         for model, reason in overview.not_started.items():
-            table.add_row(model, "-", "not started", "-", "-", "-", "-", reason)
-        chains = [f"{r.name}: {chain_text(r, overview.breakers)}" for r in overview.routes]
-        self.query_one("#chains", Static).update("Routes\n" + ("\n".join(chains) if chains else "(none)"))
+            table.add_row(*literal_row(model, "-", "not started", "-", "-", "-", "-", reason))
+        chains = [
+            Content.assemble(f"{r.name}: ", chain_content(r, overview.breakers)) for r in overview.routes
+        ]
+        shown = Content("\n").join(chains) if chains else Content("(none)")
+        self.query_one("#chains", Static).update(Content.assemble("Routes\n", shown))
         errors = [f"{e.time[:19]}  {e.action}  {e.target}  {e.detail}" for e in overview.errors]
         self.query_one("#errors", Static).update(
             "Latest errors\n" + ("\n".join(errors) if errors else "(none)")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from tui.chains import chain_text, link_state
+from tui.literal import literal, literal_row
 from tui.schemas import RouteInfo, Routes
 from tui.screens.add_link import AddLinkScreen
 from tui.screens.base import ConsoleScreen
@@ -60,18 +62,18 @@ class RoutesScreen(ConsoleScreen):
     def body(self) -> ComposeResult:
         """The routes table, the links of the selected route and a status line."""
         yield Static("Routes", classes="title")
-        routes: DataTable[str] = DataTable(id="routes", cursor_type="row", zebra_stripes=True)
+        routes: DataTable[Text] = DataTable(id="routes", cursor_type="row", zebra_stripes=True)
         routes.add_columns(*ROUTE_COLUMNS)
         yield routes
         yield Static("Links (u up, d down, a add, x remove, s save)", id="links-title", classes="title")
-        links: DataTable[str] = DataTable(id="links", cursor_type="row", zebra_stripes=True)
+        links: DataTable[Text] = DataTable(id="links", cursor_type="row", zebra_stripes=True)
         links.add_columns(*LINK_COLUMNS)
         yield links
-        yield Static("", id="routes-status", classes="hint")
+        yield Static("", id="routes-status", classes="hint", markup=False)  # names a route
 
     def selected(self) -> RouteInfo | None:
         """The route under the cursor, as edited so far."""
-        table: DataTable[str] = self.query_one("#routes", DataTable)
+        table: DataTable[Text] = self.query_one("#routes", DataTable)
         if table.row_count == 0:
             return None
         name = str(table.get_row_at(table.cursor_row)[0]).rstrip(" *")
@@ -80,20 +82,20 @@ class RoutesScreen(ConsoleScreen):
     def show(self, routes: Routes) -> None:
         """Fill the routes table, drafts marked with `*`, keeping the cursor where it was."""
         self.known = routes
-        table: DataTable[str] = self.query_one("#routes", DataTable)
+        table: DataTable[Text] = self.query_one("#routes", DataTable)
         row = table.cursor_row
         table.clear()
         for known in routes.data:
             route = self.drafts.get(known.name, known)
             mark = " *" if known.name in self.drafts else ""
-            table.add_row(route.name + mark, chain_text(route, routes.breakers), key=route.name)
+            table.add_row(literal(route.name + mark), chain_text(route, routes.breakers), key=route.name)
         if routes.data:
             table.move_cursor(row=min(row, len(routes.data) - 1))
         self.show_links()
 
     def show_links(self, cursor: int | None = None) -> None:
         """Fill the links table from the selected route; say whether it has unsaved changes."""
-        links: DataTable[str] = self.query_one("#links", DataTable)
+        links: DataTable[Text] = self.query_one("#links", DataTable)
         row = links.cursor_row if cursor is None else cursor
         links.clear()
         route = self.selected()
@@ -105,7 +107,7 @@ class RoutesScreen(ConsoleScreen):
             )
             return
         for number, link in enumerate(route.links, start=1):
-            links.add_row(str(number), link, link_state(self.known.breakers, link))
+            links.add_row(*literal_row(number, link, link_state(self.known.breakers, link)))
         if route.links:
             links.move_cursor(row=min(row, len(route.links) - 1))
         canned = "then the canned answer" if route.canned is not None else "no canned answer"
@@ -142,7 +144,7 @@ class RoutesScreen(ConsoleScreen):
     def action_move(self, step: int) -> None:
         """Move the link under the links cursor up (-1) or down (+1) in the draft."""
         route = self.selected()
-        links: DataTable[str] = self.query_one("#links", DataTable)
+        links: DataTable[Text] = self.query_one("#links", DataTable)
         if route is None or links.row_count == 0:
             return
         index = links.cursor_row
@@ -153,7 +155,7 @@ class RoutesScreen(ConsoleScreen):
     def action_remove_link(self) -> None:
         """Take the link under the links cursor out of the draft (saving asks first)."""
         route = self.selected()
-        links: DataTable[str] = self.query_one("#links", DataTable)
+        links: DataTable[Text] = self.query_one("#links", DataTable)
         if route is None or links.row_count == 0:
             return
         index = links.cursor_row
@@ -175,7 +177,7 @@ class RoutesScreen(ConsoleScreen):
         picked = await self.app.push_screen_wait(AddLinkScreen(route.name, candidates))
         if picked is None:
             return
-        links: DataTable[str] = self.query_one("#links", DataTable)
+        links: DataTable[Text] = self.query_one("#links", DataTable)
         # An empty chain has no row under the cursor: the new link goes to the top.
         index = links.cursor_row if links.row_count else -1
         # Edit from a message, not from this worker: a table refilled in a worker can be drawn before it

@@ -65,8 +65,9 @@ class StoreScreen(ConsoleScreen):
     def body(self) -> ComposeResult:
         """State, contents, the masked passphrase field and a hint."""
         yield Static("Model store", classes="title")
-        yield Static("loading...", id="store-state", classes="panel")
-        yield Static("", id="store-contents", classes="panel")
+        # The status is the gateway's dict, keys and values shown as they are.
+        yield Static("loading...", id="store-state", classes="panel", markup=False)
+        yield Static("", id="store-contents", classes="panel", markup=False)
         yield Input(placeholder="passphrase (u, then Enter to unlock)", password=True, id="passphrase")
         yield Static(
             "In passphrase mode encrypted models cannot start until the store is unlocked.", classes="hint"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
+from tui.literal import literal_row
 from tui.schemas import ModelVersion
 
 COLUMNS = ("", "version", "quant", "size MB", "sha256", "registered")
@@ -59,11 +61,11 @@ class VersionsScreen(ModalScreen[VersionChoice | None]):
     def compose(self) -> ComposeResult:
         """A line with the keys, the versions, and what activating does."""
         with Vertical(classes="dialog", id="versions-dialog"):
-            yield Static(f"Versions of {self.model_name} (* serves now)", classes="title")
-            table: DataTable[str] = DataTable(id="versions", cursor_type="row")
+            yield Static(f"Versions of {self.model_name} (* serves now)", classes="title", markup=False)
+            table: DataTable[Text] = DataTable(id="versions", cursor_type="row")
             table.add_columns(*COLUMNS)
             for version in self.versions:
-                table.add_row(*version_row(version), key=version.version)
+                table.add_row(*literal_row(*version_row(version)), key=version.version)
             yield table
             yield Static(
                 "Enter/a activate the selected version  b roll back  Esc close\n"
@@ -73,7 +75,7 @@ class VersionsScreen(ModalScreen[VersionChoice | None]):
 
     def on_mount(self) -> None:
         """Start on the newest version: the usual one to activate."""
-        table: DataTable[str] = self.query_one("#versions", DataTable)
+        table: DataTable[Text] = self.query_one("#versions", DataTable)
         table.focus()
         if self.versions:
             table.move_cursor(row=len(self.versions) - 1)
@@ -84,7 +86,7 @@ class VersionsScreen(ModalScreen[VersionChoice | None]):
 
     def action_activate(self) -> None:
         """Ask for the selected version, unless it is the one serving already."""
-        table: DataTable[str] = self.query_one("#versions", DataTable)
+        table: DataTable[Text] = self.query_one("#versions", DataTable)
         if not self.versions:
             return
         chosen = self.versions[table.cursor_row]
