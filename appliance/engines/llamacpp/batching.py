@@ -5,11 +5,11 @@ prefix any slot holds), puts one decode token per running sequence and chunks of
 the same batch, calls `llama_decode` once, samples each sequence with its own sampler chain and streams the
 text to its request. A slot is released the moment its sequence finishes or its client leaves.
 
-All slots share one pool of cells, and each request may use the model's whole context. When the pool is
-full nothing fails: a request whose prompt does not fit waits in the queue; a decode that finds no room first
-takes the cells idle slots keep as prefix cache (least useful first), then preempts the most recently
-admitted running sequence, whose prompt and tokens so far are recomputed when room returns (vLLM's recompute
-preemption) while its stream simply pauses.
+Each request may use the model's whole context, whatever the number of slots. Where the planner's pool holds
+every slot's whole context, each slot has its own KV stream (a decoded token then attends only to its own
+sequence's cells); otherwise all slots share one pool, and when it is full nothing fails: a request whose
+prompt does not fit waits in the queue, a decode that finds no room takes idle slots' cached prefixes, then
+preempts the most recently admitted sequence, recomputed when room returns (cell_pool.CellPool decides).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from typing import Any
 
 import llama_cpp
 
+from appliance.engines.llamacpp.batch_plan import fill_batch, plan_batch
+from appliance.engines.llamacpp.cell_pool import CellPool
 from appliance.engines.llamacpp.core import Finished, Piece, SamplingParams, WorkerCounters
 from appliance.engines.llamacpp.logprobs import token_logprob
 from appliance.engines.llamacpp.native import NativeContext, NativeModel
@@ -32,15 +34,15 @@ from appliance.engines.llamacpp.outbox import Outbox, PendingRequest
 from appliance.engines.llamacpp.placement import place
 from appliance.engines.llamacpp.priority import apply_compute_priority
 from appliance.engines.llamacpp.sampling import GrammarSampling, build_grammar, build_sampler
-from appliance.engines.llamacpp.slots import Resume, Slot, Work, cells_in_use, eviction_order
+from appliance.engines.llamacpp.slots import Slot, Work, cells_in_use
 from appliance.engines.llamacpp.text_stream import TextStream
 from appliance.errors import ApplianceError, EngineError, EngineUnavailableError, QueueFullError
 from appliance.settings import ComputePriority
 
 
 class BatchingCore:
-    """The generation core of a llama.cpp worker: `parallel` slots over one pool of cells, a bounded wait
-    queue, one thread; each request may use `context_length` tokens."""
+    """The generation core of a llama.cpp worker: `parallel` slots over the context's cells (a stream each,
+    or one shared pool), a bounded wait queue, one thread; each request may use `context_length` tokens."""
 
     def __init__(
         self,
@@ -58,8 +60,7 @@ class BatchingCore:
         self._limit = context_length
         self._slots = [Slot(seq) for seq in range(parallel)]
         self._admissions = 0
-        self._suspended: dict[int, Resume] = {}
-        """Preempted requests waiting to go on, by id(request)."""
+        self._pool = CellPool(context, self._slots, self.counters)
         self._queue_depth = queue_depth
         self._waiting: deque[PendingRequest] = deque()
         self._outbox = Outbox(stream_interval)
@@ -81,7 +82,7 @@ class BatchingCore:
 
     @property
     def pool_tokens(self) -> int:
-        """Cells of the pool every slot shares."""
+        """Cells of the KV cache in all: every slot's streams together, or the one pool they share."""
         return self._context.pool_tokens
 
     @property
@@ -205,44 +206,21 @@ class BatchingCore:
                 request = self._waiting[0]
                 if request.cancelled:
                     self._waiting.popleft()
-                    self._drop_suspended(request)
+                    self._pool.drop(request)
                     continue
                 leader = request.leader
                 if leader is not None and not (leader.prefilled or leader.done or leader.cancelled):
                     later.append(self._waiting.popleft())  # its prompt's cells are on their way: shared
                     continue
-                resume = self._suspended.get(id(request))
+                resume = self._pool.resumption(request)
                 feed = resume.tokens if resume is not None else request.prompt
-                if not self._room_for(feed):
+                if not self._pool.room_for(feed):
                     self.counters.waits_for_cells += 1
                     break  # first come, first served: later requests do not overtake a long one
                 self._waiting.popleft()
                 self._start(self._place(free, feed), request)
             self._waiting.extendleft(reversed(later))
         self._outbox.flush_if_urgent()  # a request refused at admission (no room) hears it now
-
-    def _room_for(self, feed: list[int]) -> bool:
-        """Whether a sequence evaluating `feed` fits beside the running ones, taking idle slots' cached
-        cells (least useful first) if it needs them. With nothing running it always fits: the pool holds
-        at least one whole context, and with a stream per slot every slot holds one."""
-        running = [slot for slot in self._slots if slot.request is not None]
-        if not running or self._context.own_streams:
-            return True
-        needed = sum(slot.footprint() for slot in running) + len(feed) + 1
-        if needed > self._context.pool_tokens:
-            return False
-        for slot in eviction_order(self._slots, feed):
-            cached = cells_in_use(s for s in self._slots if s.request is None)
-            if needed + cached <= self._context.pool_tokens:
-                break
-            self._evict(slot)
-        return True
-
-    def _evict(self, slot: Slot) -> None:
-        """Free an idle slot's cached cells."""
-        self._context.forget(slot.seq, 0)
-        slot.cells.clear()
-        self.counters.cache_evictions += 1
 
     def _place(self, free: list[Slot], prompt: list[int]) -> Slot:
         return place(self._slots, free, prompt, self._context, self._model.can_share_cells)
@@ -251,7 +229,7 @@ class BatchingCore:
         keep = len(slot.cells)
         self._admissions += 1
         slot.admitted = self._admissions
-        resume = self._suspended.pop(id(request), None)
+        resume = self._pool.take_resumption(request)
         if resume is not None:
             resume.restore(slot)
             slot.request, slot.prefill_at, slot.next_token = request, keep, None
@@ -276,33 +254,12 @@ class BatchingCore:
         self.counters.generations_started += 1
         self.counters.prompt_tokens_cached += keep
 
-    def _plan(self, active: list[Slot]) -> list[Work]:
-        """This step's batch: a decode token for each generating slot, then prompt chunks within budget."""
-        work: list[Work] = []
-        budget = self._context.batch_capacity
-        for slot in active:
-            request = slot.request
-            if request is None:
-                continue
-            if request.cancelled:
-                self._finish(slot, "cancelled")
-            elif slot.next_token is not None:
-                work.append(Work(slot, [slot.next_token], logits=True))
-                budget -= 1
-        for slot in active:
-            request = slot.request
-            if request is None or slot.next_token is not None or budget <= 0:
-                continue
-            chunk = slot.feed[slot.prefill_at : slot.prefill_at + budget]
-            self.counters.prompt_tokens_evaluated += len(chunk)
-            # A resumed sequence already knows its next token: the end of its feed needs no logits.
-            ends = slot.prefill_at + len(chunk) == len(slot.feed) and slot.resume_token is None
-            work.append(Work(slot, chunk, logits=ends))
-            budget -= len(chunk)
-        return work
-
     def _step(self, active: list[Slot]) -> None:
-        work = self._plan(active)
+        for slot in active:
+            if slot.request is not None and slot.request.cancelled:
+                self._finish(slot, "cancelled")
+        running = [slot for slot in active if slot.request is not None]
+        work = plan_batch(running, self._context.batch_capacity, self.counters)
         while work and not self._decode(work):
             # No room in the pool for this batch (llama.cpp undid it): free some, then try again.
             self.counters.decode_failures += 1
@@ -311,61 +268,18 @@ class BatchingCore:
             self._after_decode(work)
 
     def _make_room(self, work: list[Work]) -> list[Work]:
-        """Free cells for a batch that did not fit: an idle slot's cache, else the most recently admitted
-        running sequence (preempted); the batch without it. A lone sequence that still cannot fit fails."""
-        idle = eviction_order(self._slots, [])
-        if idle:
-            self._evict(idle[0])
-            return work
-        running = [slot for slot in self._slots if slot.request is not None]
-        victim = max(running, key=lambda slot: slot.admitted)
-        if len(running) == 1:
-            self._fail(victim, EngineError("the engine could not fit this sequence in its memory"))
-            return []
-        self._preempt(victim)
-        return [part for part in work if part.slot is not victim]
-
-    def _preempt(self, slot: Slot) -> None:
-        """Stop a running sequence and free its cells; its request waits first in line to go on."""
-        request = slot.request
-        if request is None:
-            return
-        self._suspended[id(request)] = Resume.of(slot)
-        slot.sampler = slot.grammar = None  # the suspended state owns them now
-        self._context.forget(slot.seq, 0)
-        slot.cells.clear()
-        slot.history, slot.logprobs = [], []
-        slot.request, slot.next_token, slot.resume_token = None, None, None
-        slot.released_at = time.monotonic()
-        with self._lock:
-            self._waiting.appendleft(request)
-        self.counters.preemptions += 1
-
-    def _drop_suspended(self, request: PendingRequest) -> None:
-        """A preempted request whose client left: free its samplers."""
-        resume = self._suspended.pop(id(request), None)
-        if resume is not None:
-            for sampler in (resume.sampler, resume.grammar):
-                if sampler is not None:
-                    llama_cpp.llama_sampler_free(sampler)
-            request.done = True
+        made = self._pool.make_room(work)
+        if made.failed is not None:
+            self._fail(made.failed, EngineError("the engine could not fit this sequence in its memory"))
+        if made.preempted is not None:
+            with self._lock:
+                self._waiting.appendleft(made.preempted)
+        return made.work
 
     def _decode(self, work: list[Work]) -> bool:
-        batch = self._context.batch
-        n = 0
-        for part in work:
-            position = len(part.slot.cells)
-            last = len(part.tokens) - 1
-            for offset, token in enumerate(part.tokens):
-                batch.token[n] = token
-                batch.pos[n] = position + offset
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = part.slot.seq
-                batch.logits[n] = part.logits and offset == last
-                n += 1
-        batch.n_tokens = n
+        fill_batch(self._context.batch, work)
         self.counters.decode_steps += 1
-        return bool(llama_cpp.llama_decode(self._context.ctx, batch) == 0)
+        return bool(llama_cpp.llama_decode(self._context.ctx, self._context.batch) == 0)
 
     def _after_decode(self, work: list[Work]) -> None:
         outputs = sum(part.logits for part in work)
@@ -473,7 +387,7 @@ class BatchingCore:
         with self._lock:
             waiting, self._waiting = list(self._waiting), deque()
         for request in waiting:
-            self._drop_suspended(request)
+            self._pool.drop(request)
             self._outbox.emit(request, error)
         for slot in self._slots:
             if slot.request is not None:

@@ -1,7 +1,7 @@
 """The scheduler's slots and what it keeps of a preempted sequence, and the pool's bookkeeping over them.
 
-All slots share one pool of KV cells (see native.NativeContext). A slot's `cells` are the tokens whose cells
-its sequence holds; a finished sequence keeps them as a prefix cache until the pool needs the room.
+A slot's `cells` are the tokens whose KV cells its sequence holds, in its own stream or in the pool all slots
+share (see native.NativeContext); a finished sequence keeps them as a prefix cache until the room is needed.
 """
 
 from __future__ import annotations
