@@ -46,7 +46,9 @@ def initial_trust(prefix: Prefix, state: InstallState, trust_files: tuple[Path, 
     """The keys to verify with: the pinned ones, or on a first install the ones given with --trust."""
     if prefix.exists():
         if trust_files:
-            raise UsageError("--trust is only for a first install; use `installer trust add` to pin a key")
+            raise UsageError(
+                "--trust is only for a first install; use `installer trust update ROOT.json` (or `trust add`)"
+            )
         return state.trust
     if not trust_files:
         raise UsageError("first install: pin the signing key(s) with --trust PATH.pub or --trust root.json")

@@ -209,6 +209,8 @@ def pin_trust_files(
         return TrustedKeys().with_keys([load_public_key(data.decode("ascii", "replace")) for data in pems])
     if len(contents) != 1:
         raise UsageError("--trust takes either public keys or one root document, not both or two roots")
+    if contents[0].lstrip().startswith(b"-----BEGIN"):
+        raise UsageError(f"--trust {paths[0]} is a PEM block but not a public key (never pass a private key)")
     document = parse_root_document(contents[0], DEFAULT_LIMITS.max_trust_file_bytes)
     checker = verifier if verifier is not None else default_verifier()
     return bootstrap_root(document, checker, now=int(time.time()) if now is None else now)

@@ -224,6 +224,10 @@ def test_pinned_key_is_a_one_of_one_root_until_a_root_takes_over(keys: Keys, tmp
     root_file = tmp_path / "root.json"
     root_file.write_bytes(handover.to_bytes())
     assert pin_trust_files([root_file], VERIFIER).root_keys == rooted.root_keys
+    with pytest.raises(errors.UsageError, match="either public keys or one root document"):
+        pin_trust_files([keys["pinned"][1], root_file], VERIFIER)
+    with pytest.raises(errors.UsageError, match="not a public key"):
+        pin_trust_files([keys["pinned"][0]], VERIFIER)
 
 
 @pytest.mark.parametrize(
