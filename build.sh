@@ -127,8 +127,9 @@ cmd_test() {
 }
 
 # Bundles for disconnected servers (installer/build.py): `bundle --profile cpu|gpu [--key PATH] [--version N]`
-# writes dist/appliance-<profile>-<version>.bundle; `keygen [--out DIR]` writes a signing key pair
-# outside the repository (default ~/.config/appliance/keys/, private key mode 0600).
+# writes dist/appliance-<profile>-<version>.bundle; `keygen [--root] [--out DIR]` writes a signing (or an
+# offline root) key pair outside the repository (default ~/.config/appliance/keys/, private key mode 0600);
+# `trust new|sign|check` writes, signs and checks root documents, the only way to change trusted keys.
 cmd_bundle() {
   setup
   "$PY" -m installer.build bundle "$@"
@@ -139,11 +140,17 @@ cmd_keygen() {
   "$PY" -m installer.build keygen "$@"
 }
 
+cmd_trust() {
+  setup_venv
+  "$PY" -m installer.build trust "$@"
+}
+
 case "${1:-}" in
   serve) shift; cmd_serve "$@" ;;
   test) shift; cmd_test "$@" ;;
   setup) setup ;;
   bundle) shift; cmd_bundle "$@" ;;
   keygen) shift; cmd_keygen "$@" ;;
-  *) echo "usage: ./build.sh serve|test|setup|bundle|keygen" >&2; exit 2 ;;
+  trust) shift; cmd_trust "$@" ;;
+  *) echo "usage: ./build.sh serve|test|setup|bundle|keygen|trust" >&2; exit 2 ;;
 esac

@@ -1,4 +1,4 @@
-"""`python -m installer.build bundle|keygen`: the connected side that writes signed bundles and keys.
+"""`python -m installer.build bundle|keygen|trust`: the connected side that writes signed bundles and keys.
 
 Only this step reaches the network (PyPI through pip, for wheels not cached yet). Wheels of the
 dependencies are cached under .cache/bundle/ keyed by the exact pinned set, so a second build is quick.
@@ -22,12 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from installer.bundlefile import read_bundle
-from installer.crypto import CryptographyVerifier, load_public_key
+from installer.crypto import CryptographyVerifier
 from installer.limits import Limits
-from installer.manifest import Target
+from installer.manifest import TRUST_FILE, Target
 from installer.pack import BundleSpec, Source, describe, generate_key_pair, public_key_of, write_bundle
 from installer.progress import Progress
-from installer.trust import TrustedKeys, parse_trust_obj
+from installer.rootmeta import parse_root_document
+from installer.rootsign import add_parser as add_trust_parser
+from installer.rootsign import command as trust_command
+from installer.trust import TrustedKeys
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "bundle"
@@ -204,7 +207,9 @@ def build_bundle(args: argparse.Namespace) -> Path:
         sources += model_sources(recipe, work)
         sources.append(Source("installer/installer.pyz", "installer", installer_pyz(work / "installer.pyz")))
         if args.trust_file is not None:
-            sources.append(Source("trust/keys.json", "trust", args.trust_file))
+            # Carried only if the installer will parse it; its root signatures are checked on the target.
+            parse_root_document(args.trust_file.read_bytes(), Limits().max_trust_file_bytes)
+            sources.append(Source(TRUST_FILE, "trust", args.trust_file))
         total = sum(s.file.stat().st_size for s in sources)
         with Progress("hashing", total) as bar:
             members = describe(sources, bar.advance)
@@ -242,28 +247,20 @@ def build_bundle(args: argparse.Namespace) -> Path:
 
 
 def keygen(args: argparse.Namespace) -> None:
-    """Write a signing key pair outside the repository."""
+    """Write a signing key pair (or, with --root, a root key pair) outside the repository."""
     folder: Path = args.out.resolve()
+    name: str = args.name or ("root" if args.root else "bundle")
     if folder == REPO or REPO in folder.parents:
         raise SystemExit(f"keygen: {folder} is inside the repository; private keys never go there")
-    if (folder / f"{args.name}.key").exists():
-        raise SystemExit(f"keygen: {folder / args.name}.key exists; pick another --name")
-    private, public = generate_key_pair(folder, args.name)
+    if (folder / f"{name}.key").exists():
+        raise SystemExit(f"keygen: {folder / name}.key exists; pick another --name")
+    private, public = generate_key_pair(folder, name)
     print(f"private: {private} (mode 0600; keep it off this repository)\npublic:  {public}")
     print(f"fingerprint: {public_key_of(private).fingerprint}")
-    print(f"a fresh install trusts it once you copy {public.name} into bundles/keys/")
-
-
-def trust_file(args: argparse.Namespace) -> None:
-    """Write a trusted-keys file for key rotation, to carry in a bundle with --trust-file."""
-    keys = [load_public_key(path.read_text()) for path in args.key]
-    document = {"version": args.version, "keys": [k.pem() for k in keys], "revoked": sorted(args.revoke)}
-    parse_trust_obj(document)  # the same validation the installer applies
-    args.out.write_text(json.dumps(document, indent=2) + "\n")
-    for key in keys:
-        print(f"trusts  {key.fingerprint}")
-    for key_id in sorted(args.revoke):
-        print(f"revokes {key_id}")
+    if args.root:
+        print("a root key signs trust changes only: move the private key to offline storage now")
+    else:
+        print(f"a fresh install trusts it once you copy {public.name} into bundles/keys/")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -276,20 +273,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     bundle.add_argument("--version", type=int, help="integer version (default: UTC YYYYMMDDHHMM)")
     bundle.add_argument("--out", type=Path, default=REPO / "dist")
     bundle.add_argument("--recipe", type=Path, help="recipe file (default bundles/<profile>.toml)")
-    bundle.add_argument("--trust-file", type=Path, help="a trusted-keys JSON to carry (key rotation)")
-    keys = commands.add_parser("keygen", help="write an Ed25519 signing key pair")
+    bundle.add_argument("--trust-file", type=Path, help="a signed root document to carry (trust change)")
+    keys = commands.add_parser("keygen", help="write an Ed25519 signing (or --root) key pair")
     keys.add_argument("--out", type=Path, default=DEFAULT_KEY_DIR)
-    keys.add_argument("--name", default="bundle")
-    trust = commands.add_parser("trustfile", help="write a trusted-keys file (key rotation)")
-    trust.add_argument("--version", type=int, required=True, help="higher than the installed trust version")
-    trust.add_argument("--key", type=Path, action="append", required=True, help="a public key to trust")
-    trust.add_argument("--revoke", action="append", default=[], help="a key id to revoke for good")
-    trust.add_argument("--out", type=Path, required=True)
+    keys.add_argument("--name", help="file name without suffix (default: bundle, or root with --root)")
+    keys.add_argument("--root", action="store_true", help="a root key: signs trust changes, kept offline")
+    add_trust_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "bundle":
         build_bundle(args)
-    elif args.command == "trustfile":
-        trust_file(args)
+    elif args.command == "trust":
+        trust_command(args)
     else:
         keygen(args)
 

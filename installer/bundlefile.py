@@ -22,7 +22,7 @@ from installer.crypto import Verifier
 from installer.errors import BundleFormatError, LimitError, UnsafeMemberError
 from installer.limits import Limits
 from installer.manifest import MANIFEST_NAME, SIGNATURE_BYTES, SIGNATURE_NAME, TRUST_FILE, Manifest
-from installer.trust import TrustedKeys, TrustUpdate, parse_trust_file
+from installer.trust import TrustedKeys, TrustUpdate, root_update_from_bundle
 from installer.verifier import MemberTracker, verify_manifest
 
 BLOCK = 512
@@ -239,9 +239,11 @@ def read_bundle(
             tracker.check_digest(member, digest)
         _check_trailer(stream)
         tracker.finish()
-    update = parse_trust_file(b"".join(trust_data), limits.max_trust_file_bytes) if trust_data else None
-    if update is None and manifest.member(TRUST_FILE) is not None:
-        update = parse_trust_file(b"", limits.max_trust_file_bytes)
-    if update is not None and update.version <= trust.version:
-        update = None  # an older or equal trusted-keys file changes nothing; it is not an error
+    update = None
+    if manifest.member(TRUST_FILE) is not None:
+        # Covered by the manifest's signature, but that signer is only a signing key: the root update
+        # must stand on its own root signatures (trust.verify_root_update), or the bundle is refused.
+        update = root_update_from_bundle(
+            trust, b"".join(trust_data), verifier, now=now, max_bytes=limits.max_trust_file_bytes
+        )
     return VerifiedBundle(manifest, update)

@@ -9,12 +9,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from installer.crypto import default_verifier, load_public_key
+from installer.crypto import Verifier, default_verifier, load_public_key
 from installer.egress import AllowList, install_guard, stderr_audit
 from installer.errors import EgressRefusedError, InstallerError, InstallStepError, StateError, UsageError
 from installer.install import Options, install, rollback, verify
+from installer.limits import Limits
 from installer.manifest import format_time
-from installer.state import Prefix
+from installer.rootmeta import parse_root_document
+from installer.state import InstallState, Prefix
+from installer.trust import TrustedKeys, verify_root_update
 
 DEFAULT_PREFIX = Path("/opt/appliance")
 
@@ -54,11 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true")
     with_prefix(commands.add_parser("rollback", help="make the previous version current"))
-    trust = commands.add_parser("trust", help="list, pin or revoke signing keys")
+    trust = commands.add_parser("trust", help="list keys, apply a root update, pin or revoke signing keys")
     trust_commands = trust.add_subparsers(dest="trust_command", required=True)
-    with_prefix(trust_commands.add_parser("list"))
-    with_prefix(trust_commands.add_parser("add")).add_argument("key", type=Path)
-    with_prefix(trust_commands.add_parser("revoke")).add_argument("key_id")
+    with_prefix(trust_commands.add_parser("list", help="root keys, threshold, signing keys, revoked"))
+    update = with_prefix(trust_commands.add_parser("update", help="apply root documents, in version order"))
+    update.add_argument("root", type=Path, nargs="+")
+    with_prefix(trust_commands.add_parser("add", help="pin a key (pinned mode only)")).add_argument(
+        "key", type=Path
+    )
+    with_prefix(trust_commands.add_parser("revoke", help="revoke a signing key here")).add_argument("key_id")
     return parser
 
 
@@ -77,11 +84,7 @@ def _status(prefix: Prefix, as_json: bool) -> None:
             f" {mark} version {v.version}  {v.profile}  "
             f"installed {format_time(v.installed_at)}  key {v.key_id[:16]}"
         )
-    print(f"trusted keys (version {state.trust.version}):")
-    for key in state.trust.keys.values():
-        print(f"   {key.fingerprint}")
-    for key_id in sorted(state.trust.revoked):
-        print(f"   revoked {key_id}")
+    _print_trust(state.trust)
     last = state.history[-1] if state.history else None
     outcome = (
         f"{last['action']} {last['outcome']}: {last['detail']} at {format_time(last['at'])}"
@@ -91,12 +94,46 @@ def _status(prefix: Prefix, as_json: bool) -> None:
     print(f"last outcome: {outcome}")
 
 
+def _print_trust(trust: TrustedKeys) -> None:
+    mode = "pinned keys, each a 1-of-1 root" if trust.root is None else "root document"
+    print(f"trust version {trust.version} ({mode}), threshold {trust.threshold}:")
+    if trust.root is not None:
+        for key in trust.root_keys.values():
+            print(f"   root    {key.fingerprint}")
+    for key in trust.keys.values():
+        print(f"   signing {key.fingerprint}")
+    for key_id in sorted(trust.revoked):
+        print(f"   revoked {key_id}")
+
+
+def _trust_update(state: InstallState, files: list[Path], verifier: Verifier) -> None:
+    """Apply root documents in order; any refusal leaves the state as it was (nothing is saved)."""
+    trust = state.trust
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise UsageError(f"cannot read {path}: {error.strerror}") from None
+        document = parse_root_document(data, Limits().max_trust_file_bytes)
+        trust = trust.rotated(verify_root_update(trust, document, verifier, now=int(time.time())))
+        _say(f"trust is now root version {trust.version}")
+    state.trust = trust
+    state.record("trust.update", "success", f"root version {trust.version}")
+
+
 def _trust(prefix: Prefix, args: argparse.Namespace) -> None:
     if not prefix.exists():
         raise StateError(f"no install state in {prefix.root}: pin keys with the first install's --trust")
     with prefix.locked():
         state = prefix.load()
-        if args.trust_command == "add":
+        if args.trust_command == "update":
+            _trust_update(state, args.root, default_verifier())
+        elif args.trust_command == "add":
+            if state.trust.root is not None:
+                raise UsageError(
+                    f"trust is governed by root version {state.trust.version}: a signing key is added "
+                    "by a root update signed by the root keys (`trust update ROOT.json`)"
+                )
             key = load_public_key(args.key.read_text())
             if key.key_id in state.trust.revoked:
                 raise UsageError(f"key {key.key_id[:16]} is revoked and cannot be trusted again")
@@ -105,15 +142,14 @@ def _trust(prefix: Prefix, args: argparse.Namespace) -> None:
             _say(f"trusting key {key.fingerprint}")
         elif args.trust_command == "revoke":
             if args.key_id not in state.trust.keys:
-                raise UsageError(f"no trusted key has id {args.key_id}")
+                raise UsageError(f"no trusted signing key has id {args.key_id}")
             if len(state.trust.keys) == 1:
                 raise UsageError("refusing to revoke the last trusted key: pin its successor first")
             state.trust = state.trust.with_revoked(args.key_id)
             state.record("trust.revoke", "success", args.key_id)
             _say(f"revoked key {args.key_id}")
         else:
-            for key in state.trust.keys.values():
-                print(f"{key.key_id}  {key.fingerprint}")
+            _print_trust(state.trust)
             return
         prefix.save(state)
 

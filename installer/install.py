@@ -15,7 +15,7 @@ from pathlib import Path
 
 from installer.bundled_models import import_models
 from installer.bundlefile import VerifiedBundle, read_bundle
-from installer.crypto import Verifier, load_public_key
+from installer.crypto import Verifier
 from installer.errors import InstallerError, InstallStepError, StateError, UsageError
 from installer.limits import Limits
 from installer.manifest import Manifest
@@ -23,7 +23,7 @@ from installer.state import InstalledVersion, InstallState, Prefix, atomic_write
 from installer.steps import Report, clean_env, run_step
 from installer.systemd import check_unit, unit_text
 from installer.target_python import python_for
-from installer.trust import TrustedKeys
+from installer.trust import TrustedKeys, pin_trust_files
 
 STEP_TIMEOUT_S = 3600
 
@@ -46,14 +46,13 @@ def initial_trust(prefix: Prefix, state: InstallState, trust_files: tuple[Path, 
     """The keys to verify with: the pinned ones, or on a first install the ones given with --trust."""
     if prefix.exists():
         if trust_files:
-            raise UsageError("--trust is only for a first install; use `installer trust add` to pin a key")
+            raise UsageError(
+                "--trust is only for a first install; use `installer trust update ROOT.json` (or `trust add`)"
+            )
         return state.trust
     if not trust_files:
-        raise UsageError("first install: pin the signing key(s) with --trust PATH.pub")
-    try:
-        return TrustedKeys().with_keys([load_public_key(p.read_text()) for p in trust_files])
-    except OSError as error:
-        raise UsageError(f"cannot read a --trust key: {error.strerror}: {error.filename}") from None
+        raise UsageError("first install: pin the signing key(s) with --trust PATH.pub or --trust root.json")
+    return pin_trust_files(trust_files)
 
 
 def verify(options: Options, verifier: Verifier, report: Report) -> VerifiedBundle:
@@ -62,7 +61,7 @@ def verify(options: Options, verifier: Verifier, report: Report) -> VerifiedBund
     state = prefix.load()
     trust = initial_trust(prefix, state, options.trust_files)
     if not prefix.exists():
-        for key in trust.keys.values():
+        for key in {**trust.root_keys, **trust.keys}.values():
             report(f"trusting key {key.fingerprint} (compare it with the one you were given)")
     return read_bundle(
         options.bundle,

@@ -26,7 +26,7 @@ ROLE_PREFIXES = {
     "installer": "installer/",
     "trust": "trust/",
 }
-TRUST_FILE = "trust/keys.json"
+TRUST_FILE = "trust/root.json"  # a root update (installer/rootmeta.py); nothing else may change trust
 
 # A conservative alphabet: wheel file names, model names and our own files all fit it, and it leaves no
 # room for backslashes, control characters, NULs or look-alike Unicode.

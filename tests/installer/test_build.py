@@ -88,17 +88,28 @@ def test_runtime_modules_parse_as_python_3_10() -> None:
             assert "tomllib" not in source, path
 
 
-def test_trustfile_writes_what_the_installer_accepts(tmp_path: Path) -> None:
-    """`installer.build trustfile` produces a keys.json the installer's parser takes as is."""
-    from installer.pack import generate_key_pair
-    from installer.trust import parse_trust_file
+def test_trust_new_sign_check_write_what_the_installer_accepts(tmp_path: Path) -> None:
+    """`keygen --root`, `trust new`, `trust sign`, `trust check`: a root document the installer takes."""
+    from installer.rootmeta import parse_root_document
 
-    _, public = generate_key_pair(tmp_path, "next")
+    for extra in (["--root"], []):
+        done = _build("keygen", "--out", str(tmp_path), *extra)
+        assert done.returncode == 0, done.stderr
+    assert "offline" in _build("keygen", "--out", str(tmp_path), "--root", "--name", "root2").stdout
+    out = tmp_path / "root-1.json"
     revoked = "ab" * 32
-    out = tmp_path / "keys.json"
-    done = _build("trustfile", "--version", "2", "--key", str(public), "--revoke", revoked, "--out", str(out))
+    args = ["--version", "1", "--threshold", "1", "--root-key", str(tmp_path / "root.pub")]
+    args += ["--signing-key", str(tmp_path / "bundle.pub"), "--revoke", revoked, "--out", str(out)]
+    done = _build("trust", "new", *args)
     assert done.returncode == 0, done.stderr
-    update = parse_trust_file(out.read_bytes(), 65536)
-    assert update.version == 2
-    assert update.revoked == {revoked}
-    assert [k.pem() for k in update.keys] == [public.read_text()]
+    assert "not yet acceptable" in _build("trust", "check", str(out)).stdout
+    for key in ("root", "bundle"):
+        done = _build("trust", "sign", str(out), "--key", str(tmp_path / f"{key}.key"))
+        assert done.returncode == 0, done.stderr
+    check = _build("trust", "check", str(out))
+    assert check.stdout.splitlines()[-1] == "acceptable", check.stdout
+    document = parse_root_document(out.read_bytes(), 65536)
+    assert document.root.version == 1
+    assert document.root.revoked == {revoked}
+    assert [k.pem() for k in document.root.signing_keys] == [(tmp_path / "bundle.pub").read_text()]
+    assert len(document.signatures) == 2

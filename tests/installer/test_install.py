@@ -133,12 +133,18 @@ def test_kill_9_during_install(step: str, v1: Path, tmp_path: Path, keys: Keys) 
 
 
 def test_key_rotation_and_revocation(v1: Path, tmp_path: Path, keys: Keys) -> None:
-    """Bundle 2 (signed by a) carries keys.json trusting b and revoking a; then a is refused, b accepted."""
+    """Bundle 2 (signed by a) carries root version 1: offline root r, signing key b, a revoked; signed by
+    a (the pinned 1-of-1 root), r and b. Then a is refused, b accepted."""
     from installer.crypto import load_public_key
+    from installer.pack import generate_key_pair
+    from installer.rootsign import new_root, sign_root
 
+    root_key, root_pub = generate_key_pair(tmp_path / "root", "r")
     a, b = (load_public_key(keys[k][1].read_text()) for k in ("a", "b"))
-    trust = {"version": 1, "keys": [b.pem()], "revoked": [a.key_id]}
-    files = {"trust/keys.json": ("trust", json.dumps(trust).encode())}
+    document = new_root(1, [root_pub], 1, [keys["b"][1]], [a.key_id], None)
+    for private in (keys["a"][0], root_key, keys["b"][0]):
+        document = sign_root(document, private)
+    files = {"trust/root.json": ("trust", document.to_bytes())}
     assert (
         _install(v1, make_bundle(tmp_path / "w2", keys["a"][0], Recipe(version=2, files=files))).returncode
         == 0
@@ -146,6 +152,7 @@ def test_key_rotation_and_revocation(v1: Path, tmp_path: Path, keys: Keys) -> No
     state = json.loads((v1 / "state.json").read_text())
     assert state["trust"]["revoked"] == [a.key_id]
     assert state["trust"]["keys"] == [b.pem()]
+    assert state["trust"]["root"]["signed"]["root_keys"] == [root_pub.read_text()]
     before = snapshot(v1)
     done = _install(v1, make_bundle(tmp_path / "w3a", keys["a"][0], Recipe(version=3)))
     assert done.returncode == errors.RevokedKeyError.exit_code

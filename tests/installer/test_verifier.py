@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 import time
@@ -278,20 +277,25 @@ def test_not_a_regular_file(tmp_path: Path, keys: Keys) -> None:
             _read(path, _trust(keys, "a"))
 
 
-def test_trust_file_rotation_is_applied_after_verification(tmp_path: Path, keys: Keys) -> None:
-    """A verified trusted-keys file replaces the keys and adds revocations; an older one is ignored."""
+def test_root_update_rotation_is_applied_after_verification(tmp_path: Path, keys: Keys) -> None:
+    """A root document in a bundle, signed by the pinned key `a` (a 1-of-1 root) and by every key it
+    introduces, moves trust to it: `b` signs bundles, `a` only stays a root key; an applied one is ignored."""
+    from installer.rootsign import new_root, sign_root
+
     a, b = (load_public_key(keys[n][1].read_text()) for n in ("a", "b"))
-    document = json.dumps({"version": 3, "keys": [b.pem()], "revoked": [a.key_id]}).encode()
+    document = new_root(1, [keys["a"][1]], 1, [keys["b"][1]], [], None)
+    for name in ("a", "b"):
+        document = sign_root(document, keys[name][0])
     bundle = make_bundle(
-        tmp_path, keys["a"][0], Recipe(version=2, files={"trust/keys.json": ("trust", document)})
+        tmp_path, keys["a"][0], Recipe(version=2, files={"trust/root.json": ("trust", document.to_bytes())})
     )
     verified = _verified(bundle, _trust(keys, "a"))
     assert verified.trust_update is not None
     rotated = _trust(keys, "a").rotated(verified.trust_update)
     assert rotated.usable(b.key_id) == b
     assert rotated.usable(a.key_id) is None
-    assert a.key_id in rotated.revoked
-    newer = TrustedKeys(_trust(keys, "a").keys, version=3)
+    assert set(rotated.root_keys) == {a.key_id}
+    newer = TrustedKeys(_trust(keys, "a").keys, version=1)
     again = _verified(bundle, newer)
     assert again.trust_update is None
 

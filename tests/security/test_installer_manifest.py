@@ -18,8 +18,9 @@ from installer.crypto import CryptographyVerifier, load_public_key
 from installer.limits import Limits
 from installer.manifest import manifest_bytes, parse_manifest
 from installer.pack import generate_key_pair, sign
+from installer.rootmeta import parse_root_document
 from installer.target_python import python_for
-from installer.trust import TrustedKeys, parse_trust_file
+from installer.trust import TrustedKeys
 from installer.verifier import verify_manifest
 from tests.installer.helpers import HOST_TARGET, Recipe, make_bundle, run_installer
 
@@ -87,9 +88,9 @@ def test_the_named_key_must_be_the_signing_key(keys: Keys, tmp_path: Path) -> No
 
 
 def test_a_hostile_trust_file_is_a_format_refusal() -> None:
-    """The trusted-keys file a bundle carries is parsed the same careful way."""
+    """The root document a bundle carries is parsed the same careful way."""
     with pytest.raises(errors.BundleFormatError):
-        parse_trust_file(NESTED[:60_000], 64 * 1024)
+        parse_root_document(NESTED[:60_000], 64 * 1024)
 
 
 def _bundle_with_manifest(path: Path, manifest: bytes, signature: bytes) -> Path:
