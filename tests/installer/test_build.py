@@ -113,3 +113,12 @@ def test_trust_new_sign_check_write_what_the_installer_accepts(tmp_path: Path) -
     assert document.root.revoked == {revoked}
     assert [k.pem() for k in document.root.signing_keys] == [(tmp_path / "bundle.pub").read_text()]
     assert len(document.signatures) == 2
+
+
+def test_the_cpu_recipe_names_the_files_setup_fetches() -> None:
+    """Every model of the CPU bundle is a file ./build.sh setup puts in the cache, none left out silently."""
+    recipe = load_recipe(REPO / "bundles" / "cpu.toml")
+    for model in recipe.models:
+        assert not model.optional, model.name
+        assert model.source.is_file(), model.source
+        assert model.source.name in (REPO / "build.sh").read_text(), model.source

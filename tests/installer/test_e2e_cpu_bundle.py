@@ -68,7 +68,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
         source=dist / "installer.pyz",
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # Every model the recipe names is carried (the recipe and ./build.sh setup agree on the files).
     assert "model smollm2-135m: registered" in done.stderr
+    assert "model gemma-3-270m: registered" in done.stderr
     home, port = prefix / "current" / "home", _port()
     # Every settings key is optional; this replaces the defaults the install wrote, to use a free port.
     (home / "settings.toml").write_text(
