@@ -327,10 +327,9 @@ def serve(
         ssl_cert_reqs=tls.verify_mode if tls else ssl.CERT_NONE,
     )
     if tls is not None:
+        # Serve the context checked above (TLS 1.2 or later), not a second one uvicorn builds from the files.
         config.load()
-        config.ssl = (
-            tls  # the context checked above (TLS 1.2 or later), not a second one built from the files
-        )
+        config.ssl = tls
     server = DrainingServer(config, gateway.state["gateway"].drain, drain_s)
     exit_cleanly_on_sigterm()
     server.run()

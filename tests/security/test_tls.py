@@ -26,13 +26,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from api.cli_admin import gateway_tls
+from api.doctor import tls_check
 from appliance.errors import SettingsError
-from appliance.settings import ServerSettings, load_settings
+from appliance.settings import ServerSettings, Settings, load_settings
 from appliance.tls import is_loopback
 from tests.e2e.server import APPLIANCE, RunningAppliance, free_port, start_appliance
 from tui.client import AdminClient
 
 EVERY_ADDRESS = "0.0.0.0"  # the point: serving beyond loopback
+VALID_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def _certificate(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
         .add_extension(x509.BasicConstraints(ca=usage is None, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -404,3 +406,29 @@ def test_local_clients_connect_to_loopback_over_https(tmp_path: Path, pki: Pki) 
     (home / "settings.toml").write_text('[server]\ntls = "on"\n')
     with pytest.raises(SettingsError, match="needs tls_cert and tls_key"):
         load_settings(home)
+
+
+def _settings(tmp_path: Path, server_lines: str) -> Settings:
+    home = tmp_path / "doctor"
+    home.mkdir(exist_ok=True)
+    (home / "settings.toml").write_text(f"[server]\n{server_lines}")
+    return load_settings(home)
+
+
+def test_doctor_reports_who_encrypts_the_gateway(tmp_path: Path, pki: Pki) -> None:
+    """`appliance doctor`: loopback plain is ok, beyond loopback plain fails as serve would, terminated is a
+    warning, TLS names the certificate, its expiry and mutual TLS, and warns before it expires."""
+    assert tls_check(_settings(tmp_path, 'host = "127.0.0.1"\n')).level == "ok"
+    refused = tls_check(_settings(tmp_path, f'host = "{EVERY_ADDRESS}"\n'))
+    assert (refused.level, "server.tls" in refused.detail) == ("fail", True), refused
+    assert tls_check(_settings(tmp_path, f'host = "{EVERY_ADDRESS}"\ntls = "terminated"\n')).level == "warn"
+    served = _settings(tmp_path, tls_lines(pki))
+    found = tls_check(served)
+    assert found.level == "ok", found
+    assert "CN=server" in found.detail
+    assert "client certificates required" in found.detail
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=VALID_DAYS - 1)
+    assert tls_check(served, now=soon).level == "warn"
+    assert tls_check(served, now=soon + datetime.timedelta(days=2)).level == "fail"
+    mismatched = tls_lines(pki).replace(str(pki.server_key), str(pki.client_key))
+    assert tls_check(_settings(tmp_path, mismatched)).level == "fail"
