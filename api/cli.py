@@ -260,6 +260,12 @@ print(client.chat.completions.create(model="default",
       messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)'
 """
     )
+    if settings.server.tls == "on":
+        typer.echo(
+            "HTTPS: clients verify the gateway with the CA that signed "
+            f"{settings.server.tls_cert} (curl --cacert CA.pem; OpenAI(http_client=httpx.Client(verify=ctx)))"
+            + ("; mutual TLS: each also needs a client certificate" if settings.server.tls_client_ca else "")
+        )
 
 
 @app.command()
