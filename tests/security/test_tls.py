@@ -286,6 +286,35 @@ def test_the_console_client_reaches_the_gateway_over_tls(appliance: RunningAppli
     assert asyncio.run(keys(by_ca)) >= 2
 
 
+def test_appliance_tui_reaches_the_gateway_over_tls(appliance: RunningAppliance, pki: Pki) -> None:
+    """`appliance tui` checks its key over HTTPS before drawing: a user key is refused by the admin API (so
+    the TLS connection worked), with the client certificate from its options or the environment."""
+    options = ("--tls-client-cert", str(pki.client_cert), "--tls-client-key", str(pki.client_key))
+    environment = _environment(appliance, APPLIANCE_ADMIN_KEY=appliance.user_key)
+    for args, extra in (
+        (options, {}),
+        (("--tls-ca", str(pki.ca), "--url", f"https://localhost:{appliance.port}", *options), {}),
+        (
+            (),
+            {
+                "APPLIANCE_TLS_CLIENT_CERT": str(pki.client_cert),
+                "APPLIANCE_TLS_CLIENT_KEY": str(pki.client_key),
+            },
+        ),
+    ):
+        done = subprocess.run(
+            [APPLIANCE, "tui", *args],
+            env=environment | extra,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr.strip() == "error: the gateway refused the key: This route needs an admin key."
+
+
 def _serve_once(home: Path, server_lines: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`appliance serve` on a fresh home that is expected to refuse to start."""
     home.mkdir(parents=True)
