@@ -146,11 +146,11 @@ def client_tls(pki: Pki, cert: Path | None = None, key: Path | None = None) -> s
     return context
 
 
-def tls_lines(pki: Pki, *, client_ca: bool = True) -> str:
-    """The `[server]` lines of a gateway on every address with the test PKI's certificate."""
+def tls_lines(pki: Pki) -> str:
+    """The `[server]` lines of a gateway on every address with the test PKI's certificate and mutual TLS."""
     lines = f'host = "{EVERY_ADDRESS}"\ntls = "on"\n'
     lines += f'tls_cert = "{pki.server_cert}"\ntls_key = "{pki.server_key}"\n'
-    return lines + (f'tls_client_ca = "{pki.ca}"\n' if client_ca else "")
+    return lines + f'tls_client_ca = "{pki.ca}"\n'
 
 
 @pytest.fixture(scope="module")
@@ -359,11 +359,16 @@ def test_bad_tls_files_are_refused_at_start_in_one_line(tmp_path: Path, pki: Pki
     """Missing, mismatched or wrong files: one line naming the setting and the file, exit status 1."""
     every = f'host = "{EVERY_ADDRESS}"\ntls = "on"\n'
     missing = tmp_path / "missing.pem"
+    encrypted = tmp_path / "encrypted.key"
+    key = serialization.load_pem_private_key(pki.server_key.read_bytes(), password=None)
+    encoding, pkcs8 = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
+    encrypted.write_bytes(key.private_bytes(encoding, pkcs8, serialization.BestAvailableEncryption(b"pw")))
     cases = [
         (f'tls_cert = "{missing}"\ntls_key = "{pki.server_key}"\n', ("server.tls_cert", "cannot read")),
         (f'tls_cert = "{pki.server_cert}"\ntls_key = "{pki.client_key}"\n', ("does not match",)),
         (f'tls_cert = "{pki.server_key}"\ntls_key = "{pki.server_key}"\n', ("server.tls_cert", "no PEM")),
         (f'tls_cert = "{pki.server_cert}"\ntls_key = "{pki.server_cert}"\n', ("server.tls_key",)),
+        (f'tls_cert = "{pki.server_cert}"\ntls_key = "{encrypted}"\n', ("server.tls_key", "encrypted")),
         (
             f'tls_cert = "{pki.server_cert}"\ntls_key = "{pki.server_key}"\ntls_client_ca = "{missing}"\n',
             ("server.tls_client_ca", "cannot read"),
