@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,6 +11,12 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
+from api.cli_admin import (
+    TLS_CA_VARIABLE,
+    TLS_CLIENT_CERT_VARIABLE,
+    TLS_CLIENT_KEY_VARIABLE,
+    gateway_tls,
+)
 from api.cli_store import register_store_commands, store_app
 from api.cli_unlock import register_unlock_commands
 from api.cli_versions import register_version_commands
@@ -24,6 +31,7 @@ from appliance.registry.keys import CreatedKey, Role
 from appliance.registry.names import check_model_name
 from appliance.registry.registry import Registry, open_registry
 from appliance.settings import Settings, home_from_environment, load_settings, write_default_settings
+from appliance.tls import check_bind, server_context
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
@@ -252,6 +260,12 @@ print(client.chat.completions.create(model="default",
       messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)'
 """
     )
+    if settings.server.tls == "on":
+        typer.echo(
+            "HTTPS: clients verify the gateway with the CA that signed "
+            f"{settings.server.tls_cert} (curl --cacert CA.pem; OpenAI(http_client=httpx.Client(verify=ctx)))"
+            + ("; mutual TLS: each also needs a client certificate" if settings.server.tls_client_ca else "")
+        )
 
 
 @app.command()
@@ -298,22 +312,31 @@ def serve(
     from api.drain import DrainingServer, exit_cleanly_on_sigterm, uvicorn_timeout_s
 
     settings, registry = _open()
+    listen = settings.server if host is None else msgspec.structs.replace(settings.server, host=host)
+    settings_file = settings.home / "settings.toml"
+    check_bind(listen, listen.host, settings_file)
+    tls = server_context(listen, settings_file)  # before any worker starts: a bad file is one line
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe is noise
     gateway = create_app(settings, registry)
     drain_s = settings.server.drain_timeout_s
-    server = DrainingServer(
-        uvicorn.Config(
-            gateway,
-            host=host or settings.server.host,
-            port=port or settings.server.port,
-            log_level="info",
-            access_log=False,
-            timeout_graceful_shutdown=uvicorn_timeout_s(drain_s),
-            loop=GUARDED_LOOP,  # uvloop connects below the `socket` module; this shows its peers to the guard
-        ),
-        gateway.state["gateway"].drain,
-        drain_s,
+    config = uvicorn.Config(
+        gateway,
+        host=listen.host,
+        port=port or listen.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=uvicorn_timeout_s(drain_s),
+        loop=GUARDED_LOOP,  # uvloop connects below the `socket` module; this shows its peers to the guard
+        ssl_certfile=listen.tls_cert if tls else None,
+        ssl_keyfile=listen.tls_key if tls else None,
+        ssl_ca_certs=listen.tls_client_ca or None,
+        ssl_cert_reqs=tls.verify_mode if tls else ssl.CERT_NONE,
     )
+    if tls is not None:
+        # Serve the context checked above (TLS 1.2 or later), not a second one uvicorn builds from the files.
+        config.load()
+        config.ssl = tls
+    server = DrainingServer(config, gateway.state["gateway"].drain, drain_s)
     exit_cleanly_on_sigterm()
     server.run()
 
@@ -324,14 +347,27 @@ def tui(
         str | None, typer.Option(help="the gateway (default: this home's [server] address)")
     ] = None,
     key_file: Annotated[Path | None, typer.Option(help="file holding an admin key")] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=TLS_CA_VARIABLE,
+            help="verify the gateway with this CA and the URL's host name (default: pin [server] tls_cert)",
+        ),
+    ] = None,
+    tls_client_cert: Annotated[
+        Path | None, typer.Option(envvar=TLS_CLIENT_CERT_VARIABLE, help="client certificate (mutual TLS)")
+    ] = None,
+    tls_client_key: Annotated[
+        Path | None, typer.Option(envvar=TLS_CLIENT_KEY_VARIABLE, help="its private key")
+    ] = None,
 ) -> None:
     """The admin console (keys also from APPLIANCE_ADMIN_KEY or a prompt); it uses the admin API only."""
     from tui.launch import ConsoleStartError, run_console
 
-    if url is None:
-        url = load_settings(home_from_environment()).server.url
+    settings = load_settings(home_from_environment())
+    verify = gateway_tls(settings, tls_ca, tls_client_cert, tls_client_key)
     try:
-        run_console(url, key_file)
+        run_console(url or settings.server.url, key_file, verify=verify)
     except ConsoleStartError as error:
         raise ApplianceError(str(error)) from error
 

@@ -1,4 +1,5 @@
-"""`appliance doctor`: the egress posture of this appliance, checked rather than assumed.
+"""`appliance doctor`: the egress posture of this appliance (and who encrypts its gateway), checked rather
+than assumed.
 
 Each check looks at the real thing: the guard is probed with a UDP "connect" to TEST-NET (which sends no
 packet even without a guard), the llama.cpp worker is started as the supervisor starts it (its environment,
@@ -9,6 +10,7 @@ namespaces are read from /proc. The admin API serves the same report from inside
 from __future__ import annotations
 
 import contextlib
+import datetime
 import ipaddress
 import json
 import os
@@ -18,10 +20,13 @@ from typing import Annotated
 
 import msgspec
 import typer
+from cryptography import x509
 
 from appliance.egress import allow_list, guard_refusal, network_namespace_prefix, worker_self_test_argv
 from appliance.engines.kind import worker_environment
+from appliance.errors import SettingsError
 from appliance.settings import Settings, home_from_environment, load_settings
+from appliance.tls import check_bind, leaf_certificate, server_context
 from installer.egress import OFFLINE_ENVIRONMENT, PROXY_VARIABLES, AllowList
 
 DEFAULT_UNIT = Path("/etc/systemd/system/appliance.service")
@@ -29,6 +34,8 @@ WORKER_PROBE_TIMEOUT_S = 60.0
 WORKER_MODULE = "appliance.engines.llamacpp"
 # The families the unit may allow: local sockets, and IP for the clients and the allow-listed enclave.
 ALLOWED_FAMILIES = frozenset({"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"})
+CERTIFICATE_WARNING = datetime.timedelta(days=30)
+"""A gateway certificate that expires sooner is worth a warning: clients refuse it the day after."""
 
 
 class Check(msgspec.Struct, frozen=True):
@@ -190,6 +197,35 @@ def namespace_checks(settings: Settings) -> list[Check]:
     return checks
 
 
+def tls_check(settings: Settings, now: datetime.datetime | None = None) -> Check:
+    """Who encrypts the gateway's connections, and whether `appliance serve` would start with it."""
+    server, where = settings.server, settings.home / "settings.toml"
+    if server.tls == "terminated":
+        return Check(
+            "gateway tls",
+            "warn",
+            f"terminated: plain HTTP on {server.host}:{server.port}; only the TLS terminator in front, which "
+            "the admin vouches for, may reach it",
+        )
+    try:
+        check_bind(server, server.host, where)
+        context = server_context(server, where)
+        if context is None:
+            return _ok("gateway tls", f"off: plain HTTP on loopback ({server.host}) only")
+        leaf = x509.load_pem_x509_certificate(leaf_certificate(server.tls_cert, where).encode())
+    except SettingsError as error:
+        return _fail("gateway tls", error.message)
+    expires = leaf.not_valid_after_utc
+    left = expires - (now or datetime.datetime.now(datetime.UTC))
+    clients = "client certificates required" if server.tls_client_ca else "no client certificates asked for"
+    detail = f"on: TLS 1.2+, {leaf.subject.rfc4514_string()} until {expires:%Y-%m-%d}; {clients}"
+    if left <= datetime.timedelta(0):
+        return _fail("gateway tls", f"{server.tls_cert}: the certificate expired on {expires:%Y-%m-%d}")
+    if left < CERTIFICATE_WARNING:
+        return Check("gateway tls", "warn", f"{detail} (expires in {left.days} days: renew it)")
+    return _ok("gateway tls", detail)
+
+
 def egress_posture(settings: Settings, unit: Path = DEFAULT_UNIT) -> Posture:
     """Every egress check for `settings`' appliance, seen from this process."""
     allowed = allow_list(settings)
@@ -199,6 +235,7 @@ def egress_posture(settings: Settings, unit: Path = DEFAULT_UNIT) -> Posture:
         worker_probe_check(),
         *namespace_checks(settings),
         *unit_checks(unit, allowed),
+        tls_check(settings),
     ]
     allow = allowed.entries()
     checks.append(_ok("allow list", ", ".join(allow) or "empty: loopback and unix sockets only"))

@@ -15,18 +15,50 @@ SETTINGS_FILE = "settings.toml"
 DEFAULT_HOME = Path("/var/lib/appliance")
 
 
+TlsMode = Literal["off", "on", "terminated"]
+"""How the gateway's connections are encrypted (appliance/tls.py): not at all, by the gateway itself, or by a
+TLS terminator in front of it that the admin vouches for."""
+
+
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Where the gateway listens. Loopback by default: exposing it is an explicit choice."""
+    """Where the gateway listens. Loopback by default: exposing it is an explicit choice, and beyond loopback
+    `appliance serve` refuses plain HTTP unless `tls` says who encrypts (keys, prompts and the store
+    passphrase would cross the LAN in clear text)."""
 
     host: str = "127.0.0.1"
     port: int = 8080
     drain_timeout_s: float = 30.0
     """On SIGTERM or Ctrl-C, how long requests in flight may run before streams are cut and workers stop."""
+    tls: TlsMode = "off"
+    """"off": plain HTTP, loopback only; "on": the gateway serves HTTPS (TLS 1.2 or later) with tls_cert and
+    tls_key; "terminated": plain HTTP on any address, because a TLS terminator in front carries every
+    connection (the admin's explicit statement, not something the appliance can check)."""
+    tls_cert: str = ""
+    """Absolute path of the server certificate (PEM; intermediates after it), for tls = "on"."""
+    tls_key: str = ""
+    """Absolute path of its private key (PEM, unencrypted: the service starts unattended)."""
+    tls_client_ca: str = ""
+    """Absolute path of CA certificates (PEM): set, every client must present a certificate they signed
+    (mutual TLS), on top of its API key. Empty: no client certificates asked for."""
+
+    def __post_init__(self) -> None:
+        # Checked when the file is read; whether the files open and match is checked when serving starts.
+        if self.tls == "on" and not (self.tls_cert and self.tls_key):
+            raise ValueError('tls = "on" needs tls_cert and tls_key')
+        if self.tls_client_ca and self.tls != "on":
+            raise ValueError('tls_client_ca needs tls = "on" (behind a terminator, it checks clients)')
+        for key in ("tls_cert", "tls_key", "tls_client_ca"):
+            value = getattr(self, key)
+            if value and not value.startswith("/"):
+                raise ValueError(f"{key}: {value!r} is not an absolute path")
 
     @property
     def url(self) -> str:
         """The gateway's base URL, as the CLI and the console on this box reach it."""
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls == "on" else "http"
+        # "All interfaces" is no address to connect to: this box's own loopback is one of them.
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)  # noqa: S104
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}"
 
 
 class KeyLimitSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -343,6 +375,10 @@ DEFAULT_SETTINGS_TEXT = """\
 host = "127.0.0.1"
 port = 8080
 drain_timeout_s = 30.0   # on SIGTERM/Ctrl-C: running streams may finish this long, then are cut
+tls = "off"              # beyond loopback: "on" (HTTPS, the files below) or "terminated" (a proxy does TLS)
+tls_cert = ""            # absolute path of the certificate (PEM), for tls = "on"
+tls_key = ""             # absolute path of its unencrypted private key (PEM)
+tls_client_ca = ""       # set: clients must present a certificate signed by these CAs (mutual TLS)
 
 [limits]
 max_body_bytes = 1048576

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any, Protocol
 
 import httpx
@@ -136,11 +137,14 @@ def _error_message(response: httpx.Response) -> str:
 class AdminClient:
     """An async client of the gateway's admin API with one admin key."""
 
-    def __init__(self, base_url: str, key: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, key: str, *, timeout_s: float = 10.0, verify: ssl.SSLContext | bool = True
+    ) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {key}"},
             timeout=timeout_s,
+            verify=verify,
         )
 
     async def aclose(self) -> None:

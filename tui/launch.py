@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import ssl
 from pathlib import Path
 
 from tui.app import ConsoleApp
@@ -36,9 +37,9 @@ def read_admin_key(key_file: Path | None) -> str:
     return key
 
 
-async def _check_key(url: str, key: str) -> None:
+async def _check_key(url: str, key: str, verify: ssl.SSLContext | bool) -> None:
     # A wrong key fails here with one line; a gateway that is down is fine: the banner shows it.
-    client = AdminClient(url, key)
+    client = AdminClient(url, key, verify=verify)
     try:
         await client.keys()
     except ConnectionLost:
@@ -49,9 +50,10 @@ async def _check_key(url: str, key: str) -> None:
         await client.aclose()
 
 
-def run_console(url: str, key_file: Path | None) -> None:
-    """Run the console until the admin quits; ConsoleStartError when it cannot start."""
+def run_console(url: str, key_file: Path | None, *, verify: ssl.SSLContext | bool = True) -> None:
+    """Run the console until the admin quits; ConsoleStartError when it cannot start. `verify`: how the
+    gateway's certificate is checked (and the client certificate to show) when it serves HTTPS."""
     key = read_admin_key(key_file)
-    asyncio.run(_check_key(url, key))
-    client = AdminClient(url, key)
+    asyncio.run(_check_key(url, key, verify))
+    client = AdminClient(url, key, verify=verify)
     ConsoleApp(client, where=url).run()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -42,11 +43,14 @@ class RunningAppliance:
     admin_key: str
     user_key: str
     process: subprocess.Popen[bytes]
+    scheme: str = "http"
+    verify: ssl.SSLContext | bool = field(default=True, repr=False)
+    """How this harness checks the gateway's certificate (and shows its own) when it serves HTTPS."""
 
     @property
     def base_url(self) -> str:
         """The gateway's root URL."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def headers(self, key: str | None = None) -> dict[str, str]:
         """Authorization headers for `key` (the user key by default)."""
@@ -68,7 +72,9 @@ class RunningAppliance:
             assert self.process.poll() is None, "appliance serve exited during start-up"
             try:
                 if (
-                    httpx.get(f"{self.base_url}/health/ready", headers=self.headers(), timeout=2).status_code
+                    httpx.get(
+                        f"{self.base_url}/health/ready", headers=self.headers(), timeout=2, verify=self.verify
+                    ).status_code
                     == 200
                 ):
                     return
@@ -88,27 +94,40 @@ class RunningAppliance:
             raise
 
 
-def start_appliance(home: Path, model: Path, settings: str = "") -> RunningAppliance:
-    """Set up `home` with the CLI (model, keys), write settings, start serving, wait until ready."""
+def start_appliance(
+    home: Path,
+    model: Path,
+    settings: str = "",
+    *,
+    server: str = 'host = "127.0.0.1"\n',
+    verify: ssl.SSLContext | None = None,
+) -> RunningAppliance:
+    """Set up `home` with the CLI (model, keys), write settings, start serving, wait until ready.
+    `server`: the `[server]` lines besides the port; `verify`: the TLS context to reach it with (HTTPS)."""
     port = free_port()
     home.mkdir(parents=True, exist_ok=True)
     (home / "settings.toml").write_text(
-        f'[server]\nhost = "127.0.0.1"\nport = {port}\n[workers]\nthreads = 2\ncontext_length = 2048\n'
-        + settings
+        f"[server]\n{server}port = {port}\n[workers]\nthreads = 2\ncontext_length = 2048\n" + settings
     )
     cli(home, "models", "add", str(model), "--name", "smollm2-135m", "--alias", "default")
     admin_key = cli(home, "keys", "create", "--name", "admin", "--role", "admin", "--quiet").strip()
     user_key = cli(home, "keys", "create", "--name", "user", "--role", "user", "--quiet").strip()
-    return serve(home, port, admin_key, user_key)
+    return serve(home, port, admin_key, user_key, verify=verify)
 
 
-def serve(home: Path, port: int, admin_key: str, user_key: str) -> RunningAppliance:
-    """Start `appliance serve` on an already set-up home and wait until it is ready."""
+def serve(
+    home: Path, port: int, admin_key: str, user_key: str, *, verify: ssl.SSLContext | None = None
+) -> RunningAppliance:
+    """Start `appliance serve` on an already set-up home and wait until it is ready (over HTTPS with
+    `verify`)."""
     with (home / "serve.log").open("ab") as log:
         process = subprocess.Popen(
             [APPLIANCE, "serve"], env=os.environ | {"APPLIANCE_HOME": str(home)}, stdout=log, stderr=log
         )
-    running = RunningAppliance(home, port, admin_key, user_key, process)
+    if verify is None:
+        running = RunningAppliance(home, port, admin_key, user_key, process)
+    else:
+        running = RunningAppliance(home, port, admin_key, user_key, process, "https", verify)
     try:
         running.wait_ready()
     except BaseException:
