@@ -260,7 +260,10 @@ def keygen(args: argparse.Namespace) -> None:
     if args.root:
         print("a root key signs trust changes only: move the private key to offline storage now")
     else:
-        print(f"a fresh install trusts it once you copy {public.name} into bundles/keys/")
+        print(
+            f"a target trusts it when installed with `install BUNDLE --trust {public.name}`"
+            " (or when a root document lists it: `installer.pyz trust update`)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -111,11 +111,13 @@ def _read_raw_header(stream: BinaryIO) -> Header | None:
         raise BundleFormatError("bundle is truncated: a tar header is cut short")
     if block == bytes(BLOCK):
         return None
+    # The magic first: a file that is no archive at all (random bytes, a wrong file) is named as such, not
+    # by whichever header field its bytes happen to break.
+    if block[257:265] not in _MAGICS:
+        raise BundleFormatError("bundle is not a ustar archive (not an appliance bundle, or damaged)")
     checksum = _octal(block[148:156], "checksum")
     if checksum != sum(block[:148]) + 8 * 32 + sum(block[156:]):
         raise BundleFormatError("bundle has a tar header with a wrong checksum")
-    if block[257:265] not in _MAGICS:
-        raise BundleFormatError("bundle is not a ustar archive")
     name, prefix = block[0:100].split(b"\0", 1)[0], block[345:500].split(b"\0", 1)[0]
     try:
         path = (prefix + b"/" + name if prefix else name).decode("utf-8")
@@ -150,9 +152,12 @@ def _small_member(stream: BinaryIO, want: str, limit: int, limits: Limits) -> by
 
 def _check_trailer(stream: BinaryIO) -> None:
     # After the first zero block: a second one, then at most a record of zero padding and nothing else.
+    # A bundle is whole blocks (tar writes nothing else), so zeros that stop mid-block are a copy cut short.
     rest = stream.read(RECORD + 1)
-    if len(rest) > RECORD or rest.strip(b"\0") or len(rest) < BLOCK:
+    if len(rest) > RECORD or rest.strip(b"\0"):
         raise BundleFormatError("bundle has data after the end of the archive")
+    if len(rest) < BLOCK or len(rest) % BLOCK:
+        raise BundleFormatError("bundle is truncated: its end-of-archive blocks are cut short")
 
 
 def _fan_out(sinks: list[Callable[[bytes], object]]) -> Callable[[bytes], None]:

@@ -86,10 +86,12 @@ def verify_manifest(
     if installed_version is not None and manifest.version <= installed_version and not allow_downgrade:
         raise DowngradeError(
             f"bundle version {manifest.version} is not higher than installed version {installed_version}"
+            " (--allow-downgrade installs it anyway, audited)"
         )
     if highest_version is not None and manifest.version < highest_version and not allow_downgrade:
         raise DowngradeError(
             f"bundle version {manifest.version} is older than version {highest_version}, installed before"
+            " (--allow-downgrade installs it anyway, audited)"
         )
     return manifest
 

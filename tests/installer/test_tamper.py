@@ -211,7 +211,13 @@ def test_expired_manifest(installed_prefix: Path, tmp_path: Path, keys: Keys) ->
 def test_lower_or_equal_version(version: int, installed_prefix: Path, tmp_path: Path, keys: Keys) -> None:
     """Rollback protection: a version not higher than the current one is refused."""
     bundle = make_bundle(tmp_path / "w", keys["a"][0], Recipe(version=max(version, 1)))
-    _refused(installed_prefix, bundle, tmp_path, errors.DowngradeError, "not higher than installed version 1")
+    _refused(
+        installed_prefix,
+        bundle,
+        tmp_path,
+        errors.DowngradeError,
+        "not higher than installed version 1 (--allow-downgrade",
+    )
 
 
 def test_untrusted_key(installed_prefix: Path, tmp_path: Path, keys: Keys) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import tarfile
 import time
 from pathlib import Path
@@ -305,6 +306,25 @@ def test_truncated_bundle(bundle: Path, keys: Keys, tmp_path: Path) -> None:
     out = tmp_path / "short.bundle"
     out.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
     with pytest.raises(errors.BundleFormatError, match="truncated"):
+        _read(out, _trust(keys, "a"))
+
+
+def test_a_bundle_cut_short_by_one_byte_is_reported_as_truncated(
+    bundle: Path, keys: Keys, tmp_path: Path
+) -> None:
+    """The last byte missing (a copy stopped at the very end) is a truncation, not 'data after the end'."""
+    out = tmp_path / "short.bundle"
+    out.write_bytes(bundle.read_bytes()[:-1])
+    with pytest.raises(errors.BundleFormatError, match="truncated: its end-of-archive blocks are cut short"):
+        _read(out, _trust(keys, "a"))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_bytes_are_named_as_no_bundle(seed: int, keys: Keys, tmp_path: Path) -> None:
+    """A file that is no archive at all is refused as such, never as a size limit or a field's format."""
+    out = tmp_path / "random.bundle"
+    out.write_bytes(random.Random(seed).randbytes(20_000))  # noqa: S311 -- reproducible junk, not a secret
+    with pytest.raises(errors.BundleFormatError, match="not a ustar archive"):
         _read(out, _trust(keys, "a"))
 
 
