@@ -216,3 +216,5 @@ class AuditEvent(msgspec.Struct, frozen=True):
     actor_key_id: str | None = None
     target: str = ""
     detail: str = ""
+    client: str = ""
+    """The address the request came from ("" for the CLI, and from a gateway older than this field)."""
