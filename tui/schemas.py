@@ -217,4 +217,4 @@ class AuditEvent(msgspec.Struct, frozen=True):
     target: str = ""
     detail: str = ""
     client: str = ""
-    """The address the request came from ("" for the CLI, and from a gateway older than this field)."""
+    """The address a refused request came from ("" for other events, and from an older gateway)."""

@@ -124,7 +124,7 @@ class AdminController(Controller):
     async def list_audit(
         self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], limit: int = 100
     ) -> dict[str, Any]:
-        """The newest audit events first, each with the client address it came from ("" if not a request)."""
+        """The newest audit events first; `client`: a refused request's address ("" for other events)."""
         _audit(request, gateway, "audit.read")
         # recent() first waits for queued rows to be committed: off the event loop, like the writes.
         events = await asyncio.to_thread(gateway.registry.audit.recent, max(1, min(limit, 1000)))

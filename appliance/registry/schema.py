@@ -78,4 +78,4 @@ class AuditEventRow(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str] = mapped_column(Text, default="")
     client: Mapped[str] = mapped_column(String(64), default="")
-    """The client's address as the gateway saw it ("" for the CLI and the gateway's own actions)."""
+    """The address a refused request came from, as the socket said ("" for other events)."""
