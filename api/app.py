@@ -74,16 +74,20 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
     async def run_workers(_app: Litestar) -> AsyncIterator[None]:
         for folder in sweep_stale_folders(settings.run_dir):  # a killed gateway runs no clean-up
             log.warning("removed %s: decrypted model files left by a gateway that was killed", folder)
-        await supervisor.start(gate.startable_workers(supervisor))
-        probing = asyncio.create_task(
-            probe_forever(supervisor, gateway.chains, settings.fallback, metrics_.fallback.probe_done)
-        )
+        registry.audit.start(settings.audit)  # from here on no request waits for an audit row's commit
         try:
-            yield
+            await supervisor.start(gate.startable_workers(supervisor))
+            probing = asyncio.create_task(
+                probe_forever(supervisor, gateway.chains, settings.fallback, metrics_.fallback.probe_done)
+            )
+            try:
+                yield
+            finally:
+                probing.cancel()
+                await asyncio.gather(probing, return_exceptions=True)
+                await supervisor.stop()
         finally:
-            probing.cancel()
-            await asyncio.gather(probing, return_exceptions=True)
-            await supervisor.stop()
+            await asyncio.to_thread(registry.audit.close)  # commits what is queued: nothing is lost
 
     async def provide_gateway() -> GatewayState:
         return gateway

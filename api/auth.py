@@ -21,6 +21,17 @@ def gateway_state(connection: ASGIConnection[Any, Any, Any, Any]) -> GatewayStat
     return state
 
 
+def _request_line(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """Method and path: what the audit log names as the target (capped there; it is the client's text)."""
+    return f"{connection.scope.get('method', '')} {connection.url.path}"
+
+
+def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The peer's address as the socket says (never a forwarded header, which the client writes itself)."""
+    client = connection.client
+    return client.host if client is not None else ""
+
+
 def _presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     scheme, _, token = connection.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -31,7 +42,8 @@ def _presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
 
 
 class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
-    """Resolves `Authorization: Bearer KEY` to the key's info; every failure is audited."""
+    """Resolves `Authorization: Bearer KEY` to the key's info; failures are audited, summed up per client
+    address and reason (a flood writes a bounded number of rows), and never wait on the database."""
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
@@ -41,22 +53,25 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
         try:
             key = registry.keys.authenticate(_presented_key(connection))
         except AuthenticationError as error:
-            target = f"{connection.scope.get('method', '')} {connection.url.path}"
-            registry.audit.record("auth.failed", outcome="denied", target=target, detail=error.message)
+            registry.audit.record_denial(
+                "auth.failed",
+                client=client_address(connection),
+                target=_request_line(connection),
+                reason=error.message,
+            )
             raise
         return AuthenticationResult(user=key, auth=None)
 
 
 def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
-    """Guard for admin routes: a user key gets 403, and the attempt is audited."""
+    """Guard for admin routes: a user key gets 403, and the attempt is audited (summed up like failures)."""
     key: KeyInfo = connection.user
     if key.role is not Role.ADMIN:
-        target = f"{connection.scope.get('method', '')} {connection.url.path}"
-        gateway_state(connection).registry.audit.record(
+        gateway_state(connection).registry.audit.record_denial(
             "auth.forbidden",
-            outcome="denied",
+            client=client_address(connection),
+            target=_request_line(connection),
+            reason="admin role required",
             actor_key_id=key.id,
-            target=target,
-            detail="admin role required",
         )
         raise PermissionDeniedError("This route needs an admin key.")

@@ -292,6 +292,26 @@ class ActivationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True
     """One check that takes longer fails the activation."""
 
 
+class AuditSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """`[audit]`: how failed authentications are summed up and how much of the audit log is kept. The gateway
+    prunes at start and hourly; denied rows go first when the log is over `max_rows`, so a flood of bad keys
+    cannot push the record of admin actions out."""
+
+    failure_window_s: float = 60.0
+    """Failed authentications (and user keys on admin routes) from one client address for one reason are one
+    row when the first arrives and, if more follow within this window, one row with their count at its end."""
+    retention_days: int = 365
+    """Rows older than this are deleted; 0 = kept however old."""
+    max_rows: int = 500_000
+    """Most rows kept (about 150 MB); past it the oldest denied rows, then the oldest rows, are deleted."""
+
+    def __post_init__(self) -> None:
+        if self.failure_window_s <= 0 or self.retention_days < 0 or self.max_rows < 1:
+            raise ValueError(
+                "audit: failure_window_s and max_rows must be positive, retention_days not negative"
+            )
+
+
 class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """What `settings.toml` may hold: its sections, each optional."""
 
@@ -304,6 +324,7 @@ class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     store: StoreSettings = StoreSettings()
     egress: EgressSettings = EgressSettings()
     activation: ActivationSettings = ActivationSettings()
+    audit: AuditSettings = AuditSettings()
 
 
 class Settings(SettingsFile, frozen=True, kw_only=True):
@@ -364,6 +385,7 @@ def load_settings(home: Path) -> Settings:
         store=found.store,
         egress=found.egress,
         activation=found.activation,
+        audit=found.audit,
         home=home,
     )
 
@@ -436,6 +458,11 @@ check_timeout_s = 60.0
 # expect = "Paris"            # optional: the answer must contain this
 # chat = false                # true: sent as a chat message
 # max_tokens = 8
+
+[audit]
+failure_window_s = 60.0       # failed authentications per client address and reason: one row, then a count
+retention_days = 365          # older rows are pruned (at start and hourly); 0 = keep
+max_rows = 500000             # past it the oldest denied rows go first
 """
 
 

@@ -30,7 +30,7 @@ def parse_since(text: str, now: datetime) -> datetime | None:
 
 @dataclass(frozen=True)
 class AuditFilter:
-    """Substrings of actor and action (case-insensitive) and an earliest time."""
+    """Substrings of actor (key id or client address) and action, case-insensitive, and an earliest time."""
 
     actor: str = ""
     action: str = ""
@@ -38,7 +38,7 @@ class AuditFilter:
 
     def keep(self, event: AuditEvent) -> bool:
         """Whether the event passes every given criterion."""
-        if self.actor and self.actor.lower() not in (event.actor_key_id or "-").lower():
+        if self.actor and self.actor.lower() not in f"{event.actor_key_id or '-'} {event.client}".lower():
             return False
         if self.action and self.action.lower() not in event.action.lower():
             return False

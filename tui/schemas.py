@@ -216,3 +216,5 @@ class AuditEvent(msgspec.Struct, frozen=True):
     actor_key_id: str | None = None
     target: str = ""
     detail: str = ""
+    client: str = ""
+    """The address a refused request came from ("" for other events, and from an older gateway)."""

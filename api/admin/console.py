@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from typing import Any
 
@@ -87,9 +88,10 @@ class ConsoleController(Controller):
         Not audited: the console polls it every second, and reading it changes nothing."""
         totals, gpu_usage = _samples(gateway.metrics)
         hardware = detect_hardware(load_nvml())
+        latest = await asyncio.to_thread(gateway.registry.audit.recent, 200)  # waits for queued rows
         errors = [
             {"time": e.time.isoformat(), "action": e.action, "target": e.target, "detail": e.detail}
-            for e in gateway.registry.audit.recent(200)
+            for e in latest
             if e.outcome != "success"
         ][:LATEST_ERRORS]
         engines = engine_objects(gateway)

@@ -77,3 +77,5 @@ class AuditEventRow(Base):
     target: Mapped[str] = mapped_column(String(256), default="")
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str] = mapped_column(Text, default="")
+    client: Mapped[str] = mapped_column(String(64), default="")
+    """The address a refused request came from, as the socket said ("" for other events)."""

@@ -105,7 +105,7 @@ class HostileSource(FixedSource):
     async def audit(self, limit: int = 500) -> list[AuditEvent]:
         """Hostile targets (request paths) and details."""
         when = "2026-01-31T10:00:00"
-        return [AuditEvent(1, when, "auth.failed", "denied", None, "/v1/[/x]", "[B]upper[/B]")]
+        return [AuditEvent(1, when, "auth.failed", "denied", None, "/v1/[/x]", "[B]upper[/B]", "[b]10.0.0.9")]
 
     async def routes(self) -> Routes:
         """A route with a hostile name, link and circuit state."""
@@ -183,7 +183,7 @@ async def test_every_screen_shows_hostile_text_literally() -> None:
         await _shows(pilot, app, "Revoke key a1b2c3d4e5f6 ([@click=app.quit]q[/])")
         await _press(pilot, app, KeysScreen, "n")
         await _press(pilot, app, AuditScreen, "4")
-        await _shows(pilot, app, "/v1/[/x]", "[B]upper[/B]")
+        await _shows(pilot, app, "/v1/[/x]", "[B]upper[/B]", "[b]10.0.0.9")
         await _press(pilot, app, RoutesScreen, "5")
         await _shows(pilot, app, "[/x]route", "[b]open[/b]", "[/x]route: 1 link(s)")
         await _press(pilot, app, AddLinkScreen, "a")  # the candidates are model names

@@ -96,7 +96,14 @@ KEYS = [
     Key("112233445566", "old laptop", "user", "2026-01-01T12:00:00", None, revoked=True),
 ]
 AUDIT = [
-    AuditEvent(3, "2026-01-31T10:00:00", "auth.failed", "denied", None, "POST /v1/chat/completions"),
+    AuditEvent(
+        3,
+        "2026-01-31T10:00:00",
+        "auth.failed",
+        "denied",
+        target="POST /v1/chat/completions",
+        client="192.0.2.7",
+    ),
     AuditEvent(2, "2026-01-30T09:05:00", "keys.create", "success", "a1b2c3d4e5f6", "0f9e8d7c6b5a"),
     AuditEvent(1, "2026-01-30T09:00:00", "keys.create", "success", None, "a1b2c3d4e5f6", "cli"),
 ]

@@ -56,6 +56,7 @@ def test_filter_by_actor_action_and_time() -> None:
     assert [e.id for e in AuditFilter(actor="a1b2").apply(AUDIT)] == [2]
     assert [e.id for e in AuditFilter(since=parse_since("2026-01-31", NOW)).apply(AUDIT)] == [3]
     assert AuditFilter(actor="a1b2", action="auth").apply(AUDIT) == []
+    assert [e.id for e in AuditFilter(actor="192.0.2").apply(AUDIT)] == [3]  # the client's address
 
 
 def test_ttft_median_is_the_bucket_holding_half() -> None:

@@ -1,4 +1,4 @@
-"""The audit log, newest first, filtered by actor, action and time."""
+"""The audit log, newest first, filtered by actor (key id or client address), action and time."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tui.literal import literal_row
 from tui.schemas import AuditEvent
 from tui.screens.base import ConsoleScreen
 
-COLUMNS = ("time", "actor", "action", "outcome", "target", "detail")
+COLUMNS = ("time", "actor", "action", "outcome", "client", "target", "detail")
 
 
 class AuditScreen(ConsoleScreen):
@@ -34,7 +34,7 @@ class AuditScreen(ConsoleScreen):
     def body(self) -> ComposeResult:
         """Three filter fields over the table."""
         with Horizontal(id="filters"):
-            yield Input(placeholder="actor key id", id="actor")
+            yield Input(placeholder="actor key id or address", id="actor")
             yield Input(placeholder="action", id="action")
             yield Input(placeholder="since: 15m, 2h, 2026-01-31", id="since")
         yield Static("", id="audit-status", markup=False)  # may quote what the admin typed
@@ -70,7 +70,8 @@ class AuditScreen(ConsoleScreen):
         for e in shown:
             when = e.time[:19].replace("T", " ")
             # The target is often a request path, i.e. whatever a client chose to send: literal cells only.
-            table.add_row(*literal_row(when, e.actor_key_id or "-", e.action, e.outcome, e.target, e.detail))
+            row = (when, e.actor_key_id or "-", e.action, e.outcome, e.client or "-", e.target, e.detail)
+            table.add_row(*literal_row(*row))
 
     def on_input_changed(self, _event: Input.Changed) -> None:
         """Filter as the admin types."""
