@@ -1,0 +1,92 @@
+"""Workers as the supervisor starts them: what another process of the same user can take from them.
+
+Issue 17, items 15 and 8. The attacker is `proc_observer`: a process of our uid without CAP_SYS_PTRACE,
+which scans /proc all through a worker's start. A dumpable process lets it resolve and open the worker's
+descriptors (`/proc/PID/fd/N`: a memfd of decrypted weights) and read its memory; a non-dumpable one
+lets it do neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from appliance import egress
+from appliance.hardware import Hardware
+from appliance.planner import ModelPlan, Plan
+from appliance.registry.registry import open_registry
+from appliance.settings import Settings, WorkerSettings
+from appliance.store.loading import sealed_model_source
+from appliance.store.store import ModelStore
+from appliance.supervisor import Supervisor, WorkerState
+
+WITHOUT_PTRACE = (sys.executable, "-m", "tests.security.without_ptrace")
+
+
+@asynccontextmanager
+async def _observed(marker: str) -> AsyncIterator[dict[str, object]]:
+    """Run the observer on processes whose argv holds `marker`; its report fills the dict on exit."""
+    observer = await asyncio.create_subprocess_exec(
+        *WITHOUT_PTRACE, sys.executable, "-m", "tests.security.proc_observer", marker,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert observer.stdin is not None
+    assert observer.stdout is not None
+    assert await asyncio.wait_for(observer.stdout.readline(), 60) == b"ready\n"
+    report: dict[str, object] = {}
+    try:
+        yield report
+    finally:
+        observer.stdin.close()
+        report.update(json.loads(await asyncio.wait_for(observer.stdout.readline(), 60)))
+        await observer.wait()
+
+
+@asynccontextmanager
+async def _encrypted_worker(home: Path, model_path: Path) -> AsyncIterator[Supervisor]:
+    """A supervisor serving `model_path` imported into an encrypted store, as `appliance serve` would."""
+    store = ModelStore(home, open_registry(home / "registry.db"))
+    model = store.import_gguf(model_path, name="smol")
+    settings = Settings(home=home, workers=WorkerSettings(threads=2))
+    plan = ModelPlan(
+        name="smol", engine="llamacpp", fits=True, reason="test",
+        context_length=256, concurrency=1, kv_pool_tokens=256,
+    )  # fmt: skip
+    supervisor = Supervisor(
+        settings, [model], Plan(Hardware(), (plan,)), model_source=sealed_model_source(store)
+    )
+    try:
+        yield supervisor
+    finally:
+        await supervisor.stop()
+
+
+async def test_llamacpp_worker_holds_the_plaintext_only_once_non_dumpable(
+    appliance_home: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 15: an encrypted model's memfd is never in a descriptor table that a process of the same
+    user can read: the observer watches the worker's whole start and finds none."""
+    prefix = egress.network_namespace_prefix()
+    if "--map-current-user" in prefix:
+        pytest.skip(
+            "unprivileged, the worker runs in a user namespace that our uid owns: the kernel then grants our "
+            "processes ptrace over it whether it is dumpable or not (only root can show the flag decide)"
+        )
+    # The worker as the supervisor starts it, but without CAP_SYS_PTRACE (see without_ptrace.py).
+    monkeypatch.setattr(egress, "network_namespace_prefix", lambda: (*prefix, *WITHOUT_PTRACE))
+    async with _encrypted_worker(appliance_home, model_path) as supervisor:
+        worker = supervisor.workers["smol"]
+        async with _observed(str(worker.socket_path)) as seen:
+            await supervisor.start()
+            assert worker.state is WorkerState.READY
+            pid = worker.pid
+    assert seen["without_ptrace"] is True
+    assert pid in seen["seen"]  # type: ignore[operator]  # it watched the worker from its first moments
+    assert seen["memfds"] == []  # never one plaintext descriptor while the worker was dumpable
+    assert pid not in seen["resolvable_at_last"]  # type: ignore[operator]  # non-dumpable once started
