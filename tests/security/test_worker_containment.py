@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from appliance import egress
+from appliance.engines.llamacpp.memlock import memory_lock_problem
 from appliance.hardware import Hardware
 from appliance.planner import ModelPlan, Plan
 from appliance.registry.registry import open_registry
@@ -46,6 +48,24 @@ async def _observed(marker: str) -> AsyncIterator[dict[str, object]]:
         observer.stdin.close()
         report.update(json.loads(await asyncio.wait_for(observer.stdout.readline(), 60)))
         await observer.wait()
+
+
+def _status_field(pid: int, field: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith(f"{field}:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _llamacpp_facts(pid: int) -> tuple[int, str]:
+    """The worker's locked memory (KiB) and what its `--model /proc/self/fd/N` is ('' if not ours to see)."""
+    locked_kib = int(_status_field(pid, "VmLck").split()[0])
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    descriptor = argv[argv.index(b"--model") + 1].decode().rsplit("/", 1)[1]
+    try:
+        return locked_kib, os.readlink(f"/proc/{pid}/fd/{descriptor}")
+    except PermissionError:
+        return locked_kib, ""
 
 
 @asynccontextmanager
@@ -90,3 +110,24 @@ async def test_llamacpp_worker_holds_the_plaintext_only_once_non_dumpable(
     assert pid in seen["seen"]  # type: ignore[operator]  # it watched the worker from its first moments
     assert seen["memfds"] == []  # never one plaintext descriptor while the worker was dumpable
     assert pid not in seen["resolvable_at_last"]  # type: ignore[operator]  # non-dumpable once started
+
+
+async def test_llamacpp_worker_locks_the_handed_model_in_memory(
+    appliance_home: Path, model_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Item 15: the memfd arrives on the descriptor the worker's --model names; the weights are locked in
+    RAM where the limits allow, and where they do not the worker says why, once."""
+    async with _encrypted_worker(appliance_home, model_path) as supervisor:
+        worker = supervisor.workers["smol"]
+        await supervisor.start()
+        assert worker.state is WorkerState.READY
+        assert worker.pid is not None
+        locked_kib, descriptor_target = _llamacpp_facts(worker.pid)
+    if os.geteuid() == 0:  # root may resolve a non-dumpable process's descriptors
+        assert descriptor_target.startswith("/memfd:model-smol")
+    size = os.stat(model_path).st_size
+    problem = memory_lock_problem(size)
+    if problem:
+        assert capfd.readouterr().err.count("cannot lock the decrypted weights of smol") == 1
+    else:
+        assert locked_kib * 1024 >= size * 0.9  # the weights are locked: never swapped out
