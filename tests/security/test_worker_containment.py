@@ -3,7 +3,7 @@
 Issue 17, items 15 and 8. The attacker is `proc_observer`: a process of our uid without CAP_SYS_PTRACE,
 which scans /proc all through a worker's start. A dumpable process lets it resolve and open the worker's
 descriptors (`/proc/PID/fd/N`: a memfd of decrypted weights) and read its memory; a non-dumpable one
-lets it do neither.
+lets it do neither. vLLM is a stand-in for its server module (`fake_vllm/`), behind the real wrapper.
 """
 
 from __future__ import annotations
@@ -22,11 +22,15 @@ from appliance import egress
 from appliance.engines.llamacpp.memlock import memory_lock_problem
 from appliance.hardware import Hardware
 from appliance.planner import ModelPlan, Plan
+from appliance.registry.models import ModelInfo
 from appliance.registry.registry import open_registry
 from appliance.settings import Settings, WorkerSettings
 from appliance.store.loading import sealed_model_source
 from appliance.store.store import ModelStore
 from appliance.supervisor import Supervisor, WorkerState
+
+FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
+
 
 WITHOUT_PTRACE = (sys.executable, "-m", "tests.security.without_ptrace")
 
@@ -131,3 +135,44 @@ async def test_llamacpp_worker_locks_the_handed_model_in_memory(
         assert capfd.readouterr().err.count("cannot lock the decrypted weights of smol") == 1
     else:
         assert locked_kib * 1024 >= size * 0.9  # the weights are locked: never swapped out
+
+
+async def test_vllm_worker_has_loopback_only_and_every_process_non_dumpable(
+    appliance_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 8: vLLM (a stand-in for its server module) runs in a network namespace of its own with only
+    loopback, up, and TCP on it working; it and the interpreters it starts are non-dumpable."""
+    report = tmp_path / "vllm.json"
+    monkeypatch.setenv("FAKE_VLLM_REPORT", str(report))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(FAKE_VLLM), os.environ.get("PYTHONPATH")]))
+    )
+    settings = Settings(home=appliance_home)
+    model = ModelInfo(
+        id=1, name="qwen", aliases=(), format="awq", architecture="qwen2", quantization="AWQ", path=tmp_path,
+        sha256="0" * 64, size_bytes=1, context_length=256, has_chat_template=True,
+        chat_template_override=None, status="enabled", created=0,
+    )  # fmt: skip
+    plan = ModelPlan(
+        name="qwen", engine="vllm", fits=True, reason="test", quantization="awq", tensor_parallel_size=1,
+        gpu_memory_utilization=0.9, context_length=256, concurrency=1, cuda_visible_devices="0",
+    )  # fmt: skip
+    supervisor = Supervisor(settings, [model], Plan(Hardware(), (plan,)))
+    worker = supervisor.workers["qwen"]
+    try:
+        await supervisor.start()
+        assert worker.state is WorkerState.READY
+        pid = worker.pid
+    finally:
+        await supervisor.stop()
+    inside = json.loads(report.read_text())
+    assert inside["pid"] == pid  # the wrapper exec'd vLLM: the supervisor's pid is vLLM's
+    assert inside["network_namespace"] != os.readlink("/proc/self/ns/net")
+    assert inside["interfaces"] == ["lo"]
+    assert inside["loopback_tcp"] is True
+    assert inside["environment"] == {
+        "VLLM_HOST_IP": "127.0.0.1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "NCCL_SOCKET_IFNAME": "lo",
+    }
+    assert (inside["dumpable"], inside["child_dumpable"]) == (0, 0)  # PR_GET_DUMPABLE: the kernel's word
