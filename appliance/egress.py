@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import fcntl
 import functools
 import ipaddress
+import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -169,6 +174,71 @@ def in_network_namespace(argv: list[str]) -> list[str]:
     return [*network_namespace_prefix(), *argv]
 
 
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+_IFREQ = struct.Struct("16sH22x")  # struct ifreq: the name, then ifr_flags at the start of the union
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        flags = _IFREQ.unpack(fcntl.ioctl(probe, SIOCGIFFLAGS, _IFREQ.pack(b"lo", 0)))[1]
+        fcntl.ioctl(probe, SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | IFF_UP))
+
+
+def _unshare_with_loopback() -> None:
+    """This process into a new network namespace (inside a new user namespace that maps only our own uid
+    and gid where a plain one needs privileges we lack), its loopback brought up."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    uid, gid = os.geteuid(), os.getegid()
+    if libc.unshare(CLONE_NEWNET) != 0:
+        if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+        # A non-dumpable process's /proc/self files belong to root: our uid could not write its maps. This
+        # process holds nothing yet (vLLM starts after the exec), so it is dumpable for these three writes.
+        dumpable = libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+        try:
+            Path("/proc/self/setgroups").write_text("deny", encoding="ascii")
+            Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1", encoding="ascii")
+            Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1", encoding="ascii")
+        finally:
+            libc.prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0)
+    # The user namespace's capabilities (CAP_NET_ADMIN over the new network namespace) last until the
+    # next exec, which drops them: our uid is not root inside.
+    _loopback_up()
+
+
+def enter_loopback_namespace() -> str:
+    """Move this (single-threaded) process into a private network namespace whose only interface is
+    loopback, up; '' when done, else why not (the process then stays where it was).
+
+    Unlike the llama.cpp worker's namespace (loopback down: it needs none), this one is for vLLM, whose
+    processes talk to each other over TCP on 127.0.0.1 (see appliance/engines/vllm/__main__.py). A child
+    tries first, so that a half-made namespace (one whose loopback would not come up) is never entered.
+    Inside a user namespace (any uid but root), processes of our uid outside it keep ptrace rights over
+    what runs in it (the kernel gives a namespace's owner every capability there), dumpable or not.
+    """
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked child, which reports by its exit status
+        try:
+            _unshare_with_loopback()
+        except OSError as error:
+            os._exit(error.errno or 1)
+        os._exit(0)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        return f"no private network namespace here ({os.strerror(code) if code > 0 else 'signal'})"
+    _unshare_with_loopback()
+    return ""
+
+
 def worker_self_test_argv() -> list[str]:
     """The llama.cpp worker started as the supervisor starts it, in its diagnostic mode."""
     return in_network_namespace([sys.executable, "-m", "appliance.engines.llamacpp", EGRESS_SELF_TEST_FLAG])
@@ -177,7 +247,6 @@ def worker_self_test_argv() -> list[str]:
 def worker_self_test() -> int:
     """The worker's diagnostic mode: print what the guard and the namespace did as JSON; 0 if refused."""
     import json
-    import os
 
     refused = guard_refusal()
     print(json.dumps({"refused": refused, "network_namespace": os.readlink("/proc/self/ns/net")}), flush=True)

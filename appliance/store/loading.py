@@ -1,8 +1,9 @@
 """How the supervisor hands a worker its model: the plain path, or a sealed memfd for an encrypted model.
 
 The worker then loads `/proc/self/fd/N`: llama.cpp opens, seeks and maps that path like any file, and the
-plaintext never touches a disk-backed file. An encrypted AWQ folder (vLLM) goes to a private tmpfs folder
-instead, removed once vLLM has loaded it (tmpfs.py).
+plaintext never touches a disk-backed file. The memfd reaches the worker over a unix socket, not by
+inheritance, so that the worker holds it only once it is non-dumpable (handoff.py). An encrypted AWQ folder
+(vLLM) goes to a private tmpfs folder instead, removed once vLLM has loaded it (tmpfs.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from appliance.engines.kind import Launch
+from appliance.store.handoff import queue_descriptor
 from appliance.store.store import AWQ, ModelStore
 from appliance.store.tmpfs import private_memory_parent, remove_folder, remove_when_loaded
 
@@ -89,10 +91,16 @@ def sealed_model_source(store: ModelStore) -> ModelSource:
             decrypting.add_done_callback(_close_memfd)
             raise
         try:
-            model = dataclasses.replace(launch.model, path=Path(f"/proc/self/fd/{fd}"))
-            yield dataclasses.replace(launch, model=model), (fd,)
+            carrier = queue_descriptor(fd)  # the worker takes the memfd once it is non-dumpable (handoff.py)
         finally:
-            # The worker holds its own copy of the descriptor; the memfd lives as long as the worker.
-            os.close(fd)
+            os.close(fd)  # the queued message holds the memfd now
+        try:
+            # The path names the socket until the worker has received the memfd onto the same number.
+            model = dataclasses.replace(launch.model, path=Path(f"/proc/self/fd/{carrier}"))
+            yield dataclasses.replace(launch, model=model), (carrier,)
+        finally:
+            # The worker holds its own copy of the socket; the memfd then lives as long as the worker. A
+            # worker that never started takes it with this last reference to the socket.
+            os.close(carrier)
 
     return source

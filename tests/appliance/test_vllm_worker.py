@@ -14,6 +14,8 @@ import pytest
 from appliance.engines.kind import Launch
 from appliance.engines.llamacpp_launch import llamacpp_command
 from appliance.engines.vllm.launch import (
+    BOOT_FOLDER,
+    LOOPBACK_ONLY,
     vllm_argv,
     vllm_environment,
     vllm_is_ready,
@@ -76,6 +78,7 @@ def test_argv_for_one_h100() -> None:
     ]  # fmt: skip
     assert vllm_environment(launch_for(plan, settings), BASE_ENVIRONMENT) == {
         "PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8", **OFFLINE, "CUDA_VISIBLE_DEVICES": "0",
+        **LOOPBACK_ONLY, "PYTHONPATH": str(BOOT_FOLDER),
     }  # fmt: skip
 
 
@@ -115,6 +118,7 @@ def test_argv_for_a_t4_and_a_mig_instance() -> None:
     assert environment == {
         "PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8", **OFFLINE,
         "CUDA_VISIBLE_DEVICES": "MIG-7a6b5c4d-3e2f-5a1b-8c9d-0e1f2a3b4c5d",
+        **LOOPBACK_ONLY, "PYTHONPATH": str(BOOT_FOLDER),
     }  # fmt: skip
 
 

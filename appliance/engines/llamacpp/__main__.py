@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import os
 import signal
 import sys
@@ -15,10 +16,12 @@ import msgspec
 import uvicorn
 
 from appliance.egress import EGRESS_SELF_TEST_FLAG, GUARDED_LOOP, install_worker_guard, worker_self_test
+from appliance.engines.llamacpp.memlock import memory_lock_problem, unlocked_warning
 from appliance.engines.llamacpp.model import LoadedModel, WorkerConfig
 from appliance.engines.llamacpp.routes import create_worker_app
 from appliance.errors import ApplianceError
 from appliance.settings import ComputePriority, SchemaLimits
+from appliance.store.handoff import receive_handed_model
 from appliance.store.keys import make_non_dumpable
 
 PR_SET_PDEATHSIG = 1
@@ -110,16 +113,30 @@ def _already_exiting(_signum: int, _frame: FrameType | None) -> None:
     """
 
 
+def _take_model(config: WorkerConfig) -> WorkerConfig:
+    """The config with the model received from the supervisor if it hands one over (store/handoff.py),
+    locked in memory where the limits allow; a plain file as it is."""
+    if not receive_handed_model(config.model_path):
+        return config
+    size = os.stat(config.model_path).st_size
+    problem = memory_lock_problem(size)
+    if problem:
+        print(unlocked_warning(config.name, size, problem), file=sys.stderr, flush=True)
+    return dataclasses.replace(config, lock_in_memory=not problem)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Load the model, then serve it on the unix socket until SIGTERM."""
+    # First of all: no core dumps, no ptrace or /proc/PID/mem by other processes of this user. Whatever
+    # the worker is given from here on (decrypted weights, prompts) cannot leave it that way.
+    make_non_dumpable()
     _die_with_parent()
     install_worker_guard(f"llamacpp-worker[{os.getpid()}]")  # before the model or uvicorn can open anything
     if (sys.argv[1:] if argv is None else argv) == [EGRESS_SELF_TEST_FLAG]:  # `appliance doctor` asks
         sys.exit(worker_self_test())
     config, socket_path = _parse(argv)
-    if str(config.model_path).startswith("/proc/self/fd/"):
-        make_non_dumpable()  # decrypted weights from the store: no core dumps, no ptrace by others
     try:
+        config = _take_model(config)
         model = LoadedModel(config)
     except ApplianceError as error:  # a damaged or unreadable file: one line for the log, not a traceback
         print(f"llamacpp-worker: cannot serve {config.name}: {error.message}", file=sys.stderr)

@@ -53,6 +53,8 @@ class WorkerConfig:
     """Cells of the KV pool all slots share (the planner's figure); 0: every slot's full context."""
     schema_limits: SchemaLimits = DEFAULT_SCHEMA_LIMITS
     """Bounds on the JSON Schemas requests turn into grammars (`[limits.schema]`)."""
+    lock_in_memory: bool = False
+    """Lock the weights in RAM (decrypted weights from the store: never swapped out; see memlock.py)."""
 
 
 class Embedder:
@@ -85,7 +87,7 @@ class Embedder:
 
     def _load(self) -> Any:
         if self._llm is None:
-            self._llm = llama_cpp.Llama(
+            self._llm = llama_cpp.Llama(  # no mlock of its own: it maps the pages NativeModel locked
                 str(self._config.model_path),
                 embedding=True,
                 pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
@@ -157,7 +159,7 @@ class LoadedModel:
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.native = NativeModel(config.model_path)
+        self.native = NativeModel(config.model_path, lock_in_memory=config.lock_in_memory)
         trained = self.native.trained_context
         self.context_length = min(config.context_length or trained, trained)
         parallel = config.parallel or default_parallel(config.threads)

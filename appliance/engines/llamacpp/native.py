@@ -40,8 +40,10 @@ class ContextShape:
 class NativeModel:
     """A loaded GGUF model: vocabulary, tokenizer, token texts and its embedded chat template."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, lock_in_memory: bool = False) -> None:
         params = llama_cpp.llama_model_default_params()
+        if lock_in_memory:  # the mapping and any weights copied out of it stay in RAM (memlock.py)
+            params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK
         self.model: Any = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise ModelFileError(f"{path}: llama.cpp could not load this model")

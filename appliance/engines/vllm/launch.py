@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import re
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -89,10 +91,25 @@ def vllm_argv(launch: Launch, version: str) -> list[str]:
     return argv
 
 
+BOOT_FOLDER = Path(__file__).resolve().parent / "boot"
+"""Holds the sitecustomize that makes each Python process of the worker non-dumpable (see boot/)."""
+LOOPBACK_ONLY = {
+    # The worker's network namespace has loopback only (see __main__.py). vLLM would otherwise find "its"
+    # address by routing towards 8.8.8.8, and gloo by resolving the host name: neither exists in there.
+    "VLLM_HOST_IP": "127.0.0.1",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "NCCL_SOCKET_IFNAME": "lo",
+}
+
+
 def vllm_environment(launch: Launch, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The offline environment, plus the GPUs or MIG instance the plan gave this worker."""
+    """The offline environment, plus the GPUs or MIG instance the plan gave this worker, loopback as its
+    only network, and the start-up hook that makes each of its processes non-dumpable."""
     environment = worker_environment(base)
     environment["CUDA_VISIBLE_DEVICES"] = launch.plan.cuda_visible_devices
+    environment.update(LOOPBACK_ONLY)
+    inherited = environment.get("PYTHONPATH", "")
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BOOT_FOLDER), inherited]))
     return environment
 
 
