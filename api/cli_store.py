@@ -16,6 +16,7 @@ from appliance.safe_files import folder_files, is_folder, size_of
 from appliance.settings import home_from_environment, load_settings, write_default_settings
 from appliance.store.format import Progress
 from appliance.store.housekeeping import StoreBusyError, entry_bytes
+from appliance.store.keys import check_new_passphrase
 from appliance.store.store import ModelStore
 
 PASSPHRASE_VARIABLE = "APPLIANCE_STORE_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
@@ -177,6 +178,7 @@ def store_rotate_key(
         new_passphrase = os.environ.get(NEW_PASSPHRASE_VARIABLE) or typer.prompt(
             "new store passphrase", hide_input=True, confirmation_prompt=True, err=True
         )
+        check_new_passphrase(new_passphrase)  # a one-line refusal before the store is touched
     count = store.rotate_key(new_passphrase)
     registry.audit.record("store.rotate_key", outcome="success", detail="cli")
     mode = "a passphrase" if passphrase else f"key file {store.key_file}"

@@ -21,6 +21,8 @@ class StoreKekRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(32))
     mode: Mapped[str] = mapped_column(String(16))
     scrypt_salt: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    scrypt_n: Mapped[int | None] = mapped_column(Integer, default=None)
+    """scrypt's cost parameter N; None for a store made before it was recorded (which used 2^15)."""
     changed_at: Mapped[datetime] = mapped_column(default=utc_now)
 
 
@@ -44,6 +46,8 @@ class KekRecord:
     fingerprint: str
     mode: str
     scrypt_salt: bytes | None
+    scrypt_n: int | None = None
+    """In passphrase mode, scrypt's N (None: recorded before the cost was, so the old 2^15)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,9 @@ class StoreKeys:
         """The recorded KEK, or None before the store's first use."""
         with self._sessions() as session:
             row = session.get(StoreKekRow, 1)
-            return None if row is None else KekRecord(row.fingerprint, row.mode, row.scrypt_salt)
+            if row is None:
+                return None
+            return KekRecord(row.fingerprint, row.mode, row.scrypt_salt, row.scrypt_n)
 
     def set_kek(self, record: KekRecord, rewrapped: dict[int, bytes] | None = None) -> None:
         """Record a (new) KEK and, in the same transaction, the data keys re-wrapped under it."""
@@ -81,6 +87,7 @@ class StoreKeys:
                 row = StoreKekRow(id=1, fingerprint=record.fingerprint, mode=record.mode)
                 session.add(row)
             row.fingerprint, row.mode, row.scrypt_salt = record.fingerprint, record.mode, record.scrypt_salt
+            row.scrypt_n = record.scrypt_n
             row.changed_at = utc_now()
             for model_id, wrapped in (rewrapped or {}).items():
                 key_row = session.get(ModelKeyRow, model_id)

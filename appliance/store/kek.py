@@ -12,12 +12,15 @@ from appliance.registry.registry import Registry
 from appliance.registry.store_keys import KekRecord, ModelKey
 from appliance.store.keys import (
     KEY_FILE,
+    SCRYPT_N,
     Kek,
     KeyFileError,
+    check_new_passphrase,
     make_non_dumpable,
     new_kek,
     passphrase_kek,
     read_key_file,
+    scrypt_cost,
     unwrap_key,
     wrap_key,
     write_key_file,
@@ -53,7 +56,7 @@ class StoreKek:
                 return self._unlocked
             if self._passphrase is None or record.scrypt_salt is None:
                 raise StoreLockedError("the model store is locked: it needs the admin passphrase")
-            kek = passphrase_kek(self._passphrase, record.scrypt_salt)
+            kek = passphrase_kek(self._passphrase, record.scrypt_salt, scrypt_cost(record.scrypt_n))
             if kek.fingerprint != record.fingerprint:
                 raise StoreIntegrityError("wrong store passphrase")
             return kek
@@ -87,14 +90,18 @@ class StoreKek:
         return unwrap_key(self.kek(), self.key_record(model).wrapped_key, what=f"model {model.name!r}")
 
     def rotate(self, new_passphrase: str | None = None) -> int:
-        """Re-wrap every data key under a new KEK (a new key file, or a passphrase); returns how many."""
+        """Re-wrap every data key under a new KEK (a new key file, or a passphrase); returns how many.
+
+        A new passphrase is derived at today's SCRYPT_N, so a store made at a lower cost is upgraded here."""
+        if new_passphrase is not None:
+            check_new_passphrase(new_passphrase)  # before anything is read or written
         old = self.kek()
         keys = self._registry.store_keys.all()
         data_keys = {k.model_id: unwrap_key(old, k.wrapped_key, what=f"model #{k.model_id}") for k in keys}
         if new_passphrase is not None:
             salt = secrets.token_bytes(SALT_BYTES)
-            new = passphrase_kek(new_passphrase, salt)
-            record = KekRecord(new.fingerprint, "passphrase", salt)
+            new = passphrase_kek(new_passphrase, salt, SCRYPT_N)
+            record = KekRecord(new.fingerprint, "passphrase", salt, SCRYPT_N)
             rewrapped = {model_id: wrap_key(new, key) for model_id, key in data_keys.items()}
             self._registry.store_keys.set_kek(record, rewrapped)
             self.key_file.unlink(missing_ok=True)
