@@ -1,4 +1,4 @@
-"""Issue 17 item 7: the registry zeroes what it deletes, so a removed model's wrapped key is not left behind."""
+"""Issue 17 item 7: the registry zeroes what it deletes, so a removed model's wrapped key is not left over."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_registry_connection_reads_back_secure_delete_on(appliance_home: Path) -
 def test_a_removed_models_wrapped_key_leaves_no_trace_in_the_database(
     appliance_home: Path, tmp_path: Path
 ) -> None:
-    """Import, remove, checkpoint the WAL into the file: the wrapped key's bytes are nowhere in registry.db."""
+    """Import, remove, checkpoint the WAL into the file: the wrapped key's bytes are not in registry.db."""
     database = appliance_home / "registry.db"
     registry = open_registry(database)
     store = ModelStore(appliance_home, registry, chunk_size=64)
