@@ -11,6 +11,8 @@ import typer
 
 from appliance.cli.model_settings import ToolParserOption
 from appliance.engines.vllm.tool_parsers import AUTO, check_tool_parser
+from appliance.errors import ApplianceError
+from appliance.registry.models import ModelInfo
 from appliance.registry.registry import Registry, open_registry
 from appliance.safe_files import folder_files, is_folder, size_of
 from appliance.settings import home_from_environment, load_settings, write_default_settings
@@ -171,7 +173,8 @@ def store_rotate_key(
         bool, typer.Option(help="switch to (or stay in) passphrase mode: the new KEK comes from a passphrase")
     ] = False,
 ) -> None:
-    """Re-wrap every data key under a new key-encryption key; the old key then opens nothing."""
+    """A new key-encryption key and a new data key for every model, each file re-encrypted; the old key
+    then opens nothing."""
     store, registry = _open_store()
     new_passphrase = None
     if passphrase:
@@ -179,10 +182,23 @@ def store_rotate_key(
             "new store passphrase", hide_input=True, confirmation_prompt=True, err=True
         )
         check_new_passphrase(new_passphrase)  # a one-line refusal before the store is touched
-    count = store.rotate_key(new_passphrase)
-    registry.audit.record("store.rotate_key", outcome="success", detail="cli")
+    try:
+        count = store.rotate_key(new_passphrase, on_model=_rotation_step)
+    except KeyboardInterrupt:
+        raise ApplianceError(
+            "interrupted: every model still opens with the store's current key; "
+            "run `appliance store rotate-key` again to give every model a new data key"
+        ) from None
+    registry.audit.record("store.rotate_key", outcome="success", detail=f"cli: {count} re-encrypted")
     mode = "a passphrase" if passphrase else f"key file {store.key_file}"
-    typer.echo(f"re-wrapped {count} model key(s) under a new key ({mode})")
+    typer.echo(f"re-encrypted {count} model(s) under new data keys and a new key ({mode})")
+
+
+def _rotation_step(index: int, total: int, model: ModelInfo, size: int) -> Progress:
+    """One line per model a rotation re-encrypts, then that model's byte progress."""
+    label = f"{model.name}@{model.version}"
+    typer.echo(f"re-encrypting {index}/{total} {label} ({size / 1e6:.0f} MB)")
+    return _progress(f"  {label}", size)
 
 
 def register_store_commands(app: typer.Typer, models_app: typer.Typer) -> None:

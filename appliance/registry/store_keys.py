@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import ForeignKey, Integer, LargeBinary, String, delete, select
+from sqlalchemy import ForeignKey, Integer, LargeBinary, String, delete, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from appliance.registry.schema import Base, ModelRow, utc_now
@@ -134,3 +134,11 @@ class StoreKeys:
         with self._sessions.begin() as session:
             session.execute(delete(ModelKeyRow).where(ModelKeyRow.model_id == model_id))
             session.execute(delete(ModelRow).where(ModelRow.id == model_id))
+
+    def flush_journal(self) -> bool:
+        """Checkpoint the write-ahead log into the database and truncate it, so key rows a rotation replaced
+        do not stay in the journal; False when a reader kept the checkpoint from finishing (they go later)."""
+        with self._sessions() as session:
+            busy = session.execute(text("PRAGMA wal_checkpoint(TRUNCATE)")).scalar()
+            session.commit()
+        return busy == 0

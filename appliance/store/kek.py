@@ -59,6 +59,7 @@ class StoreKek:
             kek = passphrase_kek(self._passphrase, record.scrypt_salt, scrypt_cost(record.scrypt_n))
             if kek.fingerprint != record.fingerprint:
                 raise StoreIntegrityError("wrong store passphrase")
+            self._unlocked = kek  # one scrypt derivation per store object, not one per key it opens
             return kek
         if record is None:
             kek = read_key_file(self.key_file) if self.key_file.exists() else new_kek()
@@ -91,6 +92,7 @@ class StoreKek:
 
     def rotate(self, new_passphrase: str | None = None) -> int:
         """Re-wrap every data key under a new KEK (a new key file, or a passphrase); returns how many.
+        (ModelStore.rotate_key then gives every model a new data key.)
 
         A new passphrase is derived at today's SCRYPT_N, so a store made at a lower cost is upgraded here."""
         if new_passphrase is not None:
@@ -105,7 +107,7 @@ class StoreKek:
             rewrapped = {model_id: wrap_key(new, key) for model_id, key in data_keys.items()}
             self._registry.store_keys.set_kek(record, rewrapped)
             self.key_file.unlink(missing_ok=True)
-            self._passphrase = new_passphrase
+            self._passphrase, self._unlocked = None, new
             return len(rewrapped)
         new = new_kek()
         pending = self.key_file.with_name(KEY_FILE + ".new")
