@@ -111,7 +111,7 @@ def models_reencrypt(name: str) -> None:
     """Re-encrypt a stored model under a new data key; the old file goes only once the new one verifies."""
     store, registry = _open_store()
     model = next((m for m in registry.models.list() if name in m.public_names), None)
-    total = model.size_bytes if model is not None else 0
+    total = store.content_bytes(model) if model is not None else 0
     done = store.reencrypt(
         name, progress=_progress("re-encrypting", total), verify_progress=_progress("verifying", total)
     )

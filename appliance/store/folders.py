@@ -225,9 +225,13 @@ def _reencrypt_files(
     target.mkdir(mode=0o700)
     for index, entry in enumerate(manifest.files):
         stored, digest = f"{index}.aplm", hashlib.sha256()
+        try:
+            source = (old / entry.stored).open("rb")
+        except FileNotFoundError as error:
+            raise StoreIntegrityError(f"{old}: {entry.stored} ({entry.name}) is missing") from error
         fd = _new_private_file(target / stored)
         try:
-            with (old / entry.stored).open("rb") as handle:
+            with source as handle:
                 size = encrypt_stream(
                     ChunkReader(decrypt_chunks(handle, old_key), digest.update),
                     FdWriter(fd),

@@ -26,6 +26,7 @@ from appliance.store.folders import read_manifest
 from appliance.store.format import Progress, decrypt_chunks
 from appliance.store.housekeeping import LOCK_FILE
 from appliance.store.keys import Kek, read_key_file, unwrap_key
+from appliance.store.reencrypt import RotationIncompleteError
 from appliance.store.store import ModelStore
 from tests.awq_folders import write_awq_folder
 from tests.e2e.server import APPLIANCE
@@ -192,6 +193,26 @@ def test_a_rotation_interrupted_inside_a_file_leaves_the_model_as_it_was(
     assert [after[m] == before[m] for m in sorted(after)] == [i >= model for i in (1, 2, 3)]
     assert store.orphans() == []
     _verify_all(store, registry)
+
+
+def test_a_damaged_model_stops_the_rotation_with_a_clear_error_and_the_rest_stays_readable(
+    appliance_home: Path, store: ModelStore, registry: Registry
+) -> None:
+    """The second version fails its tag mid-rotation: RotationIncompleteError says 1 of 3 and what to do;
+    the first (already re-encrypted) and the third (not yet) open with the new key; nothing is left over."""
+    second = registry.models.version("a", "2")
+    data = bytearray(second.path.read_bytes())
+    data[-5] ^= 0x01
+    second.path.write_bytes(bytes(data))
+    with pytest.raises(
+        RotationIncompleteError, match=re.escape("only 1 of 3 model(s) have new data keys")
+    ) as failed:
+        store.rotate_key()
+    assert "run the rotation again" in failed.value.message
+    assert store.orphans() == []
+    reopened = ModelStore(appliance_home, registry)
+    reopened.verify("a")
+    reopened.verify("folder")
 
 
 def test_a_passphrase_rotation_re_encrypts_with_one_derivation_per_passphrase(
