@@ -9,12 +9,14 @@ import os
 import secrets
 import subprocess
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from appliance.errors import StoreIntegrityError
 from appliance.registry.registry import Registry, open_registry
 from appliance.registry.store_keys import KekRecord
+from appliance.store.gate import StoreGate
 from appliance.store.keys import (
     LEGACY_SCRYPT_N,
     MIN_PASSPHRASE_CHARS,
@@ -27,6 +29,7 @@ from appliance.store.keys import (
     wrap_key,
 )
 from appliance.store.store import ModelStore
+from appliance.supervisor import Supervisor
 from tests.e2e.server import APPLIANCE
 from tests.gguf_files import write_tiny_gguf
 
@@ -100,6 +103,28 @@ def test_a_store_made_at_the_old_cost_unlocks_and_the_next_rotation_upgrades_it(
     assert record is not None
     assert record.scrypt_n == SCRYPT_N
     ModelStore(appliance_home, registry, passphrase=PASSPHRASE).verify("tiny")
+
+
+class _NoWorkers:
+    """Just enough of a supervisor for StoreGate.unlock: no workers to start."""
+
+    workers: dict[str, object] = {}  # noqa: RUF012 - read-only here
+
+    async def start(self, names: list[str]) -> None:
+        """Nothing to start."""
+
+
+async def test_the_gateway_unlocks_a_store_made_at_the_old_cost(
+    appliance_home: Path, store: ModelStore, registry: Registry, tiny: Path
+) -> None:
+    """POST /admin/store/unlock's path: the gate derives at the recorded cost, so an old store unlocks."""
+    store.import_gguf(tiny, name="tiny")
+    _make_legacy(appliance_home, registry)
+    gate = StoreGate(appliance_home, registry)
+    assert gate.locked
+    await gate.unlock(LEGACY, cast("Supervisor", _NoWorkers()))
+    assert not gate.locked
+    gate.store().verify("tiny")
 
 
 def test_a_short_new_passphrase_is_refused_and_nothing_changes(
