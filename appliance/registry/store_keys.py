@@ -113,6 +113,17 @@ class StoreKeys:
             row = session.get(ModelKeyRow, model_id)
             return None if row is None else _key(row)
 
+    def current_file(self, model_id: int) -> tuple[ModelKey, Path] | None:
+        """A model's key record and its file's path, read in one statement (so they belong together: a
+        re-encryption changes both in one transaction); None for a plain model."""
+        with self._sessions() as session:
+            found = session.execute(
+                select(ModelKeyRow, ModelRow.path)
+                .join(ModelRow, ModelRow.id == ModelKeyRow.model_id)
+                .where(ModelKeyRow.model_id == model_id)
+            ).first()
+            return None if found is None else (_key(found[0]), Path(found[1]))
+
     def all(self) -> list[ModelKey]:
         """Every encrypted model's key record."""
         with self._sessions() as session:

@@ -74,8 +74,8 @@ class StoreKek:
             return kek
         pending = self.key_file.with_name(KEY_FILE + ".new")
         if pending.exists() and read_key_file(pending).fingerprint == record.fingerprint:
-            # A rotation committed the re-wrapped keys but stopped before installing the new key file.
-            os.replace(pending, self.key_file)
+            # A rotation committed the re-wrapped keys but has not installed the new key file (yet).
+            _install(pending, self.key_file)
             return read_key_file(self.key_file)
         raise StoreIntegrityError(f"{self.key_file} is not the key of this store (wrong key file)")
 
@@ -115,5 +115,14 @@ class StoreKek:
         rewrapped = {model_id: wrap_key(new, key) for model_id, key in data_keys.items()}
         # Commit first, then install the key file: _kek() finishes a rotation interrupted in between.
         self._registry.store_keys.set_kek(KekRecord(new.fingerprint, "keyfile", None), rewrapped)
-        os.replace(pending, self.key_file)
+        _install(pending, self.key_file)
         return len(rewrapped)
+
+
+def _install(pending: Path, key_file: Path) -> None:
+    """Put a committed rotation's new key file in place; a reader that got there first already did."""
+    try:
+        os.replace(pending, key_file)
+    except FileNotFoundError:
+        if not key_file.exists():
+            raise

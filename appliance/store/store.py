@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from appliance.errors import (
     ApplianceError,
@@ -41,7 +42,7 @@ from appliance.store.folders import (
 from appliance.store.format import DEFAULT_CHUNK_SIZE, Progress, decrypt_chunks
 from appliance.store.housekeeping import entry_bytes, no_writers, remove_entries, unreferenced, writing
 from appliance.store.kek import StoreKek
-from appliance.store.keys import Kek, check_new_passphrase, new_data_key, wrap_key
+from appliance.store.keys import Kek, check_new_passphrase, new_data_key, unwrap_key, wrap_key
 from appliance.store.reencrypt import (
     SUFFIX,
     RotationIncompleteError,
@@ -253,12 +254,28 @@ class ModelStore:
             raise
         return model
 
+    def _current(self, model: ModelInfo) -> tuple[ModelKey, Path]:
+        """The model's key record and file as the registry has them now, not as the caller's copy says: a
+        re-encryption or rotation changes both in one transaction, so they are read in one statement."""
+        found = self._registry.store_keys.current_file(model.id)
+        if found is None:
+            raise ModelFileError(f"model {model.name!r} is not in the encrypted store", param="name")
+        return found
+
+    def _open(self, model: ModelInfo, key: ModelKey, path: Path) -> tuple[bytes, BinaryIO]:
+        return unwrap_key(self._kek(), key.wrapped_key, what=f"model {model.name!r}"), path.open("rb")
+
     def _plain_chunks(self, model: ModelInfo) -> Iterator[bytes]:
         """The verified plaintext of an encrypted model, chunk by chunk."""
-        data_key = self._data_key(model)
-        # The registry's path, not the caller's copy: a re-encryption may have moved the file since.
-        current = self._registry.models.get(model.id) or model
-        with current.path.open("rb") as handle:
+        found = self._current(model)
+        try:
+            data_key, handle = self._open(model, *found)
+        except (StoreIntegrityError, FileNotFoundError):
+            if self._current(model) == found:
+                raise
+            # A re-encryption or rotation committed (and removed the old file) in between: what it wrote.
+            data_key, handle = self._open(model, *self._current(model))
+        with handle:  # once open, a file that a re-encryption removes still reads to its end
             yield from decrypt_chunks(handle, data_key)
 
     def verify(self, name: str, progress: Progress | None = None) -> ModelInfo:
@@ -339,9 +356,20 @@ class ModelStore:
 
     def decrypt_to_folder(self, model: ModelInfo, parent: Path) -> Path:
         """Decrypt an AWQ model into a new folder (mode 0700) under `parent`; the caller removes it."""
+        found = self._current(model)
+        try:
+            return self._decrypt_folder_into(model, *found, parent)
+        except (StoreIntegrityError, FileNotFoundError):
+            if self._current(model) == found:
+                raise
+        # Its folder was re-encrypted (and the old one removed) while it was being read: once more.
+        return self._decrypt_folder_into(model, *self._current(model), parent)
+
+    def _decrypt_folder_into(self, model: ModelInfo, key: ModelKey, folder: Path, parent: Path) -> Path:
+        data_key = unwrap_key(self._kek(), key.wrapped_key, what=f"model {model.name!r}")
         target = Path(tempfile.mkdtemp(prefix=folder_prefix(model.name), dir=parent))
         try:
-            decrypt_folder(model.path, self._data_key(model), target)
+            decrypt_folder(folder, data_key, target)
         except BaseException:
             remove_tree(target)
             raise

@@ -243,6 +243,36 @@ def test_a_passphrase_rotation_re_encrypts_with_one_derivation_per_passphrase(
     _verify_all(ModelStore(appliance_home, registry, passphrase="a second, longer passphrase"), registry)
 
 
+def test_a_worker_start_that_races_a_rotation_loads_the_new_files(
+    store: ModelStore, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway read a model's key and file just before a rotation committed and removed them (and its
+    ModelInfo is older still): the sealed memfd of the GGUF and the tmpfs copy of the folder still come out
+    whole, from the files the rotation wrote."""
+    gguf, folder = registry.models.version("a", "1"), registry.models.version("folder", "1")
+    real = registry.store_keys.current_file
+    rotations: list[int] = []
+
+    def racing(model_id: int) -> tuple[ModelKey, Path] | None:
+        found = real(model_id)
+        if len(rotations) < 2 and model_id in (gguf.id, folder.id) and model_id not in rotations:
+            rotations.append(model_id)
+            store.rotate_key()  # a new KEK, new keys, new files; the ones `found` names are gone
+        return found
+
+    monkeypatch.setattr(registry.store_keys, "current_file", racing)
+    fd = store.decrypt_to_memfd(gguf)
+    try:
+        assert os.fstat(fd).st_size == gguf.size_bytes
+        assert os.pread(fd, 4, 0) == b"GGUF"
+    finally:
+        os.close(fd)
+    loaded = store.decrypt_to_folder(folder, tmp_path)
+    originals = {p.relative_to(tmp_path / "awq").as_posix() for p in (tmp_path / "awq").rglob("*")}
+    assert {p.relative_to(loaded).as_posix() for p in loaded.rglob("*")} == originals
+    assert rotations == [gguf.id, folder.id]
+
+
 def test_rotation_streams_a_real_model_in_bounded_memory(
     appliance_home: Path, registry: Registry, model_path: Path
 ) -> None:
