@@ -11,11 +11,14 @@ import typer
 
 from appliance.cli.model_settings import ToolParserOption
 from appliance.engines.vllm.tool_parsers import AUTO, check_tool_parser
+from appliance.errors import ApplianceError
+from appliance.registry.models import ModelInfo
 from appliance.registry.registry import Registry, open_registry
 from appliance.safe_files import folder_files, is_folder, size_of
 from appliance.settings import home_from_environment, load_settings, write_default_settings
 from appliance.store.format import Progress
 from appliance.store.housekeeping import StoreBusyError, entry_bytes
+from appliance.store.keys import check_new_passphrase
 from appliance.store.store import ModelStore
 
 PASSPHRASE_VARIABLE = "APPLIANCE_STORE_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
@@ -108,7 +111,7 @@ def models_reencrypt(name: str) -> None:
     """Re-encrypt a stored model under a new data key; the old file goes only once the new one verifies."""
     store, registry = _open_store()
     model = next((m for m in registry.models.list() if name in m.public_names), None)
-    total = model.size_bytes if model is not None else 0
+    total = store.content_bytes(model) if model is not None else 0
     done = store.reencrypt(
         name, progress=_progress("re-encrypting", total), verify_progress=_progress("verifying", total)
     )
@@ -170,17 +173,32 @@ def store_rotate_key(
         bool, typer.Option(help="switch to (or stay in) passphrase mode: the new KEK comes from a passphrase")
     ] = False,
 ) -> None:
-    """Re-wrap every data key under a new key-encryption key; the old key then opens nothing."""
+    """A new key-encryption key and a new data key for every model, each file re-encrypted; the old key
+    then opens nothing."""
     store, registry = _open_store()
     new_passphrase = None
     if passphrase:
         new_passphrase = os.environ.get(NEW_PASSPHRASE_VARIABLE) or typer.prompt(
             "new store passphrase", hide_input=True, confirmation_prompt=True, err=True
         )
-    count = store.rotate_key(new_passphrase)
-    registry.audit.record("store.rotate_key", outcome="success", detail="cli")
+        check_new_passphrase(new_passphrase)  # a one-line refusal before the store is touched
+    try:
+        count = store.rotate_key(new_passphrase, on_model=_rotation_step)
+    except KeyboardInterrupt:
+        raise ApplianceError(
+            "interrupted: every model still opens with the store's current key; "
+            "run `appliance store rotate-key` again to give every model a new data key"
+        ) from None
+    registry.audit.record("store.rotate_key", outcome="success", detail=f"cli: {count} re-encrypted")
     mode = "a passphrase" if passphrase else f"key file {store.key_file}"
-    typer.echo(f"re-wrapped {count} model key(s) under a new key ({mode})")
+    typer.echo(f"re-encrypted {count} model(s) under new data keys and a new key ({mode})")
+
+
+def _rotation_step(index: int, total: int, model: ModelInfo, size: int) -> Progress:
+    """One line per model a rotation re-encrypts, then that model's byte progress."""
+    label = f"{model.name}@{model.version}"
+    typer.echo(f"re-encrypting {index}/{total} {label} ({size / 1e6:.0f} MB)")
+    return _progress(f"  {label}", size)
 
 
 def register_store_commands(app: typer.Typer, models_app: typer.Typer) -> None:

@@ -14,10 +14,14 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL lets the CLI write (revoke a key) while the gateway reads; foreign keys keep audit rows sane."""
+    """WAL lets the CLI write (revoke a key) while the gateway reads; foreign keys keep audit rows sane;
+    secure_delete zeroes what a delete or update frees, so a removed or re-wrapped model key row (or a revoked
+    API key's hash) does not linger in the file's free space. Set explicitly: the compile-time default of
+    the SQLite the appliance runs on is not ours to choose."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
 

@@ -204,6 +204,12 @@ class ModelRegistry:
             session.flush()
             return _info(chosen)
 
+    def get(self, model_id: int) -> ModelInfo | None:
+        """One model version by its id, active or not; None when there is no such row."""
+        with self._sessions() as session:
+            row = session.get(ModelRow, model_id)
+            return None if row is None else _info(row)
+
     def list(self) -> list[ModelInfo]:
         """Every registered model (its active version), in the order they were added."""
         if self._cache is None:

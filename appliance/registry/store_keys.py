@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import ForeignKey, Integer, LargeBinary, String, delete, select
+from sqlalchemy import ForeignKey, Integer, LargeBinary, String, delete, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from appliance.registry.schema import Base, ModelRow, utc_now
@@ -21,6 +21,8 @@ class StoreKekRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(32))
     mode: Mapped[str] = mapped_column(String(16))
     scrypt_salt: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    scrypt_n: Mapped[int | None] = mapped_column(Integer, default=None)
+    """scrypt's cost parameter N; None for a store made before it was recorded (which used 2^15)."""
     changed_at: Mapped[datetime] = mapped_column(default=utc_now)
 
 
@@ -44,6 +46,8 @@ class KekRecord:
     fingerprint: str
     mode: str
     scrypt_salt: bytes | None
+    scrypt_n: int | None = None
+    """In passphrase mode, scrypt's N (None: recorded before the cost was, so the old 2^15)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,9 @@ class StoreKeys:
         """The recorded KEK, or None before the store's first use."""
         with self._sessions() as session:
             row = session.get(StoreKekRow, 1)
-            return None if row is None else KekRecord(row.fingerprint, row.mode, row.scrypt_salt)
+            if row is None:
+                return None
+            return KekRecord(row.fingerprint, row.mode, row.scrypt_salt, row.scrypt_n)
 
     def set_kek(self, record: KekRecord, rewrapped: dict[int, bytes] | None = None) -> None:
         """Record a (new) KEK and, in the same transaction, the data keys re-wrapped under it."""
@@ -81,6 +87,7 @@ class StoreKeys:
                 row = StoreKekRow(id=1, fingerprint=record.fingerprint, mode=record.mode)
                 session.add(row)
             row.fingerprint, row.mode, row.scrypt_salt = record.fingerprint, record.mode, record.scrypt_salt
+            row.scrypt_n = record.scrypt_n
             row.changed_at = utc_now()
             for model_id, wrapped in (rewrapped or {}).items():
                 key_row = session.get(ModelKeyRow, model_id)
@@ -106,6 +113,17 @@ class StoreKeys:
             row = session.get(ModelKeyRow, model_id)
             return None if row is None else _key(row)
 
+    def current_file(self, model_id: int) -> tuple[ModelKey, Path] | None:
+        """A model's key record and its file's path, read in one statement (so they belong together: a
+        re-encryption changes both in one transaction); None for a plain model."""
+        with self._sessions() as session:
+            found = session.execute(
+                select(ModelKeyRow, ModelRow.path)
+                .join(ModelRow, ModelRow.id == ModelKeyRow.model_id)
+                .where(ModelKeyRow.model_id == model_id)
+            ).first()
+            return None if found is None else (_key(found[0]), Path(found[1]))
+
     def all(self) -> list[ModelKey]:
         """Every encrypted model's key record."""
         with self._sessions() as session:
@@ -127,3 +145,11 @@ class StoreKeys:
         with self._sessions.begin() as session:
             session.execute(delete(ModelKeyRow).where(ModelKeyRow.model_id == model_id))
             session.execute(delete(ModelRow).where(ModelRow.id == model_id))
+
+    def flush_journal(self) -> bool:
+        """Checkpoint the write-ahead log into the database and truncate it, so key rows a rotation replaced
+        do not stay in the journal; False when a reader kept the checkpoint from finishing (they go later)."""
+        with self._sessions() as session:
+            busy = session.execute(text("PRAGMA wal_checkpoint(TRUNCATE)")).scalar()
+            session.commit()
+        return busy == 0

@@ -19,7 +19,8 @@ import msgspec
 from appliance.errors import StoreIntegrityError
 from appliance.safe_files import folder_files, open_source_file, open_source_folder
 from appliance.store.format import Progress, decrypt_chunks, encrypt_stream
-from appliance.store.streams import FdWriter, HashingReader
+from appliance.store.reencrypt import sync_folder
+from appliance.store.streams import ChunkReader, FdWriter, HashingReader
 
 FOLDER_SUFFIX = ".awq"
 MANIFEST = "manifest.aplm"
@@ -98,6 +99,12 @@ def encrypt_folder(
         files.append(FolderFile(name, stored, size, digest.hexdigest()))
         done += size
     manifest = Manifest(files)
+    _write_manifest(target, manifest, data_key, file_id)
+    return manifest
+
+
+def _write_manifest(target: Path, manifest: Manifest, data_key: bytes, file_id: str) -> None:
+    """Encrypt the manifest into `target/manifest.aplm` (written last: a folder without one is incomplete)."""
     fd = _new_private_file(target / MANIFEST)
     try:
         encoded = msgspec.json.encode(manifest)
@@ -105,7 +112,6 @@ def encrypt_folder(
         os.fsync(fd)
     finally:
         os.close(fd)
-    return manifest
 
 
 class _BytesReader:
@@ -202,6 +208,75 @@ def import_folder(
         remove_tree(tmp)
         raise
     return final, manifest
+
+
+def _reencrypt_files(
+    old: Path,
+    old_key: bytes,
+    target: Path,
+    data_key: bytes,
+    file_id: str,
+    chunk_size: int,
+    progress: Progress | None,
+) -> Manifest:
+    """Every file of the stored folder `old` into the new folder `target` under `data_key`, each checked
+    against the old manifest as its plaintext streams through; the new manifest last."""
+    manifest, files, done = read_manifest(old, old_key), [], 0
+    target.mkdir(mode=0o700)
+    for index, entry in enumerate(manifest.files):
+        stored, digest = f"{index}.aplm", hashlib.sha256()
+        try:
+            source = (old / entry.stored).open("rb")
+        except FileNotFoundError as error:
+            raise StoreIntegrityError(f"{old}: {entry.stored} ({entry.name}) is missing") from error
+        fd = _new_private_file(target / stored)
+        try:
+            with source as handle:
+                size = encrypt_stream(
+                    ChunkReader(decrypt_chunks(handle, old_key), digest.update),
+                    FdWriter(fd),
+                    data_key,
+                    f"{file_id}/{index}",
+                    chunk_size=chunk_size,
+                    progress=_offset(progress, done),
+                )
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if size != entry.size or digest.hexdigest() != entry.sha256:
+            raise StoreIntegrityError(f"{entry.name} decrypts, but not to the file that was imported")
+        files.append(FolderFile(entry.name, stored, size, entry.sha256))
+        done += size
+    new = Manifest(files)
+    _write_manifest(target, new, data_key, file_id)
+    return new
+
+
+def reencrypt_folder(
+    store_folder: Path,
+    old: Path,
+    old_key: bytes,
+    data_key: bytes,
+    file_id: str,
+    chunk_size: int,
+    progress: Progress | None = None,
+) -> Path:
+    """Re-encrypt a stored folder model into a new `<file id>.awq` under `data_key`, streamed, checked again
+    under the new key, and renamed into place atomically; the old folder is left for the caller to remove."""
+    final = store_folder / f"{file_id}{FOLDER_SUFFIX}"
+    tmp = store_folder / f".{file_id}.{os.getpid()}.tmp"
+    try:
+        _reencrypt_files(old, old_key, tmp, data_key, file_id, chunk_size, progress)
+        if verify_folder(tmp, data_key).digest() != read_manifest(old, old_key).digest():
+            raise StoreIntegrityError(f"{old}: the re-encrypted folder does not verify")
+        sync_folder(tmp)
+        os.replace(tmp, final)
+        sync_folder(store_folder)
+    except BaseException:
+        remove_tree(tmp)
+        remove_tree(final)
+        raise
+    return final
 
 
 def remove_tree(path: Path) -> None:

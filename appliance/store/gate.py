@@ -18,7 +18,7 @@ from typing import Literal
 from appliance.engines.kind import Launch
 from appliance.errors import ConflictError, InvalidRequestError
 from appliance.registry.registry import Registry
-from appliance.store.keys import Kek, make_non_dumpable, passphrase_kek
+from appliance.store.keys import Kek, make_non_dumpable, passphrase_kek, scrypt_cost
 from appliance.store.loading import ModelSource, sealed_model_source
 from appliance.store.locked import StoreLockedError
 from appliance.store.store import ModelStore
@@ -97,8 +97,9 @@ class StoreGate:
         if not passphrase or record is None or record.scrypt_salt is None:
             raise WrongPassphraseError("wrong store passphrase", param="passphrase")
         make_non_dumpable()  # from here on this process holds the KEK
-        # scrypt takes about 0.1 s of CPU: keep the event loop answering meanwhile.
-        kek = await asyncio.to_thread(passphrase_kek, passphrase, record.scrypt_salt)
+        # scrypt takes about half a second of CPU and 128 MiB: keep the event loop answering meanwhile.
+        n = scrypt_cost(record.scrypt_n)
+        kek = await asyncio.to_thread(passphrase_kek, passphrase, record.scrypt_salt, n)
         if kek.fingerprint != record.fingerprint:
             raise WrongPassphraseError("wrong store passphrase", param="passphrase")
         async with self._changing:

@@ -1,7 +1,8 @@
 """Orphans in the store folder: what a crash mid-import or mid-re-encryption leaves behind, and its removal.
 
 A write to the store (import, re-encryption) holds a shared flock on the folder's lock file from its first
-temp file until the registry points at the result. Deciding what is an orphan takes the exclusive lock without
+temp file until the registry points at the result; a key rotation holds the exclusive lock throughout, so no
+import wraps its key under the KEK being replaced. Deciding what is an orphan takes the exclusive lock without
 waiting: while any writer, in any process, is between those two points, nothing is judged or removed, so the
 temp file of an import in progress is never taken for debris. The kernel drops a crashed writer's lock.
 """
@@ -33,7 +34,7 @@ def _lock_fd(folder: Path) -> int:
 
 @contextmanager
 def writing(folder: Path) -> Iterator[None]:
-    """Hold the writers' shared lock (waits only while a clean-up runs, which is quick)."""
+    """Hold the writers' shared lock (waits while a clean-up, which is quick, or a key rotation runs)."""
     fd = _lock_fd(folder)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)

@@ -13,17 +13,30 @@ from pathlib import Path
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from appliance.errors import ApplianceError, StoreIntegrityError
+from appliance.errors import ApplianceError, InvalidRequestError, StoreIntegrityError
 from appliance.settings import atomic_write_text
 from appliance.store.format import DATA_KEY_BYTES
 
 KEY_FILE = "store.key"
 KEK_BYTES = 32
-SCRYPT_N = 2**15
-"""scrypt cost: about 0.1 s and 32 MiB per unlock, which is what an interactive passphrase can afford."""
+SCRYPT_N = 2**17
+"""scrypt cost of every new passphrase KEK: about 0.3-0.5 s and 128 MiB per derivation (the OWASP minimum
+for scrypt with r=8, p=1). The registry records it beside the salt: raising it later locks no store out."""
+LEGACY_SCRYPT_N = 2**15
+"""The cost of stores made before the registry recorded it (NULL `scrypt_n`); the next rotation raises it."""
+MAX_SCRYPT_N = 2**20
+"""A damaged or hostile registry must not make an unlock allocate more than 1 GiB."""
 SCRYPT_R = 8
 SCRYPT_P = 1
+MIN_PASSPHRASE_CHARS = 12
+"""A new store passphrase is refused below this length: scrypt slows guessing, it cannot save a short one."""
 PR_SET_DUMPABLE = 4
+
+
+class WeakPassphraseError(InvalidRequestError):
+    """A new store passphrase that is too short; nothing is changed."""
+
+    code = "weak_store_passphrase"
 
 
 class KeyFileError(ApplianceError):
@@ -98,9 +111,26 @@ def new_kek() -> Kek:
     return Kek(secrets.token_bytes(KEK_BYTES))
 
 
-def passphrase_kek(passphrase: str, salt: bytes) -> Kek:
-    """A KEK derived from an admin passphrase with scrypt."""
+def check_new_passphrase(passphrase: str) -> None:
+    """Refuse a new store passphrase shorter than MIN_PASSPHRASE_CHARS (an existing one still unlocks)."""
+    if len(passphrase) < MIN_PASSPHRASE_CHARS:
+        raise WeakPassphraseError(
+            f"the new store passphrase is too short: at least {MIN_PASSPHRASE_CHARS} characters",
+            param="passphrase",
+        )
+
+
+def scrypt_cost(recorded: int | None) -> int:
+    """The N a passphrase KEK was derived with, from the registry's record (None: LEGACY_SCRYPT_N)."""
+    n = LEGACY_SCRYPT_N if recorded is None else recorded
+    if not LEGACY_SCRYPT_N <= n <= MAX_SCRYPT_N or n & (n - 1):
+        raise StoreIntegrityError(f"the registry records an invalid scrypt cost ({n}) for the store key")
+    return n
+
+
+def passphrase_kek(passphrase: str, salt: bytes, n: int = SCRYPT_N) -> Kek:
+    """A KEK derived from an admin passphrase with scrypt at cost `n` (the record's, see scrypt_cost)."""
     if not passphrase:
         raise ApplianceError("the store passphrase must not be empty")
-    kdf = Scrypt(salt=salt, length=KEK_BYTES, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+    kdf = Scrypt(salt=salt, length=KEK_BYTES, n=n, r=SCRYPT_R, p=SCRYPT_P)
     return Kek(kdf.derive(passphrase.encode()))

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from appliance.errors import (
     ApplianceError,
@@ -30,20 +31,29 @@ from appliance.registry.registry import Registry
 from appliance.registry.store_keys import ModelKey
 from appliance.safe_files import folder_files, open_source_file
 from appliance.store.exports import export_target, write_new_file, write_new_folder
-from appliance.store.folders import decrypt_folder, import_folder, read_manifest, remove_tree, verify_folder
-from appliance.store.format import DEFAULT_CHUNK_SIZE, Progress, Reader, decrypt_chunks, encrypt_stream
+from appliance.store.folders import (
+    decrypt_folder,
+    import_folder,
+    read_manifest,
+    reencrypt_folder,
+    remove_tree,
+    verify_folder,
+)
+from appliance.store.format import DEFAULT_CHUNK_SIZE, Progress, decrypt_chunks
 from appliance.store.housekeeping import entry_bytes, no_writers, remove_entries, unreferenced, writing
 from appliance.store.kek import StoreKek
-from appliance.store.keys import (
-    Kek,
-    new_data_key,
-    wrap_key,
+from appliance.store.keys import Kek, check_new_passphrase, new_data_key, unwrap_key, wrap_key
+from appliance.store.reencrypt import (
+    SUFFIX,
+    RotationIncompleteError,
+    RotationStep,
+    encrypt_into,
+    reencrypt_file,
 )
-from appliance.store.streams import ChunkReader, FdWriter, HashingReader
+from appliance.store.streams import FdWriter, HashingReader
 from appliance.store.tmpfs import folder_prefix
 
 STORE_FOLDER = "store"
-SUFFIX = ".aplm"
 SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 SALT_BYTES = 16
 AWQ = "awq"
@@ -109,9 +119,31 @@ class ModelStore:
     def _data_key(self, model: ModelInfo) -> bytes:
         return self._keys.data_key(model)
 
-    def rotate_key(self, new_passphrase: str | None = None) -> int:
-        """Re-wrap every data key under a new KEK (a new key file, or a passphrase); returns how many."""
-        return self._keys.rotate(new_passphrase)
+    def rotate_key(self, new_passphrase: str | None = None, on_model: RotationStep | None = None) -> int:
+        """A new KEK (a new key file, or a passphrase) and a new data key for every stored model version,
+        each file re-encrypted, streamed; returns how many. Crash-safe in two steps (reencrypt.py)."""
+        if new_passphrase is not None:
+            check_new_passphrase(new_passphrase)  # before anything is read or written
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with no_writers(self.folder):  # no import may wrap its key under the KEK being replaced
+            self._keys.rotate(new_passphrase)
+            found = (self._registry.models.get(key.model_id) for key in self._registry.store_keys.all())
+            models = [model for model in found if model is not None]
+            done = 0
+            try:
+                for index, model in enumerate(models, start=1):
+                    size = self.content_bytes(model)
+                    self._reencrypt_locked(
+                        model, on_model(index, len(models), model, size) if on_model else None
+                    )
+                    done = index
+            except ApplianceError as error:
+                raise RotationIncompleteError(
+                    f"the store key was changed but only {done} of {len(models)} model(s) have new data keys "
+                    f"({error.message}); every model opens with the new key: run the rotation again to finish"
+                ) from error
+        self._registry.store_keys.flush_journal()  # the replaced key rows leave the write-ahead log too
+        return len(models)
 
     # --- operations -------------------------------------------------------------------------------------
 
@@ -203,7 +235,8 @@ class ModelStore:
         try:
             # Opened again by the same rules; the digest below catches a file changed in between.
             with open_source_file(source, allowed=self._import_folders) as plain:
-                self._encrypt_into(tmp, HashingReader(plain, digest.update), data_key, file_id, progress)
+                reader = HashingReader(plain, digest.update)
+                encrypt_into(tmp, reader, data_key, file_id, self._chunk_size, progress)
             if digest.hexdigest() != info.sha256:
                 raise ModelFileError(f"{source}: the file changed while it was being imported")
             os.replace(tmp, final)
@@ -221,12 +254,28 @@ class ModelStore:
             raise
         return model
 
+    def _current(self, model: ModelInfo) -> tuple[ModelKey, Path]:
+        """The model's key record and file as the registry has them now, not as the caller's copy says: a
+        re-encryption or rotation changes both in one transaction, so they are read in one statement."""
+        found = self._registry.store_keys.current_file(model.id)
+        if found is None:
+            raise ModelFileError(f"model {model.name!r} is not in the encrypted store", param="name")
+        return found
+
+    def _open(self, model: ModelInfo, key: ModelKey, path: Path) -> tuple[bytes, BinaryIO]:
+        return unwrap_key(self._kek(), key.wrapped_key, what=f"model {model.name!r}"), path.open("rb")
+
     def _plain_chunks(self, model: ModelInfo) -> Iterator[bytes]:
         """The verified plaintext of an encrypted model, chunk by chunk."""
-        data_key = self._data_key(model)
-        # The registry's path, not the caller's copy: a re-encryption may have moved the file since.
-        current = next((m for m in self._registry.models.list() if m.id == model.id), model)
-        with current.path.open("rb") as handle:
+        found = self._current(model)
+        try:
+            data_key, handle = self._open(model, *found)
+        except (StoreIntegrityError, FileNotFoundError):
+            if self._current(model) == found:
+                raise
+            # A re-encryption or rotation committed (and removed the old file) in between: what it wrote.
+            data_key, handle = self._open(model, *self._current(model))
+        with handle:  # once open, a file that a re-encryption removes still reads to its end
             yield from decrypt_chunks(handle, data_key)
 
     def verify(self, name: str, progress: Progress | None = None) -> ModelInfo:
@@ -258,67 +307,42 @@ class ModelStore:
     def reencrypt(
         self, name: str, progress: Progress | None = None, verify_progress: Progress | None = None
     ) -> ModelInfo:
-        """Re-encrypt a model under a new data key; the old file goes only once the new one verifies."""
+        """Re-encrypt a model (a GGUF file or an AWQ folder) under a new data key; the old file goes only
+        once the new one verifies."""
         model = self._find(name)
         self._key_record(model)  # a plain model has nothing to re-encrypt: ModelFileError
-        if model.format == AWQ:
-            raise ModelFileError(f"re-encrypting the AWQ folder model {name!r} is not supported yet")
         with writing(self.folder):
-            return self._reencrypt_locked(model, progress, verify_progress)
-
-    def _reencrypt_locked(
-        self, model: ModelInfo, progress: Progress | None, verify_progress: Progress | None
-    ) -> ModelInfo:
-        """reencrypt's writing part, under the writers' lock."""
-        name = model.name
-        kek = self._kek()
-        data_key, file_id = new_data_key(), secrets.token_hex(16)
-        final = self.folder / f"{file_id}{SUFFIX}"
-        tmp = self.folder / f".{file_id}.{os.getpid()}.tmp"
-        digest = hashlib.sha256()
-        try:
-            # Streamed: one chunk of plaintext in memory at a time, never on disk.
-            reader = ChunkReader(self._plain_chunks(model), digest.update)
-            self._encrypt_into(tmp, reader, data_key, file_id, progress)
-            if digest.hexdigest() != model.sha256:
-                raise StoreIntegrityError(f"model {name!r} decrypts, but not to the file that was imported")
-            self._check_file(tmp, data_key, model, verify_progress)
-            os.replace(tmp, final)
-            key = ModelKey(model.id, file_id, wrap_key(kek, data_key), kek.fingerprint, final.stat().st_size)
-            self._registry.store_keys.replace_file(key, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            final.unlink(missing_ok=True)
-            raise
-        # Only now, with the registry pointing at the new file, is the old one (and its key) gone.
-        if model.path != final:
-            model.path.unlink(missing_ok=True)
+            self._reencrypt_locked(model, progress, verify_progress)
         return self._find(name)
 
-    def _encrypt_into(
-        self, tmp: Path, reader: Reader, data_key: bytes, file_id: str, progress: Progress | None
+    def _reencrypt_locked(
+        self, model: ModelInfo, progress: Progress | None, verify_progress: Progress | None = None
     ) -> None:
-        """Encrypt `reader` into the new file `tmp` (mode 0600, fsynced); the caller renames or removes it."""
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            encrypt_stream(
-                reader, FdWriter(fd), data_key, file_id, chunk_size=self._chunk_size, progress=progress
-            )
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _check_file(self, path: Path, data_key: bytes, model: ModelInfo, progress: Progress | None) -> None:
-        """Decrypt `path` end to end under `data_key` and compare with the model's size and SHA-256."""
-        digest, done = hashlib.sha256(), 0
-        with path.open("rb") as handle:
-            for chunk in decrypt_chunks(handle, data_key):
-                digest.update(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done)
-        if done != model.size_bytes or digest.hexdigest() != model.sha256:
-            raise StoreIntegrityError(f"the re-encrypted file of {model.name!r} does not verify")
+        """Re-encrypt one model version (as the registry has it now) under a writers' lock."""
+        kek, old_key = self._kek(), self._data_key(model)
+        data_key, file_id = new_data_key(), secrets.token_hex(16)
+        chunk = self._chunk_size
+        if model.format == AWQ:
+            final = reencrypt_folder(self.folder, model.path, old_key, data_key, file_id, chunk, progress)
+        else:
+            try:
+                handle = model.path.open("rb")
+            except FileNotFoundError as error:
+                raise StoreIntegrityError(
+                    f"{model.path}: the encrypted file of {model.name!r} is missing"
+                ) from error
+            with handle:  # streamed: one chunk of plaintext in memory at a time, never on disk
+                plain = decrypt_chunks(handle, old_key)
+                final = reencrypt_file(
+                    self.folder, model, plain, data_key, file_id, chunk, progress, verify_progress
+                )
+        # A commit that fails leaves the new file to `store clean`: removing it here could take the file of
+        # a commit that did land.
+        key = ModelKey(model.id, file_id, wrap_key(kek, data_key), kek.fingerprint, entry_bytes(final))
+        self._registry.store_keys.replace_file(key, final)
+        # Only now, with the registry pointing at the new file and key, are the old ones gone.
+        if model.path != final:
+            remove_entries([model.path])
 
     def export(self, name: str, target: Path) -> Path:
         """Decrypt a model to `target`, a new file (mode 0600; in it, when it is a folder), all or nothing:
@@ -332,9 +356,20 @@ class ModelStore:
 
     def decrypt_to_folder(self, model: ModelInfo, parent: Path) -> Path:
         """Decrypt an AWQ model into a new folder (mode 0700) under `parent`; the caller removes it."""
+        found = self._current(model)
+        try:
+            return self._decrypt_folder_into(model, *found, parent)
+        except (StoreIntegrityError, FileNotFoundError):
+            if self._current(model) == found:
+                raise
+        # Its folder was re-encrypted (and the old one removed) while it was being read: once more.
+        return self._decrypt_folder_into(model, *self._current(model), parent)
+
+    def _decrypt_folder_into(self, model: ModelInfo, key: ModelKey, folder: Path, parent: Path) -> Path:
+        data_key = unwrap_key(self._kek(), key.wrapped_key, what=f"model {model.name!r}")
         target = Path(tempfile.mkdtemp(prefix=folder_prefix(model.name), dir=parent))
         try:
-            decrypt_folder(model.path, self._data_key(model), target)
+            decrypt_folder(folder, data_key, target)
         except BaseException:
             remove_tree(target)
             raise

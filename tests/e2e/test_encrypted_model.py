@@ -123,7 +123,7 @@ def test_rotation_keeps_models_loading_and_the_old_key_opens_nothing(
     cli(home, "models", "import", str(model_path), "--name", "smollm2-135m", "--alias", "default")
     user_key = cli(home, "keys", "create", "--name", "user", "--role", "user", "--quiet").strip()
     old_key = (home / "store.key").read_bytes()
-    assert "re-wrapped 1 model key" in cli(home, "store", "rotate-key")
+    assert "re-encrypted 1 model(s)" in cli(home, "store", "rotate-key")
     assert (home / "store.key").read_bytes() != old_key
     running = serve(home, port, user_key, user_key)
     try:

@@ -16,6 +16,7 @@ from appliance.engines.kind import Launch
 from appliance.errors import ModelFileError, StoreIntegrityError
 from appliance.planner import ModelPlan
 from appliance.registry.models import ModelInfo
+from appliance.registry.registry import Registry
 from appliance.settings import Settings
 from appliance.store.folders import MANIFEST
 from appliance.store.loading import sealed_model_source
@@ -70,6 +71,50 @@ def test_import_verify_export_remove(store: ModelStore, awq: Path, tmp_path: Pat
     store.remove("tiny")
     assert not model.path.exists()
     assert store.list() == []
+
+
+def test_reencrypt_writes_a_new_folder_under_a_new_data_key(
+    store: ModelStore, registry: Registry, awq: Path, tmp_path: Path
+) -> None:
+    """A folder model re-encrypts (it was refused before): a new `<id>.awq` under a new data key, the old
+    folder gone, every file and the manifest written again; it verifies and exports the same files."""
+    model = store.import_awq_folder(awq, name="tiny")
+    old_key = registry.store_keys.get(model.id)
+    old_bytes = {p.name: p.read_bytes() for p in model.path.iterdir()}
+    steps: list[int] = []
+    done = store.reencrypt("tiny", progress=steps.append)
+    new_key = registry.store_keys.get(model.id)
+    assert old_key is not None
+    assert new_key is not None
+    assert new_key.file_id != old_key.file_id
+    assert new_key.wrapped_key != old_key.wrapped_key
+    assert done.path.name == f"{new_key.file_id}.awq"
+    assert not model.path.exists()
+    assert sorted(p.name for p in done.path.iterdir()) == sorted(old_bytes)
+    assert all(old_bytes[p.name] != p.read_bytes() for p in done.path.iterdir())
+    assert steps[-1] == sum(len(data) for data in _originals(awq).values())
+    assert new_key.stored_bytes == sum(p.stat().st_size for p in done.path.iterdir())
+    store.verify("tiny")
+    assert _originals(store.export("tiny", tmp_path / "out")) == _originals(awq)
+    assert store.orphans() == []
+
+
+@pytest.mark.parametrize("damage", ["flip", "drop"])
+def test_reencrypt_of_a_damaged_folder_leaves_it_as_it_was(store: ModelStore, awq: Path, damage: str) -> None:
+    """A file that fails its tag or is missing: StoreIntegrityError, no new folder, the old one untouched."""
+    model = store.import_awq_folder(awq, name="tiny")
+    second = model.path / "1.aplm"
+    if damage == "flip":
+        data = bytearray(second.read_bytes())
+        data[-20] ^= 1
+        second.write_bytes(bytes(data))
+    else:
+        second.unlink()
+    before = {p.name: p.read_bytes() for p in model.path.iterdir()}
+    with pytest.raises(StoreIntegrityError):
+        store.reencrypt("tiny")
+    assert sorted(p.name for p in store.folder.iterdir()) == sorted([".writers.lock", model.path.name])
+    assert {p.name: p.read_bytes() for p in model.path.iterdir()} == before
 
 
 @pytest.mark.parametrize("damage", ["flip", "swap", "drop", "manifest"])
