@@ -34,10 +34,10 @@ def test_0002_upgrade_and_downgrade(tmp_path: Path) -> None:
     assert not _run(db_path, "downgrade", "0001") & STORE_TABLES
 
 
-def test_0006_keeps_an_old_passphrase_record_at_the_old_cost(tmp_path: Path) -> None:
-    """A store_kek row from before 0006 gets a NULL scrypt_n (read as 2^15); downgrading drops the column."""
+def test_0007_keeps_an_old_passphrase_record_at_the_old_cost(tmp_path: Path) -> None:
+    """A store_kek row from before 0007 gets a NULL scrypt_n (read as 2^15); downgrading drops the column."""
     db_path = tmp_path / "registry.db"
-    _run(db_path, "upgrade", "0005")
+    _run(db_path, "upgrade", "0006")
     engine = create_engine(f"sqlite:///{db_path}")
     try:
         with engine.begin() as connection:
@@ -45,10 +45,10 @@ def test_0006_keeps_an_old_passphrase_record_at_the_old_cost(tmp_path: Path) -> 
                 "INSERT INTO store_kek (id, fingerprint, mode, scrypt_salt, changed_at) "
                 "VALUES (1, 'f', 'passphrase', x'00', '2026-01-01 00:00:00')"
             )
-        _run(db_path, "upgrade", "0006")
+        _run(db_path, "upgrade", "0007")
         with engine.connect() as connection:
             assert connection.exec_driver_sql("SELECT scrypt_n FROM store_kek").scalar_one() is None
-        _run(db_path, "downgrade", "0005")
+        _run(db_path, "downgrade", "0006")
         with engine.connect() as connection:
             columns = [row[1] for row in connection.exec_driver_sql("PRAGMA table_info(store_kek)")]
         assert "scrypt_n" not in columns
