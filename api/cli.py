@@ -22,6 +22,7 @@ from api.cli_unlock import register_unlock_commands
 from api.cli_versions import register_version_commands
 from api.doctor import doctor
 from appliance.cli.model_settings import register_model_settings_commands
+from appliance.default_settings import write_default_settings
 from appliance.egress import GUARDED_LOOP, install_command_guard
 from appliance.errors import ApplianceError, InvalidRequestError
 from appliance.gguf_info import read_gguf_info
@@ -30,7 +31,7 @@ from appliance.planner import GIB, ModelSpec, Plan, make_plan, spec_from_model
 from appliance.registry.keys import CreatedKey, Role
 from appliance.registry.names import check_model_name
 from appliance.registry.registry import Registry, open_registry
-from appliance.settings import Settings, home_from_environment, load_settings, write_default_settings
+from appliance.settings import Settings, home_from_environment, load_settings
 from appliance.tls import check_bind, server_context
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)

@@ -10,12 +10,13 @@ from typing import Annotated
 import typer
 
 from appliance.cli.model_settings import ToolParserOption
+from appliance.default_settings import write_default_settings
 from appliance.engines.vllm.tool_parsers import AUTO, check_tool_parser
 from appliance.errors import ApplianceError
 from appliance.registry.models import ModelInfo
 from appliance.registry.registry import Registry, open_registry
 from appliance.safe_files import folder_files, is_folder, size_of
-from appliance.settings import home_from_environment, load_settings, write_default_settings
+from appliance.settings import home_from_environment, load_settings
 from appliance.store.format import Progress
 from appliance.store.housekeeping import StoreBusyError, entry_bytes
 from appliance.store.keys import check_new_passphrase

@@ -7,10 +7,10 @@ import sys
 import httpx
 import msgspec
 
+from appliance.atomic_files import atomic_write_text
 from appliance.egress import in_network_namespace
 from appliance.engines.kind import EngineKind, Launch, worker_environment
 from appliance.hardware import physical_cores
-from appliance.settings import atomic_write_text
 
 
 def llamacpp_threads(launch: Launch) -> int:

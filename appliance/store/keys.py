@@ -13,8 +13,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from appliance.atomic_files import atomic_write_text
 from appliance.errors import ApplianceError, InvalidRequestError, StoreIntegrityError
-from appliance.settings import atomic_write_text
 from appliance.store.format import DATA_KEY_BYTES
 
 KEY_FILE = "store.key"

@@ -12,9 +12,10 @@ from litestar.testing import AsyncTestClient
 import api.admin.console
 import api.app
 from api.app import create_app
+from appliance.default_settings import write_default_settings
 from appliance.registry.keys import Role
 from appliance.registry.registry import open_registry
-from appliance.settings import load_settings, write_default_settings
+from appliance.settings import load_settings
 from tests.appliance.fake_nvml import FakeNvml, h100
 
 MIB = 1024 * 1024

@@ -6,17 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from appliance.atomic_files import atomic_write_text
+from appliance.default_settings import DEFAULT_SETTINGS_TEXT, write_default_settings
 from appliance.errors import SettingsError
 from appliance.settings import (
-    DEFAULT_SETTINGS_TEXT,
     SETTINGS_FILE,
     LimitSettings,
     ServerSettings,
     Settings,
     WorkerSettings,
-    atomic_write_text,
     load_settings,
-    write_default_settings,
 )
 
 

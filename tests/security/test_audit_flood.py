@@ -14,9 +14,10 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
+from appliance.default_settings import write_default_settings
 from appliance.registry.keys import Role
 from appliance.registry.registry import open_registry
-from appliance.settings import load_settings, write_default_settings
+from appliance.settings import load_settings
 
 FLOOD = 400
 TESTCLIENT = "testclient"
