@@ -153,9 +153,17 @@ def hostile_app() -> ConsoleApp:
     return ConsoleApp(HostileSource(), poll_s=None, history=MetricsHistory(), where="http://127.0.0.1:8080")
 
 
+class ToastKeepingApp(ConsoleApp):
+    """The console whose toasts stay up: after 5 s they would be gone before the end on a slow machine."""
+
+    NOTIFICATION_TIMEOUT = 3600
+
+
 async def test_every_screen_shows_hostile_text_literally() -> None:
     """Overview, models (and its dialogs), keys, audit, routes (and add link), store: the text as sent."""
-    app = hostile_app()
+    app = ToastKeepingApp(
+        HostileSource(), poll_s=None, history=MetricsHistory(), where="http://127.0.0.1:8080"
+    )
     async with app.run_test(size=(200, 60)) as pilot:
         await _shows(pilot, app, MODEL, CLOSING, "[red]ready", "[B]upper[/B]", "POST/v1/[/x]", "[ b]sp")
         await _shows(pilot, app, "[$accent]gpu", "[/x]route:", "[b]m[/b] ([b]open[/b])")
