@@ -3,6 +3,7 @@ Pilot over a fixed admin source; nothing crashes, nothing is restyled, every toa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -10,6 +11,7 @@ import pytest
 from textual.screen import Screen
 from textual.widgets import DataTable, OptionList, Static
 
+import tui.app
 from tests.tui.fixed import OVERVIEW, FixedSource
 from tests.tui.helpers import until
 from tui.app import ConsoleApp
@@ -157,6 +159,7 @@ class ToastKeepingApp(ConsoleApp):
     """The console whose toasts stay up: after 5 s they would be gone before the end on a slow machine."""
 
     NOTIFICATION_TIMEOUT = 3600
+    CSS_PATH = str(Path(tui.app.__file__).with_name("app.tcss"))  # relative paths resolve beside the subclass
 
 
 async def test_every_screen_shows_hostile_text_literally() -> None:
