@@ -110,8 +110,9 @@ def ensure_service_user(name: str, report: Report) -> tuple[int, int]:
         run_step("create the service user", [*argv, "--shell", "/usr/sbin/nologin", name], clean_env())
         entry = pwd.getpwnam(name)
         report(f"service user {name} created (uid {entry.pw_uid})")
-    if entry.pw_uid == 0:
-        raise InstallStepError(f"the service user {name} is root; the service must not run as root")
+    if entry.pw_uid == 0 or name == "nobody":
+        # nobody's files would belong to every other service running as nobody (systemd refuses it too).
+        raise InstallStepError(f"the service user must be its own unprivileged user, not {name}")
     return entry.pw_uid, entry.pw_gid
 
 

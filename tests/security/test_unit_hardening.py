@@ -67,3 +67,37 @@ def test_systemd_analyze_accepts_every_directive(tmp_path: Path, gpu: bool) -> N
     unit = tmp_path / "appliance-check.service"
     unit.write_text(unit_text(tmp_path, root, (), gpu))
     assert check_unit(unit) == "checked with systemd-analyze verify"
+
+
+def test_the_service_user_is_created_and_never_root_or_nobody(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing user is created as a system user without a login; root and nobody are refused."""
+    import pwd
+
+    from installer import errors, systemd
+
+    created: list[list[str]] = []
+    users = {"root": 0, "nobody": 65534}
+
+    def getpwnam(name: str) -> pwd.struct_passwd:
+        if name not in users:
+            raise KeyError(name)
+        uid = users[name]
+        return pwd.struct_passwd((name, "x", uid, uid, "", "/nonexistent", "/usr/sbin/nologin"))
+
+    def useradd(_step: str, argv: list[str], _env: dict[str, str]) -> str:
+        created.append(argv)
+        users[argv[-1]] = 990
+        return ""
+
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(systemd, "run_step", useradd)
+    lines: list[str] = []
+    assert systemd.ensure_service_user("appliance", lines.append) == (990, 990)
+    assert created[0][0] == "/usr/sbin/useradd"
+    assert {"--system", "--no-create-home", "/usr/sbin/nologin"} <= set(created[0])
+    assert lines == ["service user appliance created (uid 990)"]
+    assert systemd.ensure_service_user("appliance", lines.append) == (990, 990)
+    assert len(created) == 1
+    for name in ("root", "nobody"):
+        with pytest.raises(errors.InstallStepError, match="its own unprivileged user"):
+            systemd.ensure_service_user(name, lines.append)
