@@ -36,9 +36,9 @@ After=local-fs.target
 
 [Service]
 Type=simple
-# Its own unprivileged system user, created by the installer (not DynamicUser=: the data lives in
-# {data}, outside /var/lib, and must keep one owner across restarts and versions). Code, weights and
-# the installer are root's: the service reads them and cannot change them.
+# Its own unprivileged system user, created by the installer. Not DynamicUser=: the data lives in the
+# prefix, outside /var/lib, and keeps one owner across restarts and versions. Code, weights and the
+# installer are root's: the service reads them and cannot change them.
 User={user}
 Group={user}
 Environment=APPLIANCE_HOME={data}
