@@ -305,14 +305,17 @@ def rollback(prefix_root: Path, report: Report, restore_data: bool = False) -> i
             raise StateError(f"nothing to roll back to (current: {current})")
         target = older[-1]
         detail = f"version {current} -> {target}"
-        if restore_data:
-            snapshot = restore_registry(prefix, target, current)
+        try:
+            if restore_data:
+                snapshot = restore_registry(prefix, target, current)
+                report(f"data: registry restored from {snapshot}")
+                detail += f", data restored from {snapshot.name}"
+            else:
+                check_schema(prefix, target)
+        finally:
+            # Opening the registry as root may leave a root-owned -wal or -shm the service cannot open.
             if (owner := data_owner(prefix)) is not None:
                 own_data(prefix, *owner)
-            report(f"data: registry restored from {snapshot}")
-            detail += f", data restored from {snapshot.name}"
-        else:
-            check_schema(prefix, target)
         prefix.switch_current(target)
         state.record("rollback", "success", detail)
         prefix.save(state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -92,8 +93,14 @@ def test_rollback_across_a_migration_needs_restore_data(v1: Path, tmp_path: Path
     assert len(done.stderr.strip().splitlines()) == 1
     assert "--restore-data" in done.stderr
     assert Prefix(v1).current() == 2
+    service = pwd.getpwnam("daemon")
+    if os.geteuid() == 0:  # as after an install with --systemd: the data belongs to the service user
+        for path in [v1 / "data", *(v1 / "data").rglob("*")]:
+            os.chown(path, service.pw_uid, service.pw_gid)
     done = run_installer("rollback", "--restore-data", "--prefix", str(v1))
     assert done.returncode == 0, done.stderr
+    if os.geteuid() == 0:  # what the installer wrote as root is the service's too
+        assert {p.stat().st_uid for p in (v1 / "data").rglob("*")} == {service.pw_uid}
     assert _appliance(v1, "serve") == "serving version 1"
     assert db_revision(db) == "0001"
     assert _appliance(v1, "keys", "list").split() == ["before"]
