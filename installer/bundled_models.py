@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from installer.errors import BundleFormatError, InstallStepError
 from installer.manifest import Manifest, parse_json
 from installer.state import Prefix
 from installer.steps import Report, run_step
+
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,21 @@ def read_model_meta(path: Path) -> ModelMeta:
     return ModelMeta(name, file, kind, tuple(aliases))
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def store_model(prefix: Prefix, source: Path, sha256: str) -> Path:
     """Put a verified weights file into PREFIX/models/<sha256>/ (shared by versions, never changed)."""
     target = prefix.models / sha256 / source.name
-    if target.is_file() and target.stat().st_size == source.stat().st_size:
+    # Reused only when its bytes are the signed ones: the same size proves nothing (a damaged or swapped
+    # file would be served by every later version).
+    if target.is_file() and not target.is_symlink() and file_sha256(target) == sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.parent / f".{source.name}.{os.getpid()}.tmp"

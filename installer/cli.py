@@ -17,6 +17,7 @@ from installer.limits import Limits
 from installer.manifest import format_time
 from installer.rootmeta import parse_root_document
 from installer.state import InstallState, Prefix
+from installer.systemd import SERVICE_USER
 from installer.trust import TrustedKeys, verify_root_update
 
 DEFAULT_PREFIX = Path("/opt/appliance")
@@ -52,11 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     install_cmd.add_argument("--systemd", action="store_true", help="write and check a hardened unit")
     install_cmd.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
     install_cmd.add_argument("--allow-ip", action="append", default=[], help="CIDR clients may come from")
+    install_cmd.add_argument(
+        "--service-user",
+        default=SERVICE_USER,
+        help="with --systemd: the unprivileged user the service runs as, created if missing (%(default)s)",
+    )
     status = with_prefix(
         commands.add_parser("status", help="installed versions, current, keys, last outcome")
     )
     status.add_argument("--json", action="store_true")
-    with_prefix(commands.add_parser("rollback", help="make the previous version current"))
+    back = with_prefix(commands.add_parser("rollback", help="make the previous version current"))
+    back.add_argument(
+        "--restore-data",
+        action="store_true",
+        help="also put back the registry as it was when that version was upgraded (needed when its code "
+        "does not know the data's schema; what was created since is lost)",
+    )
     trust = commands.add_parser("trust", help="list keys, apply a root update, pin or revoke signing keys")
     trust_commands = trust.add_subparsers(dest="trust_command", required=True)
     with_prefix(trust_commands.add_parser("list", help="root keys, threshold, signing keys, revoked"))
@@ -169,6 +181,7 @@ def run(argv: Sequence[str]) -> int:
                 python=getattr(args, "python", None),
                 unit_dir=args.unit_dir if getattr(args, "systemd", False) else None,
                 allow_ips=tuple(getattr(args, "allow_ip", ())),
+                service_user=getattr(args, "service_user", SERVICE_USER),
             )
             verifier = default_verifier()
             if args.command == "verify":
@@ -181,7 +194,7 @@ def run(argv: Sequence[str]) -> int:
         elif args.command == "status":
             _status(Prefix(args.prefix), args.json)
         elif args.command == "rollback":
-            rollback(args.prefix, _say)
+            rollback(args.prefix, _say, restore_data=args.restore_data)
         else:
             _trust(Prefix(args.prefix), args)
     except InstallerError as error:

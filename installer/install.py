@@ -1,12 +1,16 @@
-"""Offline install into a prefix: verify, extract, venv, pip, home, migrations, models, planner, switch.
+"""Offline install into a prefix: verify, extract, venv, pip, data, migrations, models, planner, switch.
 
 Order matters for crash safety (kill -9 at any point must leave the previous version current):
 the bundle is verified completely before anything is written; the new version is built in its own
 folder; state.json lists it only once it is complete; `current` is switched last with one rename.
+The data directory is shared by all versions (installer/data.py): before the new code migrates it, the
+registry is snapshot; a failed install puts the snapshot back, and so does the next run after a kill -9
+that left the registry at a revision the current version does not know.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -16,12 +20,23 @@ from pathlib import Path
 from installer.bundled_models import import_models
 from installer.bundlefile import VerifiedBundle, read_bundle
 from installer.crypto import Verifier
+from installer.data import (
+    check_schema,
+    data_owner,
+    own_data,
+    prepare_data,
+    put_back,
+    restore_registry,
+    share_models,
+    snapshot_registry,
+    undo_interrupted_upgrade,
+)
 from installer.errors import InstallerError, InstallStepError, StateError, UsageError
 from installer.limits import Limits
 from installer.manifest import Manifest
 from installer.state import InstalledVersion, InstallState, Prefix, atomic_write
 from installer.steps import Report, clean_env, run_step
-from installer.systemd import check_unit, unit_text
+from installer.systemd import SERVICE_USER, check_unit, ensure_service_user, unit_text
 from installer.target_python import python_for
 from installer.trust import TrustedKeys, pin_trust_files
 
@@ -39,7 +54,17 @@ class Options:
     python: str | None = None
     unit_dir: Path | None = None  # None: no systemd unit
     allow_ips: tuple[str, ...] = ()
+    service_user: str = SERVICE_USER  # with a unit: the unprivileged user the service runs as
     limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class Upgrade:
+    """What an install did to the shared data, so that a failure can undo it."""
+
+    before: int | None
+    snapshot: Path | None = None
+    migrated: bool = False
 
 
 def initial_trust(prefix: Prefix, state: InstallState, trust_files: tuple[Path, ...]) -> TrustedKeys:
@@ -75,26 +100,16 @@ def verify(options: Options, verifier: Verifier, report: Report) -> VerifiedBund
     )
 
 
-def _prepare_home(prefix: Prefix, root: Path) -> Path:
-    """The new version's data: a copy of the current version's, so rollback returns to matching data."""
-    home = root / "home"
-    current = prefix.current()
-    previous = prefix.version_dir(current) / "home" if current is not None else None
-    if previous is not None and previous.is_dir():
-        shutil.copytree(
-            previous, home, symlinks=True, ignore=shutil.ignore_patterns("run", "*.sock", "*.log")
-        )
-    else:
-        home.mkdir(mode=0o700)
-        config = root / "bundle" / "config" / "settings.toml"
-        if config.is_file():
-            shutil.copyfile(config, home / "settings.toml")
-    return home
-
-
 def _build_version(
-    prefix: Prefix, manifest: Manifest, root: Path, options: Options, python: str, report: Report
+    prefix: Prefix,
+    manifest: Manifest,
+    root: Path,
+    options: Options,
+    python: str,
+    upgrade: Upgrade,
+    report: Report,
 ) -> None:
+    """Fill the version's folder (venv, packages) and bring the shared data up to its code."""
     report("step: venv")
     run_step("venv", [python, "-m", "venv", str(root / "venv")], clean_env())
     report("step: pip")
@@ -109,10 +124,15 @@ def _build_version(
     ]
     pip += ["--no-cache-dir", "--find-links", str(root / "bundle" / "wheels"), *manifest.requirements]
     run_step("pip install", pip, clean_env())
-    report("step: home")
-    env = clean_env(_prepare_home(prefix, root))
+    report("step: data")
+    env = clean_env(prepare_data(prefix, root, report))
+    if upgrade.before is not None:
+        upgrade.snapshot = snapshot_registry(prefix, upgrade.before)
+        if upgrade.snapshot is not None:
+            report(f"data: registry of version {upgrade.before} kept in {upgrade.snapshot}")
     appliance = str(root / "venv" / "bin" / "appliance")
     report("step: migrations")
+    upgrade.migrated = True
     run_step("database migrations", [appliance, "init"], env)  # `init` opens the registry, which migrates it
     report("step: models")
     import_models(prefix, manifest, root, env, report)
@@ -124,15 +144,27 @@ def _build_version(
     if probe.returncode == 0:
         plan = run_step("hardware planner", [appliance, "plan", "--json"], env)
         atomic_write(Path(env["APPLIANCE_HOME"]) / "plan.json", plan.encode("utf-8"), mode=0o600)
-        report("planner: plan written to home/plan.json")
+        report("planner: plan written to data/plan.json")
     else:
         report("planner: this version has no `appliance plan`; nothing planned")
     if options.unit_dir is not None:
         report("step: systemd")
         check = root / "appliance-check.service"
-        check.write_text(unit_text(prefix.root, root, options.allow_ips, manifest.profile == "gpu"))
+        unit = unit_text(
+            prefix.root, root, options.allow_ips, manifest.profile == "gpu", options.service_user
+        )
+        check.write_text(unit)
         report(check_unit(check))
         check.unlink()
+        if os.geteuid() == 0:
+            uid, gid = ensure_service_user(options.service_user, report)
+            own_data(prefix, uid, gid)
+            share_models(prefix, gid)
+            report(f"data: {prefix.data} belongs to {options.service_user}; code and weights to root")
+    elif (owner := data_owner(prefix)) is not None:
+        # An earlier install gave the data to a service user: keep it so, and the new weights readable.
+        own_data(prefix, *owner)
+        share_models(prefix, owner[1])
 
 
 def _check_space(root: Path, manifest: Manifest) -> None:
@@ -153,34 +185,56 @@ def install(options: Options, verifier: Verifier, report: Report) -> Manifest:
     manifest = verified.manifest
     python = python_for(manifest.target, options.python)
     _check_space(prefix.root, manifest)
-    with prefix.locked():
-        state = prefix.load()
-        before = prefix.current()
-        trust = initial_trust(prefix, state, options.trust_files)
-        for gone in prefix.remove_debris(state):
-            report(f"removed debris of an interrupted install: {gone}")
-        if any(v.version == manifest.version for v in state.installed):
-            # Reinstalling a version that is not current (after a rollback): rebuild it from scratch.
-            state.installed = [v for v in state.installed if v.version != manifest.version]
-            prefix.save(state)
-        root = prefix.version_dir(manifest.version)
-        shutil.rmtree(root, ignore_errors=True)
-        try:
-            try:
-                _install_version(prefix, state, verified, options, verifier, python, before, trust, report)
-            except OSError as error:  # a full disk or a permission: one line, like every other failure
-                raise InstallStepError(f"install failed: {error}") from None
-        except BaseException as error:
-            shutil.rmtree(root, ignore_errors=True)
-            if isinstance(error, InstallerError):
-                # From disk, not memory: the in-memory state may already list the version that failed.
-                on_disk = prefix.load()
-                on_disk.record("install", "failed", f"version {manifest.version}: {error.message}")
-                prefix.save(on_disk)
-            raise
-        # The version is complete and listed in state.json; only now does `current` move to it.
-        prefix.switch_current(manifest.version)
+    umask = os.umask(0o022)  # code and weights readable by the service user whatever the admin's umask
+    try:
+        with prefix.locked():
+            _install_locked(prefix, verified, options, verifier, python, report)
+    finally:
+        os.umask(umask)
     return manifest
+
+
+def _install_locked(
+    prefix: Prefix,
+    verified: VerifiedBundle,
+    options: Options,
+    verifier: Verifier,
+    python: str,
+    report: Report,
+) -> None:
+    """The install under the prefix's lock: debris, the version's folder, then `current`."""
+    manifest = verified.manifest
+    state = prefix.load()
+    before = prefix.current()
+    trust = initial_trust(prefix, state, options.trust_files)
+    for gone in prefix.remove_debris(state):
+        report(f"removed debris of an interrupted install: {gone}")
+    if (undone := undo_interrupted_upgrade(prefix)) is not None:
+        report(f"removed debris of an interrupted install: registry put back from {undone}")
+    if any(v.version == manifest.version for v in state.installed):
+        # Reinstalling a version that is not current (after a rollback): rebuild it from scratch.
+        state.installed = [v for v in state.installed if v.version != manifest.version]
+        prefix.save(state)
+    root = prefix.version_dir(manifest.version)
+    shutil.rmtree(root, ignore_errors=True)
+    upgrade = Upgrade(before)
+    try:
+        try:
+            _install_version(prefix, state, verified, options, verifier, python, upgrade, trust, report)
+        except OSError as error:  # a full disk or a permission: one line, like every other failure
+            raise InstallStepError(f"install failed: {error}") from None
+    except BaseException as error:
+        shutil.rmtree(root, ignore_errors=True)
+        if upgrade.migrated and upgrade.snapshot is not None:
+            put_back(prefix, upgrade.snapshot)  # the previous version stays current with its data
+        if isinstance(error, InstallerError):
+            # From disk, not memory: the in-memory state may already list the version that failed.
+            on_disk = prefix.load()
+            on_disk.record("install", "failed", f"version {manifest.version}: {error.message}")
+            prefix.save(on_disk)
+        raise
+    # The version is complete and listed in state.json; only now does `current` move to it.
+    prefix.switch_current(manifest.version)
 
 
 def _install_version(
@@ -190,12 +244,12 @@ def _install_version(
     options: Options,
     verifier: Verifier,
     python: str,
-    before: int | None,
+    upgrade: Upgrade,
     trust: TrustedKeys,
     report: Report,
 ) -> None:
     """Build the version folder and record it as complete in state.json (not yet current)."""
-    manifest = verified.manifest
+    manifest, before = verified.manifest, upgrade.before
     root = prefix.version_dir(manifest.version)
     prefix.versions.mkdir(parents=True, exist_ok=True)
     root.mkdir()
@@ -214,10 +268,11 @@ def _install_version(
     )
     if again.manifest != manifest:
         raise StateError("bundle changed while it was being installed")
-    _build_version(prefix, manifest, root, options, python, report)
+    _build_version(prefix, manifest, root, options, python, upgrade, report)
     report("step: commit")
     if options.unit_dir is not None:
-        unit = unit_text(prefix.root, prefix.current_link, options.allow_ips, manifest.profile == "gpu")
+        gpu = manifest.profile == "gpu"
+        unit = unit_text(prefix.root, prefix.current_link, options.allow_ips, gpu, options.service_user)
         atomic_write(options.unit_dir / "appliance.service", unit.encode())
     if verified.trust_update is not None:
         trust = trust.rotated(verified.trust_update)
@@ -233,8 +288,13 @@ def _install_version(
     prefix.save(state)
 
 
-def rollback(prefix_root: Path, report: Report) -> int:
-    """Make the newest installed version below the current one current again."""
+def rollback(prefix_root: Path, report: Report, restore_data: bool = False) -> int:
+    """Make the newest installed version below the current one current again.
+
+    The data is shared: keys and models created since the upgrade survive. When the older code does not
+    know the registry's schema, the rollback is refused unless `restore_data` puts back the snapshot taken
+    at the upgrade from that version (what was created since is then gone; today's registry is kept as a
+    snapshot of the current version)."""
     prefix = Prefix(prefix_root)
     with prefix.locked():
         state = prefix.load()
@@ -242,8 +302,21 @@ def rollback(prefix_root: Path, report: Report) -> int:
         older = sorted(v.version for v in state.installed if current is None or v.version < current)
         if current is None or not older:
             raise StateError(f"nothing to roll back to (current: {current})")
-        prefix.switch_current(older[-1])
-        state.record("rollback", "success", f"version {current} -> {older[-1]}")
+        target = older[-1]
+        detail = f"version {current} -> {target}"
+        try:
+            if restore_data:
+                snapshot = restore_registry(prefix, target, current)
+                report(f"data: registry restored from {snapshot}")
+                detail += f", data restored from {snapshot.name}"
+            else:
+                check_schema(prefix, target)
+        finally:
+            # Opening the registry as root may leave a root-owned -wal or -shm the service cannot open.
+            if (owner := data_owner(prefix)) is not None:
+                own_data(prefix, *owner)
+        prefix.switch_current(target)
+        state.record("rollback", "success", detail)
         prefix.save(state)
-    report(f"current is now version {older[-1]} (was {current})")
-    return older[-1]
+    report(f"current is now version {target} (was {current})")
+    return target

@@ -1,8 +1,10 @@
 """The install state under PREFIX: trusted keys, installed versions, history, the `current` link, a lock.
 
-Layout: PREFIX/state.json (this state), PREFIX/versions/<N>/ (one folder per installed version),
-PREFIX/current -> versions/<N> (a relative symlink switched with one rename), PREFIX/models/ (weights
-shared by versions), PREFIX/.lock. The `current` link is the authority on which version runs; state.json
+Layout: PREFIX/state.json (this state), PREFIX/versions/<N>/ (one folder per installed version: code
+only), PREFIX/current -> versions/<N> (a relative symlink switched with one rename), PREFIX/models/
+(weights shared by versions), PREFIX/data/ (the one data directory every version serves from: the
+service's only writable folder; data/snapshots/ holds the registry as each upgrade found it),
+PREFIX/.lock. The `current` link is the authority on which version runs; state.json
 says which version folders are complete. A version folder that state.json does not list is debris from
 an interrupted install and is removed by the next installer run.
 """
@@ -100,6 +102,8 @@ class Prefix:
         self.versions = root / "versions"
         self.current_link = root / "current"
         self.models = root / "models"
+        self.data = root / "data"
+        self.snapshots = self.data / "snapshots"
 
     def exists(self) -> bool:
         """Whether an install state exists here (i.e. this is not a first install)."""
@@ -145,6 +149,14 @@ class Prefix:
         """The folder of one version."""
         return self.versions / str(version)
 
+    def registry_db(self) -> Path:
+        """The appliance's SQLite registry in the data directory."""
+        return self.data / "registry.db"
+
+    def snapshot_of(self, version: int) -> Path:
+        """The registry as version `version` left it when an upgrade moved away from it."""
+        return self.snapshots / f"registry-{version}.db"
+
     def switch_current(self, version: int) -> None:
         """Point `current` at a version with one rename, so it is always one version or the other."""
         temp = self.root / f".current.{os.getpid()}.tmp"
@@ -180,7 +192,8 @@ class Prefix:
                 if entry.name not in complete:
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(str(entry))
-        for entry in [*self.root.glob(".*.tmp"), *self.models.glob("*/.*.tmp")]:
+        temps = [*self.root.glob(".*.tmp"), *self.models.glob("*/.*.tmp"), *self.snapshots.glob(".*.tmp")]
+        for entry in temps:
             entry.unlink(missing_ok=True)
             removed.append(str(entry))
         return removed

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import pwd
 import shutil
 import subprocess
 from pathlib import Path
 
 from installer.errors import InstallStepError
+from installer.steps import Report, clean_env, run_step
+
+SERVICE_USER = "appliance"
+USERADD = Path("/usr/sbin/useradd")
 
 
-def unit_text(prefix: Path, root: Path, allow_ips: tuple[str, ...], gpu: bool) -> str:
+def unit_text(
+    prefix: Path, root: Path, allow_ips: tuple[str, ...], gpu: bool, user: str = SERVICE_USER
+) -> str:
     """The unit for the version whose folder is `root` (PREFIX/current in the installed unit)."""
-    allowed = " ".join(("localhost", *allow_ips))
+    # Loopback by address, not `localhost` (all of 127.0.0.0/8): the resolver stubs listen on 127.0.0.53,
+    # 127.0.0.54 or 127.0.1.1, and a DNS query is an exfiltration path the wall must close too.
+    allowed = " ".join(("127.0.0.1", "::1", *allow_ips))
     # A GPU needs its device nodes; a CPU appliance gets a private /dev with none at all.
     devices = "".join(
         f"DeviceAllow=char-{group} rw\n"
@@ -19,6 +28,7 @@ def unit_text(prefix: Path, root: Path, allow_ips: tuple[str, ...], gpu: bool) -
     )
     devices = f"PrivateDevices=no\nDevicePolicy=closed\n{devices}" if gpu else ""
     devices = devices or "PrivateDevices=yes\n"
+    data = prefix / "data"
     return f"""[Unit]
 Description=Air-gapped OpenAI-compatible LLM appliance
 Documentation=file://{root}/bundle/installer
@@ -26,16 +36,40 @@ After=local-fs.target
 
 [Service]
 Type=simple
-Environment=APPLIANCE_HOME={root}/home
+# Its own unprivileged system user, created by the installer. Not DynamicUser=: the data lives in the
+# prefix, outside /var/lib, and keeps one owner across restarts and versions. Code, weights and the
+# installer are root's: the service reads them and cannot change them.
+User={user}
+Group={user}
+Environment=APPLIANCE_HOME={data}
+# Not the data directory: `python -m` puts the working directory first on sys.path, and the service must
+# not be able to plant code that its next start imports.
+WorkingDirectory=/
 ExecStart={root}/venv/bin/appliance serve
 Restart=on-failure
 RestartSec=2
 UMask=0077
+# A crash never writes a core: the worker's memory holds decrypted weights.
+LimitCORE=0
+# Workers lock the decrypted weights in RAM so they never reach swap (engines/llamacpp/memlock.py); an
+# unprivileged service needs the limit raised for that, else each worker warns and serves unlocked.
+LimitMEMLOCK=infinity
 NoNewPrivileges=yes
 ProtectSystem=strict
-ReadWritePaths={prefix}/versions
+# The only writable path: the one data directory (registry, store, sockets). Versions, venvs, weights
+# and installer.pyz stay read-only even if file modes were wrong.
+ReadWritePaths={data}
+# The resolver stub, nscd and D-Bus (resolve1) answer name lookups for anyone who asks: DNS is an
+# exfiltration path for code that bypasses the in-process guard. `-`: a host without them is fine.
+# (/var/run is a link to /run on every systemd host, so /run covers /var/run/dbus.)
+InaccessiblePaths=-/run/systemd/resolve -/run/nscd -/run/dbus
 ProtectHome=yes
 PrivateTmp=yes
+PrivateMounts=yes
+RemoveIPC=yes
+# Other users' processes are invisible. Not ProcSubset=pid: hardware detection reads /proc/cpuinfo and
+# /proc/meminfo.
+ProtectProc=invisible
 {devices}ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
@@ -43,12 +77,18 @@ ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
 # Workers enter a private network namespace (appliance/egress.py); with no capabilities that takes a user
-# namespace mapping the service's own uid. Every other kind of namespace stays forbidden.
+# namespace mapping the service's own uid. Every other kind of namespace stays forbidden. (Not
+# PrivateUsers=: untested with the GPU device nodes' groups.)
 RestrictNamespaces=user net
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
 SystemCallArchitectures=native
+# What ordinary services need (unshare, memfd_create, mlock included); a call outside it fails with EPERM
+# rather than killing the process. Not MemoryDenyWriteExecute=: ctypes callbacks, CUDA and Triton JIT
+# need writable-executable memory.
+SystemCallFilter=@system-service
+SystemCallErrorNumber=EPERM
 CapabilityBoundingSet=
 AmbientCapabilities=
 # The wall behind the in-process egress tripwire: no packet sockets, and IP only to loopback, the client
@@ -61,6 +101,22 @@ IPAddressAllow={allowed}
 [Install]
 WantedBy=multi-user.target
 """
+
+
+def ensure_service_user(name: str, report: Report) -> tuple[int, int]:
+    """The service user's uid and gid, creating a system user without a login when it is missing."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        home = "/nonexistent"
+        argv = [str(USERADD), "--system", "--user-group", "--no-create-home", "--home-dir", home]
+        run_step("create the service user", [*argv, "--shell", "/usr/sbin/nologin", name], clean_env())
+        entry = pwd.getpwnam(name)
+        report(f"service user {name} created (uid {entry.pw_uid})")
+    if entry.pw_uid == 0 or name == "nobody":
+        # nobody's files would belong to every other service running as nobody (systemd refuses it too).
+        raise InstallStepError(f"the service user must be its own unprivileged user, not {name}")
+    return entry.pw_uid, entry.pw_gid
 
 
 def check_unit(path: Path) -> str:

@@ -288,7 +288,7 @@ def test_the_gateways_own_address_is_allowed(appliance_home: Path) -> None:
 
 
 def test_the_unit_walls_the_service_and_passes_systemd_analyze(tmp_path: Path) -> None:
-    """IPAddressDeny=any; IPAddressAllow: localhost and --allow-ip; user+net namespaces; verify accepts it."""
+    """IPAddressDeny=any; IPAddressAllow: loopback and --allow-ip; user+net namespaces; verify accepts it."""
     root = tmp_path / "versions" / "1"
     (root / "venv" / "bin").mkdir(parents=True)
     (root / "venv" / "bin" / "appliance").write_text("#!/bin/sh\n")
@@ -297,7 +297,7 @@ def test_the_unit_walls_the_service_and_passes_systemd_analyze(tmp_path: Path) -
     unit.write_text(unit_text(tmp_path, root, ("192.168.5.0/24", "10.9.0.0/16"), False))
     service = parse_unit(unit.read_text())
     assert service["IPAddressDeny"] == ["any"]
-    assert service["IPAddressAllow"] == ["localhost 192.168.5.0/24 10.9.0.0/16"]
+    assert service["IPAddressAllow"] == ["127.0.0.1 ::1 192.168.5.0/24 10.9.0.0/16"]
     assert service["RestrictNamespaces"] == ["user net"]  # what a worker's private netns needs, no more
     enclave = AllowList.parse(["10.9.3.0/24", "gpu-2.enclave"])
     assert all(c.level == "ok" for c in unit_checks(unit, enclave))

@@ -43,8 +43,8 @@ def install_offline(dist: Path, public_key: Path, prefix: Path) -> str:
 
 
 def serve_installed(prefix: Path) -> RunningAppliance:
-    """The installed version's own `appliance` (its venv, its home) with two keys, serving on a free port."""
-    home, port = prefix / "current" / "home", free_port()
+    """The installed `appliance` (its venv, the prefix's data directory) with two keys, on a free port."""
+    home, port = prefix / "data", free_port()
     (home / "settings.toml").write_text(
         f'[server]\nhost = "127.0.0.1"\nport = {port}\n[workers]\nthreads = 2\ncontext_length = 1024\n'
         # A route whose last link is a canned answer: while the worker is down, requests fail over to it.

@@ -23,8 +23,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path
 def installed_prefix(tmp_path: Path, keys: dict[str, tuple[Path, Path]]) -> Path:
     """A prefix whose state trusts key `a` and whose current version is 1."""
     prefix = Prefix(tmp_path / "prefix")
-    (prefix.version_dir(1) / "home").mkdir(parents=True)
-    (prefix.version_dir(1) / "home" / "settings.toml").write_text("# version 1\n")
+    prefix.version_dir(1).mkdir(parents=True)
+    prefix.data.mkdir(mode=0o700)
+    (prefix.data / "settings.toml").write_text("# version 1\n")
     trust = TrustedKeys().with_keys([load_public_key(keys["a"][1].read_text())])
     state = InstallState(trust, [InstalledVersion(1, "cpu", "0" * 64, 0)])
     state.record("install", "success", "version 1")

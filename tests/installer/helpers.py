@@ -64,28 +64,54 @@ def run_installer(
     return subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=600)
 
 
-def fake_wheel(folder: Path, version: int) -> Path:
-    """A tiny real wheel whose `appliance` script answers the installer's commands and `serve`."""
+def fake_wheel(folder: Path, version: int, revisions: tuple[str, ...] = ("0001",)) -> Path:
+    """A tiny real wheel whose `appliance` script answers the installer's commands and `serve`.
+
+    Like the real appliance it keeps a SQLite registry with an Alembic revision (`init` migrates to the last
+    of `revisions` and refuses a revision it does not know), keys in that registry, and a `store.key`; it
+    ships its revisions where the real one does (appliance/registry/migrations/versions/)."""
     dist = f"fakeappliance-{version}.0"
     module = f'''"""Stands in for the appliance in installer tests."""
-import os, pathlib, sys
+import os, pathlib, sqlite3, sys
+REVISIONS = {list(revisions)!r}
+def registry(home):
+    db = sqlite3.connect(home / "registry.db")
+    db.execute("CREATE TABLE IF NOT EXISTS alembic_version (version_num TEXT NOT NULL)")
+    db.execute("CREATE TABLE IF NOT EXISTS keys (name TEXT NOT NULL)")
+    return db
 def main():
     home = pathlib.Path(os.environ["APPLIANCE_HOME"])
     args = sys.argv[1:]
     if args[:1] == ["init"]:
         home.mkdir(parents=True, exist_ok=True)
         (home / "registry.txt").touch()
+        key = home / "store.key"
+        if not key.exists():
+            key.write_text("00" * 32)
+            key.chmod(0o600)
+        with registry(home) as db:
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+            if row is not None and row[0] not in REVISIONS:
+                sys.exit(f"Can't locate revision identified by {{row[0]!r}}")
+            db.execute("DELETE FROM alembic_version")
+            db.execute("INSERT INTO alembic_version VALUES (?)", (REVISIONS[-1],))
     elif args[:2] == ["models", "list"]:
         print("NAME")
         print((home / "registry.txt").read_text(), end="")
     elif args[:2] == ["models", "add"]:
         with (home / "registry.txt").open("a") as out:
             out.write(args[args.index("--name") + 1] + " " + args[2] + "\\n")
+    elif args[:2] == ["keys", "create"]:
+        with registry(home) as db:
+            db.execute("INSERT INTO keys VALUES (?)", (args[args.index("--name") + 1],))
+    elif args[:2] == ["keys", "list"]:
+        with registry(home) as db:
+            print("\\n".join(name for (name,) in db.execute("SELECT name FROM keys ORDER BY name")))
     elif args[:1] == ["serve"]:
         print("serving version {version}")
     else:
         sys.exit(2)
-'''
+'''  # noqa: S608 - the fake's source code, not a query
     metadata = f"Metadata-Version: 2.1\nName: fakeappliance\nVersion: {version}.0\n"
     files = {
         "fakeappliance.py": module.encode(),
@@ -93,6 +119,9 @@ def main():
         f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
         f"{dist}.dist-info/entry_points.txt": b"[console_scripts]\nappliance = fakeappliance:main\n",
     }
+    for revision in revisions:
+        migration = f"appliance/registry/migrations/versions/{revision}_fake.py"
+        files[migration] = f'revision = "{revision}"\n'.encode()
     record = []
     for name, data in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
@@ -114,6 +143,7 @@ class Recipe:
     version: int = 1
     expires_in: int = 30 * DAY
     fake_app: bool = True
+    revisions: tuple[str, ...] = ("0001",)
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
 
@@ -123,7 +153,7 @@ def make_bundle(work: Path, key: Path, recipe: Recipe, name: str = "b") -> Path:
     sources: list[Source] = []
     requirements: tuple[str, ...] = ()
     if recipe.fake_app:
-        wheel = fake_wheel(stage / "wheels", recipe.version)
+        wheel = fake_wheel(stage / "wheels", recipe.version, recipe.revisions)
         sources.append(Source(f"wheels/{wheel.name}", "wheel", wheel))
         requirements = ("fakeappliance",)
         model = b'{"name": "tiny", "aliases": ["default"], "file": "tiny.gguf", "format": "gguf"}'

@@ -71,7 +71,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     # Every model the recipe names is carried (the recipe and ./build.sh setup agree on the files).
     assert "model smollm2-135m: registered" in done.stderr
     assert "model gemma-3-270m: registered" in done.stderr
-    home, port = prefix / "current" / "home", _port()
+    home, port = prefix / "data", _port()
     # Every settings key is optional; this replaces the defaults the install wrote, to use a free port.
     (home / "settings.toml").write_text(
         f'[server]\nhost = "127.0.0.1"\nport = {port}\n[workers]\nthreads = 2\ncontext_length = 1024\n'

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,7 @@ from installer.state import Prefix
 from tests.installer.helpers import REPO, UNSHARE, Recipe, make_bundle, run_installer, snapshot
 
 Keys = dict[str, tuple[Path, Path]]
+SERVICE = "daemon"
 
 
 def _install(prefix: Path, bundle: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -25,7 +29,7 @@ def _serves(prefix: Path) -> str:
     """What the current version's `appliance serve` says (the fake prints its version)."""
     done = subprocess.run(
         [str(prefix / "current" / "venv" / "bin" / "appliance"), "serve"],
-        env={"APPLIANCE_HOME": str(prefix / "current" / "home")},
+        env={"APPLIANCE_HOME": str(prefix / "data")},
         capture_output=True,
         text=True,
         check=True,
@@ -35,7 +39,7 @@ def _serves(prefix: Path) -> str:
 
 @pytest.fixture
 def v1(tmp_path: Path, keys: Keys) -> Path:
-    """A prefix with version 1 really installed (venv, pip, home, models)."""
+    """A prefix with version 1 really installed (venv, pip, data, models)."""
     prefix = tmp_path / "prefix"
     bundle = make_bundle(tmp_path / "w1", keys["a"][0], Recipe(version=1))
     done = _install(prefix, bundle, "--trust", str(keys["a"][1]))
@@ -47,7 +51,7 @@ def test_first_install_pins_the_key_and_serves(v1: Path, keys: Keys) -> None:
     """A first install prints the key's fingerprint, registers the model, and the version serves."""
     assert _serves(v1) == "serving version 1"
     assert Prefix(v1).current() == 1
-    registry = (v1 / "current" / "home" / "registry.txt").read_text()
+    registry = (v1 / "data" / "registry.txt").read_text()
     assert registry.startswith("tiny ")
     assert str(v1 / "models") in registry
     status = run_installer("status", "--prefix", str(v1))
@@ -110,7 +114,7 @@ def test_failed_step_leaves_previous_version(v1: Path, tmp_path: Path, keys: Key
 
 # Steps that last long enough (each starts processes) for the kill to land inside them; the instants
 # around the final rename are covered deterministically by the crash-state tests below.
-@pytest.mark.parametrize("step", ["extract", "venv", "pip", "home", "migrations"])
+@pytest.mark.parametrize("step", ["extract", "venv", "pip", "data", "migrations"])
 def test_kill_9_during_install(step: str, v1: Path, tmp_path: Path, keys: Keys) -> None:
     """kill -9 as the installer reports `step`: version 1 stays current and serves; a rerun succeeds."""
     bundle = make_bundle(tmp_path / "w2", keys["a"][0], Recipe(version=2))
@@ -162,19 +166,35 @@ def test_key_rotation_and_revocation(v1: Path, tmp_path: Path, keys: Keys) -> No
 
 
 def test_systemd_unit(tmp_path: Path, keys: Keys) -> None:
-    """--systemd writes a hardened unit pointing at `current`, checked by systemd-analyze where present."""
+    """--systemd writes a hardened unit pointing at `current` and the data directory, checked by
+    systemd-analyze where present; as root, the data goes to the service user and nothing else does."""
     bundle = make_bundle(tmp_path / "w", keys["a"][0], Recipe(version=1))
-    units = tmp_path / "units"
+    units, prefix = tmp_path / "units", tmp_path / "p"
     units.mkdir()
+    # An existing unprivileged user, so that the test creates no account on the machine (not `nobody`,
+    # which systemd refuses: files it owns belong to every other service that runs as nobody).
+    user = "--service-user", SERVICE
     done = _install(
-        tmp_path / "p", bundle, "--trust", str(keys["a"][1]), "--systemd", "--unit-dir", str(units)
+        prefix, bundle, "--trust", str(keys["a"][1]), "--systemd", "--unit-dir", str(units), *user
     )
     assert done.returncode == 0, done.stderr
     unit = (units / "appliance.service").read_text()
     for directive in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "IPAddressDeny=any"):
         assert directive in unit
-    assert f"ExecStart={tmp_path / 'p' / 'current'}/venv/bin/appliance serve" in unit
+    assert f"ExecStart={prefix / 'current'}/venv/bin/appliance serve" in unit
+    assert f"Environment=APPLIANCE_HOME={prefix / 'data'}\n" in unit
+    assert f"User={SERVICE}\n" in unit
     assert "systemd-analyze" in done.stderr
+    if os.geteuid() == 0:
+        service = pwd.getpwnam(SERVICE)
+        data = (prefix / "data").stat()
+        assert (data.st_uid, stat.S_IMODE(data.st_mode)) == (service.pw_uid, 0o700)
+        assert all(p.stat().st_uid == service.pw_uid for p in (prefix / "data").rglob("*"))
+        code = [prefix / "versions", *(prefix / "versions").rglob("*"), *(prefix / "models").rglob("*")]
+        assert all(p.lstat().st_uid == 0 for p in code)
+        assert not any(p.lstat().st_mode & 0o022 for p in code if not p.is_symlink())
+        weights = next((prefix / "models").rglob("*.gguf")).stat()
+        assert (weights.st_gid, stat.S_IMODE(weights.st_mode)) == (service.pw_gid, 0o640)
 
 
 def test_allow_downgrade_is_explicit_and_audited(v1: Path, tmp_path: Path, keys: Keys) -> None:
