@@ -53,9 +53,13 @@ def test_since_refuses_nonsense() -> None:
 def test_filter_by_actor_action_and_time() -> None:
     """Each criterion narrows the events; together they combine."""
     assert [e.id for e in AuditFilter(action="KEYS").apply(AUDIT)] == [2, 1]
-    assert [e.id for e in AuditFilter(actor="a1b2").apply(AUDIT)] == [2]
+    # A key id finds what the key did (2, as actor) and the row that created it (1, as target).
+    assert [e.id for e in AuditFilter(actor="a1b2").apply(AUDIT)] == [2, 1]
+    assert [e.id for e in AuditFilter(actor="0f9e8d").apply(AUDIT)] == [2]  # created by a1b2...: target
+    assert [e.id for e in AuditFilter(actor="chat/completions").apply(AUDIT)] == [3]  # a request path
     assert [e.id for e in AuditFilter(since=parse_since("2026-01-31", NOW)).apply(AUDIT)] == [3]
     assert AuditFilter(actor="a1b2", action="auth").apply(AUDIT) == []
+    assert AuditFilter(actor="f6 0f").apply(AUDIT) == []  # no match across two fields
     assert [e.id for e in AuditFilter(actor="192.0.2").apply(AUDIT)] == [3]  # the client's address
 
 
