@@ -63,13 +63,13 @@ def test_filter_by_actor_action_and_time() -> None:
     assert [e.id for e in AuditFilter(actor="192.0.2").apply(AUDIT)] == [3]  # the client's address
 
 
-def test_ttft_median_is_the_bucket_holding_half() -> None:
-    """Cumulative buckets 1, 3, 4 of 4: the median lies in the 0.1 s bucket; no samples, no median."""
+def test_ttft_median_is_interpolated_in_the_bucket_holding_half() -> None:
+    """Cumulative buckets 1, 3, 4 of 4: rank 2 lies halfway through (0.05, 0.1]; no samples, no median."""
     name = "appliance_time_to_first_token_seconds"
     totals: dict[str, float] = {
         f"{name}_bucket{{le={b}}}": c for b, c in (("0.05", 1), ("0.1", 3), ("+Inf", 4))
     }
-    assert histogram_p50(totals, name) == 0.1
+    assert histogram_p50(totals, name) == pytest.approx(0.075)
     assert histogram_p50({}, name) is None
 
 
