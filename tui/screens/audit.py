@@ -34,7 +34,7 @@ class AuditScreen(ConsoleScreen):
     def body(self) -> ComposeResult:
         """Three filter fields over the table."""
         with Horizontal(id="filters"):
-            yield Input(placeholder="key id, target or address", id="actor")
+            yield Input(placeholder="key id, target, addr", id="actor")
             yield Input(placeholder="action", id="action")
             yield Input(placeholder="since: 15m, 2h, 2026-01-31", id="since")
         yield Static("", id="audit-status", markup=False)  # may quote what the admin typed
