@@ -114,6 +114,9 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.fallback = FallbackMetrics(self.registry)
+        self.streaming_tokens = 0
+        """Content events of streams still going, an estimate of their tokens: a stream's exact count
+        comes with its usage at the end, when the relay moves it into `completion_tokens`."""
 
     def record_usage(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Count the tokens of one finished response."""

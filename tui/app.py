@@ -38,13 +38,15 @@ class ConsoleApp(App[None]):
     }
     DEFAULT_MODE = "overview"
     BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
-        Binding("1", "switch_mode('overview')", "Overview"),
-        Binding("2", "switch_mode('models')", "Models"),
-        Binding("3", "switch_mode('keys')", "Keys"),
-        Binding("4", "switch_mode('audit')", "Audit"),
-        Binding("5", "switch_mode('routes')", "Routes"),
-        Binding("6", "switch_mode('store')", "Store"),
+        # The footer has 80 columns for every hint: `?` first (ConsoleScreen puts it there), the six screens
+        # as one `1-6 Screens` hint (the help lists them), and the screen's own keys in short words.
         Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("1", "switch_mode('overview')", "Screens", key_display="1-6", tooltip="1 overview … 6 store"),
+        Binding("2", "switch_mode('models')", "Models", show=False),
+        Binding("3", "switch_mode('keys')", "Keys", show=False),
+        Binding("4", "switch_mode('audit')", "Audit", show=False),
+        Binding("5", "switch_mode('routes')", "Routes", show=False),
+        Binding("6", "switch_mode('store')", "Store", show=False),
         Binding("q", "quit", "Quit"),
     ]
 

@@ -88,6 +88,11 @@ class Overview(msgspec.Struct, frozen=True):
     requests_total: float = 0.0
     completion_tokens_total: float = 0.0
     ttft_p50_s: float | None = None
+    """The median time to first token since the gateway started (interpolated in its bucket)."""
+    ttft_buckets: tuple[tuple[float, float], ...] = ()
+    """The TTFT histogram: (upper bound, cumulative count) per finite bound; empty from older gateways."""
+    ttft_count: float = 0.0
+    """How many first tokens the histogram holds (its `+Inf` bucket)."""
     in_flight: float = 0.0
     errors: tuple[ErrorEvent, ...] = ()
     routes: tuple[RouteInfo, ...] = ()

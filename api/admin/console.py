@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
+from prometheus_client.core import Metric
 
 from api.admin.controller import engine_objects
 from api.admin.routes import route_object
@@ -24,38 +26,74 @@ LATEST_ERRORS = 8
 
 
 GPU_PREFIX = "appliance_gpu_"
+TTFT = "appliance_time_to_first_token_seconds"
 
 
 def _samples(metrics: GatewayMetrics) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Every sample of the gateway's own metrics summed over labels, by sample name (`le` kept apart),
     and each GPU's gauges apart. One pass: each pass reads NVML through the metrics' GPU collector."""
-    totals: dict[str, float] = defaultdict(float)
     gpus: dict[str, dict[str, Any]] = {}
-    for family in metrics.registry.collect():
+    families = list(metrics.registry.collect())
+    for family in families:
         for sample in family.samples:
             if sample.name.startswith(GPU_PREFIX):
                 gpu = gpus.setdefault(
                     sample.labels["gpu"], {"index": int(sample.labels["gpu"]), "name": sample.labels["name"]}
                 )
                 gpu[sample.name.removeprefix(GPU_PREFIX)] = sample.value
-                continue
-            suffix = f"{{le={sample.labels['le']}}}" if "le" in sample.labels else ""
-            totals[sample.name + suffix] += sample.value
-    return totals, sorted(gpus.values(), key=lambda g: int(g["index"]))
+    return sample_totals(families), sorted(gpus.values(), key=lambda g: int(g["index"]))
+
+
+def sample_totals(families: Iterable[Metric]) -> dict[str, float]:
+    """Every sample but the GPUs' summed over labels, by sample name (`le` kept apart)."""
+    totals: dict[str, float] = defaultdict(float)
+    for family in families:
+        for sample in family.samples:
+            if not sample.name.startswith(GPU_PREFIX):
+                suffix = f"{{le={sample.labels['le']}}}" if "le" in sample.labels else ""
+                totals[sample.name + suffix] += sample.value
+    return totals
+
+
+def live_figures(totals: dict[str, float], streaming_tokens: int = 0) -> dict[str, Any]:
+    """The overview's counters, from which the console computes its rates and its TTFT median."""
+    return {
+        "requests_total": totals.get("appliance_requests_total", 0.0),
+        # Tokens of finished responses, plus those of streams still going: a response's usage is known
+        # only at its end, and the rate read 0.0 for as long as a long stream ran.
+        "completion_tokens_total": totals.get("appliance_completion_tokens_total", 0.0) + streaming_tokens,
+        "ttft_p50_s": histogram_p50(totals, TTFT),
+        # Cumulative counts at each finite bound, and the count: the console takes the median of what
+        # arrived between two polls, so the figure moves with the load (the total's hardly does).
+        "ttft_buckets": [[b, c] for b, c in histogram_buckets(totals, TTFT) if b != float("inf")],
+        "ttft_count": totals.get(f"{TTFT}_count", 0.0),
+        "in_flight": totals.get("appliance_requests_in_flight", 0.0),
+    }
+
+
+def histogram_buckets(totals: dict[str, float], name: str) -> list[tuple[float, float]]:
+    """A histogram's cumulative buckets (summed over labels) as (upper bound, count), `+Inf` last."""
+    prefix = f"{name}_bucket{{le="
+    return sorted(
+        (float(key[len(prefix) : -1]), count) for key, count in totals.items() if key.startswith(prefix)
+    )
 
 
 def histogram_p50(totals: dict[str, float], name: str) -> float | None:
-    """The median of a histogram (summed over labels) as the upper bound of its bucket; None if empty."""
-    prefix = f"{name}_bucket{{le="
-    buckets = sorted(
-        (float(key[len(prefix) : -1]), count) for key, count in totals.items() if key.startswith(prefix)
-    )
+    """The median of a histogram (summed over labels), interpolated inside its bucket as Prometheus's
+    `histogram_quantile` does; None if empty. (The bucket's upper bound alone read 100 ms in every capture.)
+    """
+    buckets = histogram_buckets(totals, name)
     total = buckets[-1][1] if buckets else 0.0
     if total <= 0:
         return None
+    rank, lower, below = total / 2, 0.0, 0.0
     for bound, count in buckets:
-        if count >= total / 2:
-            return bound
+        if count >= rank:
+            if bound == float("inf"):
+                return lower  # past the last finite bound: that bound is all that is known
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
     return None
 
 
@@ -100,10 +138,7 @@ class ConsoleController(Controller):
             "gpu_usage": gpu_usage,
             "engines": engines,
             "not_started": dict(gateway.supervisor.not_started),
-            "requests_total": totals.get("appliance_requests_total", 0.0),
-            "completion_tokens_total": totals.get("appliance_completion_tokens_total", 0.0),
-            "ttft_p50_s": histogram_p50(totals, "appliance_time_to_first_token_seconds"),
-            "in_flight": totals.get("appliance_requests_in_flight", 0.0),
+            **live_figures(totals, gateway.metrics.streaming_tokens),
             "errors": errors,
             "routes": [route_object(r) for r in sorted(gateway.chains.routes.values(), key=lambda r: r.name)],
             "breakers": {name: state.value for name, state in gateway.chains.breaker_states().items()},

@@ -52,6 +52,16 @@ def split_usage(events: bytes) -> tuple[bytes, bytes | None]:
     return events[:at] + events[end + 2 :], events[at + len(USAGE_COMMENT) : end]
 
 
+CONTENT = b'"content":"'
+EMPTY_CONTENT = b'"content":""'
+
+
+def content_events(events: bytes) -> int:
+    """How many non-empty content deltas a run of events carries: about one per token, counted without
+    parsing (both engines write compact JSON); the role and finish events carry none."""
+    return events.count(CONTENT) - events.count(EMPTY_CONTENT)
+
+
 async def relay(
     gateway: GatewayState,
     model: ModelInfo,
@@ -68,6 +78,8 @@ async def relay(
     the shutdown's drain deadline, so a stream outliving it ends cleanly instead of being truncated."""
     metrics = gateway.metrics
     first_token_at: float | None = None
+    streamed = 0  # content events so far, in `metrics.streaming_tokens` until the usage says the truth
+    counted = False
     pending = first
     try:
         while True:
@@ -79,9 +91,15 @@ async def relay(
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
                         metrics.time_to_first_token.labels(model.name).observe(first_token_at - started)
+                    if not counted:
+                        tokens = content_events(events)
+                        streamed += tokens
+                        metrics.streaming_tokens += tokens
                     yield events
                 if usage_json is not None:
                     totals = msgspec.json.decode(usage_json, type=Usage)
+                    metrics.streaming_tokens -= streamed
+                    streamed, counted = 0, True
                     metrics.record_usage(model.name, totals.prompt_tokens, totals.completion_tokens)
                     if on_usage is not None:
                         on_usage(totals)  # the key's token charge is corrected to the real usage
@@ -107,4 +125,7 @@ async def relay(
         body = appliance_error_body(unavailable(model, error))
         yield b"data: " + msgspec.json.encode(body) + b"\n\ndata: [DONE]\n\n"
     finally:
+        if streamed:  # cut before its usage: the tokens sent are all that is known, and they were made
+            metrics.streaming_tokens -= streamed
+            metrics.completion_tokens.labels(model.name).inc(streamed)
         await upstream.aclose()

@@ -102,4 +102,4 @@ def test_failures_and_admin_actions_are_audited(appliance: RunningAppliance) -> 
     assert ("auth.failed", "denied") in actions
     assert ("auth.forbidden", "denied") in actions
     assert ("keys.create", "success") in actions
-    assert events[0]["action"] == "audit.read"
+    assert not {"audit.read", "keys.list"} & {action for action, _ in actions}  # reads are not audited

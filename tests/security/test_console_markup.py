@@ -42,6 +42,7 @@ from tui.screens.import_model import ImportModelScreen
 from tui.screens.keys import KeysScreen
 from tui.screens.models import ModelsScreen
 from tui.screens.routes import RoutesScreen
+from tui.screens.row import RowScreen
 from tui.screens.store import StoreScreen
 from tui.screens.versions import VersionsScreen
 
@@ -216,3 +217,20 @@ async def test_toasts_are_literal_even_when_a_screen_asks_for_markup(text: str) 
         await pilot.pause()
         toast = app._notifications
     assert [(n.message, n.markup) for n in toast] == [(text, False)]
+
+
+async def test_an_opened_row_shows_hostile_text_literally() -> None:
+    """Enter on a row (issue 18) shows every cell whole, as sent: the audit's target, detail and client,
+    the key's name; `[@click=app.quit]` quits nothing."""
+    app = hostile_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _press(pilot, app, AuditScreen, "4")
+        await _shows(pilot, app, "/v1/[/x]")
+        await _press(pilot, app, RowScreen, "enter")
+        await _shows(pilot, app, "/v1/[/x]", "[B]upper[/B]", "[b]10.0.0.9")
+        await _press(pilot, app, AuditScreen, "escape")
+        await _press(pilot, app, KeysScreen, "3")
+        await _shows(pilot, app, "a1b2c3d4e5f6")  # the name itself is cut at 80 columns
+        await _press(pilot, app, RowScreen, "enter")
+        await _shows(pilot, app, "[@click=app.quit]q[/]")
+    assert app.return_code in (None, 0)

@@ -1,4 +1,5 @@
-"""Every screen of the console at 80x24 and 120x40, over fixed data."""
+"""Every screen of the console at 80x24 and 120x40, over fixed data: at 80x24 each footer shows all its
+hints, `? Help` first (issue 18)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ SCREENS = {
     "version_activated": ["2", "_", "a", "_", "enter", "_", "y", "_", "_"],
     "keys": ["3", "_"],
     "audit": ["4", "_"],
+    "audit_row": ["4", "_", "enter", "_"],
     "help": ["question_mark", "_"],
     "revoke_confirm": ["3", "_", "down", "x", "_"],
     "key_shown": ["3", "_", "n", *"ci", "enter", "_", "_"],

@@ -53,19 +53,23 @@ def test_since_refuses_nonsense() -> None:
 def test_filter_by_actor_action_and_time() -> None:
     """Each criterion narrows the events; together they combine."""
     assert [e.id for e in AuditFilter(action="KEYS").apply(AUDIT)] == [2, 1]
-    assert [e.id for e in AuditFilter(actor="a1b2").apply(AUDIT)] == [2]
+    # A key id finds what the key did (2, as actor) and the row that created it (1, as target).
+    assert [e.id for e in AuditFilter(actor="a1b2").apply(AUDIT)] == [2, 1]
+    assert [e.id for e in AuditFilter(actor="0f9e8d").apply(AUDIT)] == [2]  # created by a1b2...: target
+    assert [e.id for e in AuditFilter(actor="chat/completions").apply(AUDIT)] == [3]  # a request path
     assert [e.id for e in AuditFilter(since=parse_since("2026-01-31", NOW)).apply(AUDIT)] == [3]
     assert AuditFilter(actor="a1b2", action="auth").apply(AUDIT) == []
+    assert AuditFilter(actor="f6 0f").apply(AUDIT) == []  # no match across two fields
     assert [e.id for e in AuditFilter(actor="192.0.2").apply(AUDIT)] == [3]  # the client's address
 
 
-def test_ttft_median_is_the_bucket_holding_half() -> None:
-    """Cumulative buckets 1, 3, 4 of 4: the median lies in the 0.1 s bucket; no samples, no median."""
+def test_ttft_median_is_interpolated_in_the_bucket_holding_half() -> None:
+    """Cumulative buckets 1, 3, 4 of 4: rank 2 lies halfway through (0.05, 0.1]; no samples, no median."""
     name = "appliance_time_to_first_token_seconds"
     totals: dict[str, float] = {
         f"{name}_bucket{{le={b}}}": c for b, c in (("0.05", 1), ("0.1", 3), ("+Inf", 4))
     }
-    assert histogram_p50(totals, name) == 0.1
+    assert histogram_p50(totals, name) == pytest.approx(0.075)
     assert histogram_p50({}, name) is None
 
 

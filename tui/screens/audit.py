@@ -1,4 +1,4 @@
-"""The audit log, newest first, filtered by actor (key id or client address), action and time."""
+"""The audit log, newest first, filtered by who (key id, target or client address), action and time."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class AuditScreen(ConsoleScreen):
     BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("escape", "table", "Table", show=False),
-        Binding("r", "reload", "Refresh"),
+        Binding("r", "reload", "Reload"),
     ]
 
     def __init__(self) -> None:
@@ -34,7 +34,7 @@ class AuditScreen(ConsoleScreen):
     def body(self) -> ComposeResult:
         """Three filter fields over the table."""
         with Horizontal(id="filters"):
-            yield Input(placeholder="actor key id or address", id="actor")
+            yield Input(placeholder="key id, target, addr", id="actor")
             yield Input(placeholder="action", id="action")
             yield Input(placeholder="since: 15m, 2h, 2026-01-31", id="since")
         yield Static("", id="audit-status", markup=False)  # may quote what the admin typed

@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING, TypeVar, cast
 
 from textual import work
 from textual.app import ComposeResult
+from textual.binding import ActiveBinding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import DataTable, Footer, Header, Static
 
 from tui.client import AdminApiError, AdminSource, ConnectionLost
+from tui.screens.row import RowScreen, row_fields
 
 if TYPE_CHECKING:
     from tui.app import ConsoleApp
@@ -33,15 +35,27 @@ class ConnectionBanner(Static):
 class ConsoleScreen(Screen[None]):
     """A screen with the common frame; subclasses compose their body and implement `reload`."""
 
-    COMPACT_FOOTER = False
-    """Whether the footer packs its keys tighter: for screens whose keys would not all fit at 80 columns."""
-
     def compose(self) -> ComposeResult:
         """Header, banner, the screen's body, footer."""
         yield Header()
         yield ConnectionBanner(id="banner")
         yield from self.body()
-        yield Footer(compact=self.COMPACT_FOOTER)
+        # Compact, and without the command palette's hint (ctrl+p still opens it): every screen's hints
+        # fit in 80 columns, which tests/tui/test_footer.py checks.
+        yield Footer(compact=True, show_command_palette=False)
+
+    @property
+    def active_bindings(self) -> dict[str, ActiveBinding]:
+        """The keys in the footer's order: help first, then this screen's own, then the app's others.
+
+        Textual lists the focused widget's and the screen's keys before the app's, so a footer that ran
+        out of columns cut `? Help` first; now it is the one hint that is always shown."""
+        bindings = super().active_bindings
+        order = sorted(
+            bindings.items(),
+            key=lambda item: (item[1].binding.action != "help", item[1].node is self.app),
+        )
+        return dict(order)
 
     def body(self) -> ComposeResult:
         """The screen's own widgets."""
@@ -66,6 +80,15 @@ class ConsoleScreen(Screen[None]):
         """Coming back to a screen shows fresh data."""
         if self.is_mounted:
             self.reload()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter (or a click) on a row of any of the screen's tables opens the row whole: a table cuts
+        long cells (key names, audit targets, errors) to fit 80 columns."""
+        table = event.data_table
+        if table.row_count == 0:
+            return
+        title = f"{table.id or 'table'}: row {event.cursor_row + 1} of {table.row_count}"
+        self.app.push_screen(RowScreen(title, row_fields(table, event.cursor_row)))
 
     def _reconnected(self, connected: bool) -> None:
         if connected:

@@ -22,6 +22,7 @@ HELP = """\
 [b]Store[/b]    u type the passphrase, Enter unlocks  l lock  r refresh
 
 Arrows move in tables, Tab between fields; the mouse works too.
+Enter on a table row shows the whole row, every column in full.
 Changes apply at once (an activation once its checks pass),
 except imported, enabled and disabled models: the gateway serves
 those from its next start."""

@@ -23,7 +23,7 @@ class KeysScreen(ConsoleScreen):
     BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
         Binding("n", "create", "New key"),
         Binding("x", "revoke", "Revoke"),
-        Binding("r", "reload", "Refresh"),
+        Binding("r", "reload", "Reload"),
     ]
 
     def body(self) -> ComposeResult:

@@ -27,16 +27,16 @@ COLUMNS = ("name", "ver", "aliases", "format", "quant", "size MB", "encrypted", 
 class ModelsScreen(ConsoleScreen):
     """The registry as a table; actions apply to the row under the cursor."""
 
+    # Short words, so that every hint fits in 80 columns; the tooltips and the help say them in full.
     BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
-        Binding("i", "import", "Import"),
-        Binding("e", "enable", "Enable"),
-        Binding("d", "disable", "Disable"),
-        Binding("v", "verify", "Verify"),
-        Binding("a", "versions", "Versions"),
-        Binding("x", "remove", "Remove"),
-        Binding("r", "reload", "Refresh"),
+        Binding("i", "import", "Import", tooltip="Import a model file or folder"),
+        Binding("e", "enable", "On", tooltip="Enable the model (from the next start)"),
+        Binding("d", "disable", "Off", tooltip="Disable the model (from the next start)"),
+        Binding("v", "verify", "Verify", tooltip="Decrypt and hash the model end to end"),
+        Binding("a", "versions", "Versions", tooltip="Activate another version, or roll back"),
+        Binding("x", "remove", "Del", tooltip="Remove the model from the registry (asks first)"),
+        Binding("r", "reload", "Reload"),
     ]
-    COMPACT_FOOTER = True
 
     def body(self) -> ComposeResult:
         """The registry table and a status line."""

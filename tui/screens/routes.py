@@ -44,12 +44,13 @@ class RoutesScreen(ConsoleScreen):
     """Routes on top, the selected route's links below; edits stay a draft until saved."""
 
     BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
-        Binding("u", "move(-1)", "Link up"),
-        Binding("d", "move(1)", "Link down"),
-        Binding("a", "add_link", "Add link"),
-        Binding("x", "remove_link", "Remove link"),
-        Binding("s", "save", "Save"),
-        Binding("r", "reload", "Refresh/discard"),
+        # Short words (the links' title says they act on links), so that every hint fits in 80 columns.
+        Binding("u", "move(-1)", "Up", tooltip="Move the link up"),
+        Binding("d", "move(1)", "Down", tooltip="Move the link down"),
+        Binding("a", "add_link", "Add", tooltip="Add a link below the selected one"),
+        Binding("x", "remove_link", "Remove", tooltip="Remove the selected link"),
+        Binding("s", "save", "Save", tooltip="Save the route (asks first)"),
+        Binding("r", "reload", "Discard", tooltip="Discard unsaved edits and reload"),
     ]
 
     def __init__(self) -> None:

@@ -28,11 +28,16 @@ def status_text(status: dict[str, Any] | None) -> str:
             continue
         shown = (", ".join(map(str, value)) or "none") if isinstance(value, list) else str(value)
         lines.append(f"{key.replace('_', ' ').capitalize()}: {shown}")
-    if status.get("mode") == "passphrase":
+    if is_passphrase_mode(status):
         lines.append("Unlock: press u, type the passphrase, Enter." if locked else "Lock again: press l.")
     else:
-        lines.append("The key comes from the key file: there is nothing to unlock.")
+        lines.append("The store's key comes from its key file: it opens by itself at start.")
     return "\n".join(lines)
+
+
+def is_passphrase_mode(status: dict[str, Any] | None) -> bool:
+    """Whether unlocking and locking apply: to a passphrase-mode store, or one whose mode is unknown."""
+    return status is None or status.get("mode") in {"passphrase", None}
 
 
 def contents_text(stored: list[StoredModel]) -> str:
@@ -54,13 +59,15 @@ class StoreScreen(ConsoleScreen):
     BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
         Binding("u", "focus_passphrase", "Unlock"),
         Binding("l", "lock", "Lock"),
-        Binding("r", "reload", "Refresh"),
+        Binding("r", "reload", "Reload"),
         Binding("escape", "leave_passphrase", "Back", show=False),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.status: dict[str, Any] | None = None
+        self.fetched = False
+        """Whether a status (or its absence: an older gateway) has come back yet."""
 
     def body(self) -> ComposeResult:
         """State, contents, the masked passphrase field and a hint."""
@@ -68,10 +75,34 @@ class StoreScreen(ConsoleScreen):
         # The status is the gateway's dict, keys and values shown as they are.
         yield Static("loading...", id="store-state", classes="panel", markup=False)
         yield Static("", id="store-contents", classes="panel", markup=False)
+        # Hidden until the status says passphrase mode: a key-file store has nothing to type in.
         yield Input(placeholder="passphrase (u, then Enter to unlock)", password=True, id="passphrase")
         yield Static(
-            "In passphrase mode encrypted models cannot start until the store is unlocked.", classes="hint"
+            "In passphrase mode encrypted models cannot start until the store is unlocked.",
+            id="passphrase-hint",
+            classes="hint",
         )
+
+    def on_mount(self) -> None:
+        """Nothing to unlock is shown before the status says which mode the store is in."""
+        self._show_mode()
+        super().on_mount()
+
+    def _show_mode(self) -> None:
+        """The passphrase field, its hint and the u and l keys only where they apply."""
+        applies = self._unlocking_applies()
+        self.query_one("#passphrase", Input).display = applies
+        self.query_one("#passphrase-hint", Static).display = applies
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Unlock and lock are offered (footer and keys) only for a passphrase-mode store."""
+        if action in {"focus_passphrase", "lock"}:
+            return self._unlocking_applies()
+        return True
+
+    def _unlocking_applies(self) -> bool:
+        return self.fetched and is_passphrase_mode(self.status)
 
     async def fetch(self) -> None:
         """The lock state (when the gateway reports it) and the store's contents."""
@@ -84,7 +115,9 @@ class StoreScreen(ConsoleScreen):
         except ConnectionLost:
             self.console.connected = False
             return
+        self.fetched = True
         self.query_one("#store-state", Static).update(status_text(self.status))
+        self._show_mode()
         stored = await self.call(self.source.stored_models(), "store")
         if stored is not None:
             self.query_one("#store-contents", Static).update(contents_text(stored))
