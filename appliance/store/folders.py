@@ -59,6 +59,24 @@ def _new_private_file(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
 
+def _encrypt_into_new_file(
+    path: Path,
+    reader: HashingReader | ChunkReader,
+    data_key: bytes,
+    label: str,
+    chunk_size: int,
+    progress: Progress | None,
+) -> int:
+    """Encrypt what `reader` yields into the new private file `path`, synced before it returns its size."""
+    fd = _new_private_file(path)
+    try:
+        size = encrypt_stream(reader, FdWriter(fd), data_key, label, chunk_size=chunk_size, progress=progress)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size
+
+
 def _offset(progress: Progress | None, base: int) -> Progress | None:
     """Progress over the whole folder from the progress within one of its files."""
     if progress is None:
@@ -82,20 +100,15 @@ def encrypt_folder(
     files, done = [], 0
     for index, (name, path) in enumerate(listed):
         stored, digest = f"{index}.aplm", hashlib.sha256()
-        fd = _new_private_file(target / stored)
-        try:
-            with open_source_file(path, within=root) as plain:
-                size = encrypt_stream(
-                    HashingReader(plain, digest.update),
-                    FdWriter(fd),
-                    data_key,
-                    f"{file_id}/{index}",
-                    chunk_size=chunk_size,
-                    progress=_offset(progress, done),
-                )
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with open_source_file(path, within=root) as plain:
+            size = _encrypt_into_new_file(
+                target / stored,
+                HashingReader(plain, digest.update),
+                data_key,
+                f"{file_id}/{index}",
+                chunk_size,
+                _offset(progress, done),
+            )
         files.append(FolderFile(name, stored, size, digest.hexdigest()))
         done += size
     manifest = Manifest(files)
@@ -229,20 +242,15 @@ def _reencrypt_files(
             source = (old / entry.stored).open("rb")
         except FileNotFoundError as error:
             raise StoreIntegrityError(f"{old}: {entry.stored} ({entry.name}) is missing") from error
-        fd = _new_private_file(target / stored)
-        try:
-            with source as handle:
-                size = encrypt_stream(
-                    ChunkReader(decrypt_chunks(handle, old_key), digest.update),
-                    FdWriter(fd),
-                    data_key,
-                    f"{file_id}/{index}",
-                    chunk_size=chunk_size,
-                    progress=_offset(progress, done),
-                )
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with source as handle:
+            size = _encrypt_into_new_file(
+                target / stored,
+                ChunkReader(decrypt_chunks(handle, old_key), digest.update),
+                data_key,
+                f"{file_id}/{index}",
+                chunk_size,
+                _offset(progress, done),
+            )
         if size != entry.size or digest.hexdigest() != entry.sha256:
             raise StoreIntegrityError(f"{entry.name} decrypts, but not to the file that was imported")
         files.append(FolderFile(entry.name, stored, size, entry.sha256))

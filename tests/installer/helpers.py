@@ -51,6 +51,18 @@ sys.exit(run(sys.argv[1:]))
 """
 
 
+def run_installed_appliance(prefix: Path, *args: str) -> str:
+    """The current version's (fake) `appliance ARGS` on the prefix's data directory; its output."""
+    done = subprocess.run(
+        [str(prefix / "current" / "venv" / "bin" / "appliance"), *args],
+        env={"APPLIANCE_HOME": str(prefix / "data")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
 def run_installer(
     *args: str, no_crypto: bool = False, tmpdir: Path | None = None, source: Path = REPO
 ) -> subprocess.CompletedProcess[str]:

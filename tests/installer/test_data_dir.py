@@ -14,7 +14,7 @@ from installer import errors
 from installer.bundled_models import store_model
 from installer.data import db_revision
 from installer.state import InstalledVersion, Prefix
-from tests.installer.helpers import Recipe, make_bundle, run_installer
+from tests.installer.helpers import Recipe, make_bundle, run_installed_appliance, run_installer
 
 Keys = dict[str, tuple[Path, Path]]
 GGUF = b"GGUF tiny " * 50
@@ -24,18 +24,6 @@ def _install(prefix: Path, bundle: Path, *extra: str) -> subprocess.CompletedPro
     return run_installer("install", str(bundle), "--prefix", str(prefix), *extra)
 
 
-def _appliance(prefix: Path, *args: str) -> str:
-    """The current version's fake `appliance ARGS`, on the prefix's data directory."""
-    done = subprocess.run(
-        [str(prefix / "current" / "venv" / "bin" / "appliance"), *args],
-        env={"APPLIANCE_HOME": str(prefix / "data")},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
-
-
 @pytest.fixture
 def v1(tmp_path: Path, keys: Keys) -> Path:
     """A prefix with version 1 (registry revision 0001) really installed, and one key."""
@@ -43,7 +31,7 @@ def v1(tmp_path: Path, keys: Keys) -> Path:
     bundle = make_bundle(tmp_path / "w1", keys["a"][0], Recipe(version=1, revisions=("0001",)))
     done = _install(prefix, bundle, "--trust", str(keys["a"][1]))
     assert done.returncode == 0, done.stderr
-    _appliance(prefix, "keys", "create", "--name", "before")
+    run_installed_appliance(prefix, "keys", "create", "--name", "before")
     return prefix
 
 
@@ -54,13 +42,13 @@ def test_versions_share_one_data_dir_and_a_new_key_survives_rollback(
     bundle = make_bundle(tmp_path / "w2", keys["a"][0], Recipe(version=2, revisions=("0001",)))
     done = _install(v1, bundle)
     assert done.returncode == 0, done.stderr
-    assert _appliance(v1, "serve") == "serving version 2"
-    _appliance(v1, "keys", "create", "--name", "after")
+    assert run_installed_appliance(v1, "serve") == "serving version 2"
+    run_installed_appliance(v1, "keys", "create", "--name", "after")
     assert (v1 / "data" / "snapshots" / "registry-1.db").is_file()
     done = run_installer("rollback", "--prefix", str(v1))
     assert done.returncode == 0, done.stderr
-    assert _appliance(v1, "serve") == "serving version 1"
-    assert _appliance(v1, "keys", "list").split() == ["after", "before"]
+    assert run_installed_appliance(v1, "serve") == "serving version 1"
+    assert run_installed_appliance(v1, "keys", "list").split() == ["after", "before"]
     assert sorted(p.name for p in v1.iterdir()) == [
         ".lock",
         "current",
@@ -85,7 +73,7 @@ def test_rollback_across_a_migration_needs_restore_data(v1: Path, tmp_path: Path
     line naming --restore-data, and writes nothing; --restore-data puts back the registry of the upgrade."""
     bundle = make_bundle(tmp_path / "w2", keys["a"][0], Recipe(version=2, revisions=("0001", "0002")))
     assert _install(v1, bundle).returncode == 0
-    _appliance(v1, "keys", "create", "--name", "after")
+    run_installed_appliance(v1, "keys", "create", "--name", "after")
     db = v1 / "data" / "registry.db"
     assert db_revision(db) == "0002"
     done = run_installer("rollback", "--prefix", str(v1))
@@ -101,9 +89,9 @@ def test_rollback_across_a_migration_needs_restore_data(v1: Path, tmp_path: Path
     assert done.returncode == 0, done.stderr
     if os.geteuid() == 0:  # what the installer wrote as root is the service's too
         assert {p.stat().st_uid for p in (v1 / "data").rglob("*")} == {service.pw_uid}
-    assert _appliance(v1, "serve") == "serving version 1"
+    assert run_installed_appliance(v1, "serve") == "serving version 1"
     assert db_revision(db) == "0001"
-    assert _appliance(v1, "keys", "list").split() == ["before"]
+    assert run_installed_appliance(v1, "keys", "list").split() == ["before"]
     # Today's registry was kept too: nothing is lost for good by a restore.
     assert db_revision(v1 / "data" / "snapshots" / "registry-2.db") == "0002"
 
@@ -118,7 +106,7 @@ def test_a_failed_upgrade_puts_the_registry_back(v1: Path, tmp_path: Path, keys:
     assert done.returncode == errors.InstallStepError.exit_code, done.stderr
     assert Prefix(v1).current() == 1
     assert db_revision(v1 / "data" / "registry.db") == "0001"
-    assert _appliance(v1, "keys", "list").split() == ["before"]
+    assert run_installed_appliance(v1, "keys", "list").split() == ["before"]
 
 
 def test_a_kill_mid_migration_is_undone_by_the_next_run(v1: Path, tmp_path: Path, keys: Keys) -> None:
@@ -132,7 +120,7 @@ def test_a_kill_mid_migration_is_undone_by_the_next_run(v1: Path, tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert "registry put back from" in done.stderr
     assert db_revision(v1 / "data" / "registry.db") == "0002"
-    assert _appliance(v1, "keys", "list").split() == ["before"]
+    assert run_installed_appliance(v1, "keys", "list").split() == ["before"]
 
 
 def test_an_old_layout_home_becomes_the_data_dir(v1: Path, tmp_path: Path, keys: Keys) -> None:
@@ -145,7 +133,7 @@ def test_an_old_layout_home_becomes_the_data_dir(v1: Path, tmp_path: Path, keys:
     state.installed.append(InstalledVersion(0, "cpu", "0" * 64, 0))
     Prefix(v1).save(state)
     assert _install(v1, make_bundle(tmp_path / "w2", keys["a"][0], Recipe(version=2))).returncode == 0
-    assert _appliance(v1, "keys", "list").split() == ["before"]
+    assert run_installed_appliance(v1, "keys", "list").split() == ["before"]
     assert list(v1.rglob("store.key")) == [v1 / "data" / "store.key"]
 
 

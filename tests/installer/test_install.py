@@ -15,7 +15,15 @@ import pytest
 
 from installer import errors
 from installer.state import Prefix
-from tests.installer.helpers import REPO, UNSHARE, Recipe, make_bundle, run_installer, snapshot
+from tests.installer.helpers import (
+    REPO,
+    UNSHARE,
+    Recipe,
+    make_bundle,
+    run_installed_appliance,
+    run_installer,
+    snapshot,
+)
 
 Keys = dict[str, tuple[Path, Path]]
 SERVICE = "daemon"
@@ -23,18 +31,6 @@ SERVICE = "daemon"
 
 def _install(prefix: Path, bundle: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return run_installer("install", str(bundle), "--prefix", str(prefix), *extra)
-
-
-def _serves(prefix: Path) -> str:
-    """What the current version's `appliance serve` says (the fake prints its version)."""
-    done = subprocess.run(
-        [str(prefix / "current" / "venv" / "bin" / "appliance"), "serve"],
-        env={"APPLIANCE_HOME": str(prefix / "data")},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
 
 
 @pytest.fixture
@@ -49,7 +45,7 @@ def v1(tmp_path: Path, keys: Keys) -> Path:
 
 def test_first_install_pins_the_key_and_serves(v1: Path, keys: Keys) -> None:
     """A first install prints the key's fingerprint, registers the model, and the version serves."""
-    assert _serves(v1) == "serving version 1"
+    assert run_installed_appliance(v1, "serve") == "serving version 1"
     assert Prefix(v1).current() == 1
     registry = (v1 / "data" / "registry.txt").read_text()
     assert registry.startswith("tiny ")
@@ -74,12 +70,12 @@ def test_rollback_then_same_version_again(v1: Path, tmp_path: Path, keys: Keys) 
     """Install 2, roll back to 1 (it serves), then install 2 again."""
     bundle = make_bundle(tmp_path / "w2", keys["a"][0], Recipe(version=2))
     assert _install(v1, bundle).returncode == 0
-    assert _serves(v1) == "serving version 2"
+    assert run_installed_appliance(v1, "serve") == "serving version 2"
     done = run_installer("rollback", "--prefix", str(v1))
     assert done.returncode == 0, done.stderr
-    assert _serves(v1) == "serving version 1"
+    assert run_installed_appliance(v1, "serve") == "serving version 1"
     assert _install(v1, bundle).returncode == 0
-    assert _serves(v1) == "serving version 2"
+    assert run_installed_appliance(v1, "serve") == "serving version 2"
     assert run_installer("rollback", "--prefix", str(v1)).returncode == 0
     assert run_installer("rollback", "--prefix", str(v1)).returncode == errors.StateError.exit_code
 
@@ -98,7 +94,7 @@ def test_after_a_rollback_an_older_bundle_than_ever_installed_is_refused(
     assert "older than version 3" in done.stderr
     assert snapshot(v1) == before
     assert _install(v1, older, "--allow-downgrade").returncode == 0
-    assert _serves(v1) == "serving version 2"
+    assert run_installed_appliance(v1, "serve") == "serving version 2"
 
 
 def test_failed_step_leaves_previous_version(v1: Path, tmp_path: Path, keys: Keys) -> None:
@@ -109,7 +105,7 @@ def test_failed_step_leaves_previous_version(v1: Path, tmp_path: Path, keys: Key
     assert "failed" in done.stderr.splitlines()[-1]
     assert Prefix(v1).current() == 1
     assert not (v1 / "versions" / "2").exists()
-    assert _serves(v1) == "serving version 1"
+    assert run_installed_appliance(v1, "serve") == "serving version 1"
 
 
 # Steps that last long enough (each starts processes) for the kill to land inside them; the instants
@@ -130,10 +126,10 @@ def test_kill_9_during_install(step: str, v1: Path, tmp_path: Path, keys: Keys) 
     process.wait()
     assert process.returncode == -signal.SIGKILL
     assert Prefix(v1).current() == 1
-    assert _serves(v1) == "serving version 1"
+    assert run_installed_appliance(v1, "serve") == "serving version 1"
     done = _install(v1, bundle)
     assert done.returncode == 0, done.stderr
-    assert _serves(v1) == "serving version 2"
+    assert run_installed_appliance(v1, "serve") == "serving version 2"
 
 
 def test_key_rotation_and_revocation(v1: Path, tmp_path: Path, keys: Keys) -> None:
@@ -204,7 +200,7 @@ def test_allow_downgrade_is_explicit_and_audited(v1: Path, tmp_path: Path, keys:
     assert _install(v1, lower).returncode == errors.DowngradeError.exit_code
     done = _install(v1, lower, "--allow-downgrade")
     assert done.returncode == 0, done.stderr
-    assert _serves(v1) == "serving version 2"
+    assert run_installed_appliance(v1, "serve") == "serving version 2"
     history = json.loads((v1 / "state.json").read_text())["history"]
     assert "downgrade allowed by the admin" in history[-1]["detail"]
 
@@ -224,11 +220,11 @@ def test_crash_between_state_and_switch(v1: Path, tmp_path: Path, keys: Keys) ->
     bundle = make_bundle(tmp_path / "w2", keys["a"][0], Recipe(version=2))
     assert _install(v1, bundle).returncode == 0
     Prefix(v1).switch_current(1)  # exactly what the disk holds if the rename never happened
-    assert _serves(v1) == "serving version 1"
+    assert run_installed_appliance(v1, "serve") == "serving version 1"
     assert "current: 1" in run_installer("status", "--prefix", str(v1)).stdout
     done = _install(v1, bundle)
     assert done.returncode == 0, done.stderr
-    assert _serves(v1) == "serving version 2"
+    assert run_installed_appliance(v1, "serve") == "serving version 2"
 
 
 def test_debris_of_a_killed_install_is_removed(v1: Path, tmp_path: Path, keys: Keys) -> None:
@@ -238,13 +234,13 @@ def test_debris_of_a_killed_install_is_removed(v1: Path, tmp_path: Path, keys: K
     (half / "partial.whl").write_bytes(b"PK")
     (v1 / ".state.json.abc.tmp").write_text("{")
     (v1 / ".current.99.tmp").symlink_to("versions/2")
-    assert _serves(v1) == "serving version 1"
+    assert run_installed_appliance(v1, "serve") == "serving version 1"
     done = _install(v1, make_bundle(tmp_path / "w2", keys["a"][0], Recipe(version=2)))
     assert done.returncode == 0, done.stderr
     assert "removed debris of an interrupted install" in done.stderr
     assert not (v1 / ".state.json.abc.tmp").exists()
     assert not (v1 / ".current.99.tmp").is_symlink()
-    assert _serves(v1) == "serving version 2"
+    assert run_installed_appliance(v1, "serve") == "serving version 2"
 
 
 def test_not_enough_space_is_refused_before_writing(
