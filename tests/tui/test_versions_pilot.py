@@ -3,6 +3,7 @@ is a good copy, version 3 a copy cut in half on disk after it was registered."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.e2e.server import RunningAppliance, cli, start_appliance
 from tests.tui.helpers import rows, until
 from tui.app import ConsoleApp
 from tui.client import AdminClient
+from tui.schemas import Activated
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.models import ModelsScreen
 from tui.screens.versions import VersionsScreen
@@ -88,33 +90,63 @@ async def open_versions(app: ConsoleApp, pilot: Pilot[None]) -> DataTable[str]:
     return versions
 
 
-def console(running: RunningAppliance) -> ConsoleApp:
-    """The console on the gateway with the admin key."""
-    return ConsoleApp(AdminClient(running.base_url, running.admin_key), poll_s=0.2)
+class HeldClient(AdminClient):
+    """The real admin client, except that an activation or rollback is sent only once the test has seen the
+    console say it is working: a refusal of a damaged file can come back within one 50 ms poll, and the test
+    must not depend on catching the working state before the gateway answers."""
+
+    def __init__(self, base_url: str, admin_key: str) -> None:
+        super().__init__(base_url, admin_key)
+        self.held: asyncio.Event | None = None
+
+    def hold(self) -> asyncio.Event:
+        """The gate the next activation waits on (made on the app's own event loop)."""
+        self.held = asyncio.Event()
+        return self.held
+
+    async def _released(self) -> None:
+        if self.held is not None:
+            await self.held.wait()
+
+    async def activate_version(self, name: str, version: str) -> Activated:
+        await self._released()
+        return await super().activate_version(name, version)
+
+    async def roll_back(self, name: str) -> Activated:
+        await self._released()
+        return await super().roll_back(name)
 
 
-async def switch(app: ConsoleApp, pilot: Pilot[None], *keys: str) -> None:
+def console(running: RunningAppliance) -> tuple[ConsoleApp, HeldClient]:
+    """The console on the gateway with the admin key, and its client."""
+    client = HeldClient(running.base_url, running.admin_key)
+    return ConsoleApp(client, poll_s=0.2), client
+
+
+async def switch(app: ConsoleApp, client: HeldClient, pilot: Pilot[None], *keys: str) -> None:
     """Press `keys` in the versions dialog, confirm, and see the console working until the gateway answers."""
+    gate = client.hold()
     await pilot.press(*keys)
     await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
     await pilot.press("y")
     await until(pilot, lambda: isinstance(app.screen, ModelsScreen), "the models screen again")
     bar = app.screen.query_one("#activation-progress", ProgressBar)
-    # Loading a worker and running the checks takes the gateway a second at least: the console says so.
+    # While the gateway loads a worker and runs the checks, the console says so and the bar moves.
     await until(pilot, lambda: "running the checks" in status_line(app), "that it is working")
     assert bar.display, "the moving bar shows the activation is still running"
+    gate.set()
     await until(pilot, lambda: not bar.display, "the gateway's answer", steps=ACTIVATION_STEPS)
 
 
 async def test_activate_version_2_then_roll_back(versioned: RunningAppliance) -> None:
     """Enter on version 2 and `y`: the gateway serves version 2 and the table says so; `b` and `y` in the
     dialog: version 1 serves again."""
-    app = console(versioned)
+    app, client = console(versioned)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
         listed = await open_versions(app, pilot)
         assert [r[:2] for r in rows(listed)] == [["*", "1"], ["", "2"], ["", "3"]]
-        await switch(app, pilot, "up", "enter")
+        await switch(app, client, pilot, "up", "enter")
         assert f"{MODEL} now serves version 2 (was 1)" in status_line(app)
         assert "deep probe" in status_line(app), "the checks it passed"
         assert (engine_version(versioned), served_version(versioned)) == ("2", "2")
@@ -123,7 +155,7 @@ async def test_activate_version_2_then_roll_back(versioned: RunningAppliance) ->
 
         listed = await open_versions(app, pilot)
         assert [r[:2] for r in rows(listed)] == [["", "1"], ["*", "2"], ["", "3"]]
-        await switch(app, pilot, "b")
+        await switch(app, client, pilot, "b")
         assert f"{MODEL} now serves version 1 (was 2)" in status_line(app)
         assert (engine_version(versioned), served_version(versioned)) == ("1", "1")
         await until(pilot, lambda: [MODEL, "1"] in [r[:2] for r in rows(table)], "version 1 in the table")
@@ -133,11 +165,11 @@ async def test_a_refused_activation_says_why_and_the_old_version_serves(versione
     """Version 3's file is cut short: the console shows the gateway's one-line refusal, and the version that
     served before still does."""
     before = engine_version(versioned)
-    app = console(versioned)
+    app, client = console(versioned)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("2")
         await open_versions(app, pilot)
-        await switch(app, pilot, "enter")  # the cursor starts on the newest version: 3
+        await switch(app, client, pilot, "enter")  # the cursor starts on the newest version: 3
         line = status_line(app)
         assert f"{MODEL}: activate version 3 refused: " in line
         assert "did not load" in line
