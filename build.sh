@@ -127,7 +127,8 @@ cmd_test() {
 }
 
 # Bundles for disconnected servers (installer/build.py): `bundle --profile cpu|gpu [--key PATH] [--version N]`
-# writes dist/appliance-<profile>-<version>.bundle; `keygen [--root] [--out DIR]` writes a signing (or an
+# writes dist/appliance-<profile>-<version>.bundle; `bundle --profile models --model FILE_OR_AWQ_FOLDER
+# [--name N] [--alias A] [--model-version V]...` one of weights only (appliance models import-bundle); `keygen [--root] [--out DIR]` writes a signing (or an
 # offline root) key pair outside the repository (default ~/.config/appliance/keys/, private key mode 0600);
 # `trust new|sign|check` writes, signs and checks root documents, the only way to change trusted keys.
 cmd_bundle() {

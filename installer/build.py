@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import zipapp
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from installer.bundlefile import read_bundle
 from installer.crypto import CryptographyVerifier
@@ -48,6 +50,7 @@ class ModelSpec:
     format: str
     sha256: str | None
     optional: bool
+    version: str | None = None  # a model bundle's --model-version: a new version of a registered model
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,57 @@ def load_recipe(path: Path) -> Recipe:
         extra_packages=tuple(raw.get("extra_packages", ())),
         models=models,
     )
+
+
+MODELS_PROFILE = "models"
+_MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+GGUF_MAGIC = b"GGUF"
+
+
+class _AddModel(argparse.Action):
+    """`--model PATH` starts a model; the `--name`, `--alias` and `--model-version` after it describe it."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None) -> None:
+        namespace.models = [*(namespace.models or []), {"source": Path(values), "aliases": []}]
+
+
+class _DescribeModel(argparse.Action):
+    """`--name`, `--alias` or `--model-version`: a fact about the latest `--model`."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None) -> None:
+        if not namespace.models:
+            parser.error(f"{option} describes the --model before it; give --model first")
+        model, key = namespace.models[-1], self.dest.removeprefix("model_")
+        if key == "aliases":
+            model["aliases"].append(values)
+        elif key in model:
+            parser.error(f"{option} given twice for --model {model['source']}")
+        else:
+            model[key] = values
+
+
+def models_recipe(models: list[dict[str, Any]], expires_days: int) -> Recipe:
+    """The recipe of a model bundle: the weights named on the command line, no wheels and no installer."""
+    specs = []
+    for model in models:
+        source: Path = model["source"].resolve()
+        if source.is_dir():
+            kind = "awq"  # vLLM's weights folder; the appliance checks it is an AWQ model when importing
+        elif source.is_file():
+            with source.open("rb") as stream:
+                if stream.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+                    raise SystemExit(f"build: {source} is not a GGUF file (nor an AWQ model folder)")
+            kind = "gguf"
+        else:
+            raise SystemExit(f"build: --model {source}: no such file or folder")
+        name = model.get("name") or (source.stem if kind == "gguf" else source.name).lower()
+        if not _MODEL_NAME.fullmatch(name):
+            raise SystemExit(f"build: model name {name!r} is not [a-z0-9][a-z0-9._-]*; give one with --name")
+        version = model.get("version")
+        specs.append(ModelSpec(name, tuple(model["aliases"]), source, kind, None, False, version))
+    if len({spec.name for spec in specs}) != len(specs):
+        raise SystemExit("build: two --model arguments have the same name; give each its own --name")
+    return Recipe("appliance", MODELS_PROFILE, expires_days, (), (), (), tuple(specs))
 
 
 def host_target() -> Target:
@@ -167,6 +221,8 @@ def model_sources(recipe: Recipe, work: Path) -> list[Source]:
             sources.append(Source(f"models/{model.name}/{file.relative_to(base).as_posix()}", "model", file))
         meta = {"name": model.name, "aliases": list(model.aliases), "format": model.format}
         meta["file"] = model.source.name if model.source.is_file() else "."
+        if model.version is not None:
+            meta["version"] = model.version
         registry = work / "models" / model.name / "registry.json"
         registry.parent.mkdir(parents=True, exist_ok=True)
         registry.write_text(json.dumps(meta, indent=2) + "\n")
@@ -193,7 +249,15 @@ def _check_model_hashes(recipe: Recipe) -> None:
 
 def build_bundle(args: argparse.Namespace) -> Path:
     """Gather, hash, pack, sign and self-verify one bundle; print a summary."""
-    recipe = load_recipe(args.recipe or REPO / "bundles" / f"{args.profile}.toml")
+    models_only = args.profile == MODELS_PROFILE
+    if models_only != bool(args.models):
+        raise SystemExit("build: --model goes with --profile models, and --profile models needs a --model")
+    if models_only and (args.trust_file is not None or args.recipe is not None):
+        raise SystemExit("build: a model bundle carries weights only: no --trust-file, no --recipe")
+    if models_only:
+        recipe = models_recipe(args.models, 365)
+    else:
+        recipe = load_recipe(args.recipe or REPO / "bundles" / f"{args.profile}.toml")
     key: Path = args.key or DEFAULT_KEY_DIR / "bundle.key"
     if not key.is_file():
         raise SystemExit(f"build: no signing key at {key} (run ./build.sh keygen, or pass --key)")
@@ -203,9 +267,12 @@ def build_bundle(args: argparse.Namespace) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bundle-", dir=REPO / ".cache") as folder:
         work = Path(folder)
-        sources = [Source(f"wheels/{w.name}", "wheel", w) for w in gather_wheels(recipe, work)]
+        wheels = [] if models_only else gather_wheels(recipe, work)
+        sources = [Source(f"wheels/{w.name}", "wheel", w) for w in wheels]
         sources += model_sources(recipe, work)
-        sources.append(Source("installer/installer.pyz", "installer", installer_pyz(work / "installer.pyz")))
+        if not models_only:
+            pyz = installer_pyz(work / "installer.pyz")
+            sources.append(Source("installer/installer.pyz", "installer", pyz))
         if args.trust_file is not None:
             # Carried only if the installer will parse it; its root signatures are checked on the target.
             parse_root_document(args.trust_file.read_bytes(), Limits().max_trust_file_bytes)
@@ -237,7 +304,8 @@ def build_bundle(args: argparse.Namespace) -> Path:
             limits=Limits(),
             progress=bar.advance,
         )
-    installer_pyz(args.out / "installer.pyz")  # the copy an admin carries for a first install
+    if not models_only:
+        installer_pyz(args.out / "installer.pyz")  # the copy an admin carries for a first install
     print(
         f"bundle:  {out}\nsize:    {out.stat().st_size / 1e6:.1f} MB\nmembers: {len(manifest.members)} "
         f"({sum(m.role == 'wheel' for m in manifest.members)} wheels)\nversion: {version}\n"
@@ -271,7 +339,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="installer.build")
     commands = parser.add_subparsers(dest="command", required=True)
     bundle = commands.add_parser("bundle", help="build dist/appliance-<profile>-<version>.bundle")
-    bundle.add_argument("--profile", choices=("cpu", "gpu"), required=True)
+    bundle.add_argument("--profile", choices=("cpu", "gpu", MODELS_PROFILE), required=True)
+    bundle.add_argument(
+        "--model",
+        action=_AddModel,
+        dest="models",
+        help="models profile: a GGUF file or AWQ folder; repeatable",
+    )
+    bundle.add_argument("--name", action=_DescribeModel, help="the registry name of the --model before it")
+    bundle.add_argument("--alias", action=_DescribeModel, dest="aliases", help="an alias of it; repeatable")
+    bundle.add_argument(
+        "--model-version",
+        action=_DescribeModel,
+        dest="model_version",
+        help="import it as this new version of a model registered already (then `models activate`)",
+    )
     bundle.add_argument("--key", type=Path, help=f"private key (default {DEFAULT_KEY_DIR}/bundle.key)")
     bundle.add_argument("--version", type=int, help="integer version (default: UTC YYYYMMDDHHMM)")
     bundle.add_argument("--out", type=Path, default=REPO / "dist")

@@ -24,6 +24,7 @@ class ModelMeta:
     file: str
     format: str
     aliases: tuple[str, ...]
+    version: str | None = None  # a model bundle's `--model-version`: a new version of a registered model
 
 
 def read_model_meta(path: Path) -> ModelMeta:
@@ -40,7 +41,10 @@ def read_model_meta(path: Path) -> ModelMeta:
         raise InstallStepError(f"model {path.parent.name}: {path.name} needs string 'name' and 'file'")
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         raise InstallStepError(f"model {name}: {path.name}'s 'aliases' must be a list of strings")
-    return ModelMeta(name, file, kind, tuple(aliases))
+    version = fields.get("version")
+    if version is not None and not isinstance(version, str):
+        raise InstallStepError(f"model {name}: {path.name}'s 'version' must be a string")
+    return ModelMeta(name, file, kind, tuple(aliases), version)
 
 
 def file_sha256(path: Path) -> str:
