@@ -21,6 +21,7 @@ from api.cli_store import register_store_commands, store_app
 from api.cli_unlock import register_unlock_commands
 from api.cli_versions import register_version_commands
 from api.doctor import doctor
+from appliance.cli.model_bundle import register_model_bundle_commands
 from appliance.cli.model_settings import register_model_settings_commands
 from appliance.default_settings import write_default_settings
 from appliance.egress import GUARDED_LOOP, install_command_guard
@@ -43,6 +44,7 @@ register_store_commands(app, models_app)
 register_unlock_commands(store_app)
 register_version_commands(models_app)
 register_model_settings_commands(models_app)
+register_model_bundle_commands(models_app)
 app.command()(doctor)
 
 
@@ -114,6 +116,7 @@ def models_add(
 ) -> None:
     """Read a GGUF file's header and register it (a new model, or a new version of one)."""
     settings, registry = _open()
+    settings.store.refuse_unsigned(path)
     model_name = name or path.stem.lower()
     try:  # before the header is read: reading it hashes the whole file
         check_model_name(model_name)
@@ -278,6 +281,7 @@ def bootstrap(
     """First-run set-up for development: home, default model, an admin and a user key (printed once)."""
     settings, registry = _open()
     if not any(m.name == name for m in registry.models.list()):
+        settings.store.refuse_unsigned(model)
         info = read_gguf_info(model, allowed=settings.store.import_roots)
         registry.models.add(model, info, name=name, aliases=(alias,))
         typer.echo(f"registered {name} (alias {alias}) from {model}")

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from appliance.cli.model_settings import ToolParserOption
-from appliance.default_settings import write_default_settings
+from appliance.cli.store_access import open_home_store, progress_line
 from appliance.engines.vllm.tool_parsers import AUTO, check_tool_parser
 from appliance.errors import ApplianceError
 from appliance.registry.models import ModelInfo
-from appliance.registry.registry import Registry, open_registry
+from appliance.registry.registry import Registry
 from appliance.safe_files import folder_files, is_folder, size_of
-from appliance.settings import home_from_environment, load_settings
 from appliance.store.format import Progress
 from appliance.store.housekeeping import StoreBusyError, entry_bytes
 from appliance.store.keys import check_new_passphrase
 from appliance.store.store import ModelStore
 
-PASSPHRASE_VARIABLE = "APPLIANCE_STORE_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
-"""In passphrase mode, the CLI reads the current passphrase from here, or else prompts for it."""
 NEW_PASSPHRASE_VARIABLE = "APPLIANCE_STORE_NEW_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
 store_app = typer.Typer(no_args_is_help=True, help="The encrypted model store: list, rotate the key.")
@@ -31,34 +27,11 @@ store_app = typer.Typer(no_args_is_help=True, help="The encrypted model store: l
 
 def _open_store() -> tuple[ModelStore, Registry]:
     """The store and registry of APPLIANCE_HOME (created on first use)."""
-    home = home_from_environment()
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_default_settings(home)
-    settings = load_settings(home)
-    registry = open_registry(settings.database_path)
-    kek = registry.store_keys.kek()
-    passphrase = os.environ.get(PASSPHRASE_VARIABLE)
-    if kek is not None and kek.mode == "passphrase" and passphrase is None:
-        passphrase = typer.prompt("store passphrase", hide_input=True, err=True)
-    folders = settings.store.import_roots
-    return ModelStore(settings.home, registry, passphrase=passphrase, import_folders=folders), registry
+    _, store, registry = open_home_store()
+    return store, registry
 
 
-def _progress(verb: str, total: int) -> Progress:
-    """A one-line progress display on stderr: redrawn in place on a terminal, every 25 % into a log."""
-    step = 1 if sys.stderr.isatty() else 25
-    shown = [-1]
-
-    def show(done: int) -> None:
-        percent = 100 * done // total if total else 100
-        if percent // step == shown[0] and done < total:
-            return
-        shown[0] = percent // step
-        end = "\n" if done >= total or step > 1 else ""
-        sys.stderr.write(f"\r{verb}: {percent:3d}% ({done / 1e6:.1f} / {total / 1e6:.1f} MB){end}")
-        sys.stderr.flush()
-
-    return show
+_progress = progress_line
 
 
 def models_import(
@@ -73,7 +46,8 @@ def models_import(
 ) -> None:
     """Encrypt a GGUF file or an AWQ model folder into the store and register it (the original stays)."""
     parser = check_tool_parser(tool_parser) if tool_parser is not None else None
-    store, registry = _open_store()
+    settings, store, registry = open_home_store()
+    settings.store.refuse_unsigned(path)
     if is_folder(path):
         size = size_of(folder_files(path))  # the store checks the folder again, with the allow-list
         model = store.import_awq_folder(

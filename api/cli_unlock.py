@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from api.cli_admin import KeyFileOption, admin_call
-from api.cli_store import PASSPHRASE_VARIABLE
+from appliance.cli.store_access import PASSPHRASE_VARIABLE
 from appliance.settings import home_from_environment, load_settings
 
 UNLOCK_MARGIN_S = 30.0

@@ -61,6 +61,7 @@ enable_prefix_caching = true
 
 [store]
 require_encrypted = false     # true: serve only models imported into the encrypted store
+require_signed = false        # true: models enter only by `appliance models import-bundle` (signed bundles)
 import_folders = []           # absolute folders imports may read from, e.g. ["/srv/models"]; empty = any
 
 [egress]

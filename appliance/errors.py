@@ -81,6 +81,20 @@ class PermissionDeniedError(ApplianceError):
     code = "insufficient_permissions"
 
 
+class SignedBundleRequiredError(PermissionDeniedError):
+    """`[store] require_signed` is on and a model was offered as a plain file, not in a signed bundle."""
+
+    code = "signed_bundle_required"
+
+
+class BundleRefusedError(ApplianceError):
+    """A model bundle failed verification (signature, trusted key, member digests, format)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "bundle_refused"
+
+
 class ModelFileError(ApplianceError):
     """A model file that is not a readable GGUF file (wrong magic, truncated, unreadable)."""
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-from appliance.errors import SettingsError
+from appliance.errors import SettingsError, SignedBundleRequiredError
 
 SETTINGS_FILE = "settings.toml"
 DEFAULT_HOME = Path("/var/lib/appliance")
@@ -214,6 +214,9 @@ class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     require_encrypted: bool = False
     """Production: `appliance serve` refuses a model that is not in the encrypted store."""
+    require_signed: bool = False
+    """Models enter only in bundles signed by a trusted key (`appliance models import-bundle`): `models add`,
+    `models import` and the admin API's import refuse a plain file or folder."""
     import_folders: tuple[str, ...] = ()
     """Absolute folders that models may be imported or added from (CLI and admin API), links resolved;
     empty = any folder. Whatever the setting, imports follow no link and read regular files only."""
@@ -228,6 +231,16 @@ class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     def import_roots(self) -> tuple[Path, ...]:
         """`import_folders` as paths."""
         return tuple(Path(folder) for folder in self.import_folders)
+
+    def refuse_unsigned(self, source: object) -> None:
+        """Refuse a plain model file or folder while `require_signed` is on (every plain way in calls it)."""
+        if self.require_signed:
+            raise SignedBundleRequiredError(
+                f"{source}: [store] require_signed is on, so models enter only in a signed bundle: build one "
+                "with `./build.sh bundle --profile models --model FILE` and import it with "
+                "`appliance models import-bundle BUNDLE`",
+                param="path",
+            )
 
 
 class RouteSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

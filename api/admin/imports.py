@@ -111,6 +111,7 @@ class ImportController(Controller):
         actor = request.user.id  # read now: the job ends after this request is gone
         allowed = gateway.settings.store.import_roots
         try:
+            gateway.settings.store.refuse_unsigned(data.path)
             # The name first: it becomes file and socket names, and a bad one is refused with 400.
             gateway.registry.models.check_names_free(
                 data.name, tuple(data.aliases), new_version=data.version is not None
