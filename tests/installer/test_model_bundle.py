@@ -164,14 +164,33 @@ def test_require_signed_refuses_plain_files_and_takes_bundles(
     """`models add` and `models import` of a plain file are refused naming the setting; a bundle imports."""
     appliance_home.mkdir(parents=True)
     (appliance_home / "settings.toml").write_text("[store]\nrequire_signed = true\n", encoding="utf-8")
-    for command in (["add", str(tiny)], ["import", str(tiny), "--name", "plain"]):
-        line = _one_error_line(run_appliance("models", *command))
+    commands = (["models", "add", str(tiny)], ["models", "import", str(tiny), "--name", "plain"])
+    for command in (*commands, ["bootstrap", "--model", str(tiny)]):
+        line = _one_error_line(run_appliance(*command))
         assert "require_signed" in line
         assert "models import-bundle" in line
     _assert_nothing_written(appliance_home)
     result = run_appliance("models", "import-bundle", str(bundle), "--trust", str(keys["a"][1]))
     assert result.returncode == 0, result.stderr
     assert [m.name for m in _registry(appliance_home).models.list()] == ["tiny"]
+
+
+def test_a_bundle_brings_a_new_version_of_a_registered_model(
+    appliance_home: Path, bundle: Path, tmp_path: Path, keys: Keys
+) -> None:
+    """`--model-version 2` for a registered name: imported beside the serving version, inactive."""
+    trust = ("--trust", str(keys["a"][1]))
+    assert run_appliance("models", "import-bundle", str(bundle), *trust).returncode == 0
+    newer = write_tiny_gguf(tmp_path / "tiny-v2.gguf", context_length=512)
+    made = build_model_bundle(
+        tmp_path / "v2", keys["a"][0], "--model", str(newer), "--name", "tiny", "--model-version", "2"
+    )
+    result = run_appliance("models", "import-bundle", str(made), *trust)
+    assert result.returncode == 0, result.stderr
+    assert "models activate" in result.stdout
+    found = _registry(appliance_home).models.versions("tiny")
+    versions = {m.version: (m.active, m.context_length) for m in found}
+    assert versions == {"1": (True, 256), "2": (False, 512)}
 
 
 def test_an_awq_folder_travels_in_a_model_bundle(appliance_home: Path, tmp_path: Path, keys: Keys) -> None:
