@@ -74,6 +74,14 @@ def _files(root: Path) -> Iterator[Path]:
             yield Path(folder) / name
 
 
+def _mode(path: Path) -> int:
+    """A path's mode bits; 0 for one gone meanwhile (the running service makes and removes files)."""
+    try:
+        return path.lstat().st_mode
+    except FileNotFoundError:
+        return 0
+
+
 def _listed(paths: list[str]) -> str:
     more = f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else ""
     return ", ".join(paths[:SHOWN]) + more
@@ -267,7 +275,7 @@ def check_data(prefix: Prefix, service: tuple[int, int] | None, user: str | None
     open_to_all = [
         str(path.relative_to(prefix.root))
         for path in sorted(prefix.data.rglob("*"))
-        if not path.is_symlink() and path.lstat().st_mode & 0o002
+        if not path.is_symlink() and _mode(path) & 0o002
     ]
     if open_to_all:
         problems.append(f"world-writable inside: {_listed(open_to_all)}")
@@ -277,9 +285,7 @@ def check_data(prefix: Prefix, service: tuple[int, int] | None, user: str | None
         owner = f"owned by {user}" if service is not None else f"owned by uid {info.st_uid}"
         checks.ok("data", f"{prefix.data} {owner}, mode {mode:04o}, not world-writable")
     keys = sorted(p for p in prefix.data.glob("*.key*") if p.is_file() and not p.is_symlink())
-    loose = [
-        f"{p.name} (mode {stat.S_IMODE(p.lstat().st_mode):04o})" for p in keys if p.lstat().st_mode & 0o077
-    ]
+    loose = [f"{p.name} (mode {stat.S_IMODE(_mode(p)):04o})" for p in keys if _mode(p) & 0o077]
     if loose:
         checks.fail("key files", f"not 0600: {_listed(loose)}")
     elif keys:

@@ -169,6 +169,29 @@ def _remove(path: Path, removed: list[str], report: Report) -> None:
     report(f"removed: {path}")
 
 
+def _stop(prefix: Prefix, unit_dir: Path, removed: list[str], report: Report) -> None:
+    """Stop and disable the prefix's systemd unit and remove it; stop a process named by a pid file."""
+    unit = our_unit(prefix, unit_dir)
+    if unit is not None:
+        managed = systemd_manages(unit)
+        if managed:
+            done = systemctl("disable", "--now", UNIT_NAME)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise InstallStepError(f"systemctl disable --now {UNIT_NAME} failed: {last}")
+            report(f"stop: {UNIT_NAME} stopped and disabled")
+        else:
+            report(f"stop: systemd does not run {unit}; nothing to stop")
+        _remove(unit, removed, report)
+        if managed:
+            systemctl("daemon-reload")
+    else:
+        report(f"stop: no {UNIT_NAME} of this prefix in {unit_dir}")
+    for path in pid_files(prefix):
+        stop_pid_file(prefix, path, report)
+        _remove(path, removed, report)  # runtime, not data: stale once the process is gone
+
+
 def uninstall(options: UninstallOptions, report: Report) -> list[str]:
     """Stop, then remove what the installer put in the prefix; report and return each path removed."""
     prefix = Prefix(options.prefix)
@@ -180,37 +203,22 @@ def uninstall(options: UninstallOptions, report: Report) -> list[str]:
     if not options.keep_data:
         confirm_data_removal(prefix, options.yes)
     removed: list[str] = []
-    with prefix.locked():
-        unit = our_unit(prefix, options.unit_dir)
-        if unit is not None:
-            managed = systemd_manages(unit)
-            if managed:
-                done = systemctl("disable", "--now", UNIT_NAME)
-                if done.returncode != 0:
-                    last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-                    raise InstallStepError(f"systemctl disable --now {UNIT_NAME} failed: {last}")
-                report(f"stop: {UNIT_NAME} stopped and disabled")
-            else:
-                report(f"stop: systemd does not run {unit}; nothing to stop")
-            _remove(unit, removed, report)
-            if managed:
-                systemctl("daemon-reload")
-        else:
-            report(f"stop: no {UNIT_NAME} of this prefix in {options.unit_dir}")
-        for path in pid_files(prefix):
-            stop_pid_file(prefix, path, report)
-            _remove(path, removed, report)  # runtime, not data: stale once the process is gone
-        if prefix.versions.is_dir():
-            for version in sorted(prefix.versions.iterdir()):
-                _remove(version, removed, report)
-        for path in (prefix.versions, prefix.current_link, prefix.models, *prefix.root.glob(".*.tmp")):
-            _remove(path, removed, report)
-        if not options.keep_data:
-            _remove(prefix.data, removed, report)
-        _remove(prefix.state_file, removed, report)
-        _remove(
-            prefix.root / ".lock", removed, report
-        )  # unlinking a held lock is fine: nobody can take it now
+    try:
+        with prefix.locked():
+            _stop(prefix, options.unit_dir, removed, report)
+            if prefix.versions.is_dir():
+                for version in sorted(prefix.versions.iterdir()):
+                    _remove(version, removed, report)
+            for path in (prefix.versions, prefix.current_link, prefix.models, *prefix.root.glob(".*.tmp")):
+                _remove(path, removed, report)
+            if not options.keep_data:
+                _remove(prefix.data, removed, report)
+            # The state goes last: an uninstall that fails half-way can be run again.
+            _remove(prefix.state_file, removed, report)
+            # Held, but nobody wants it once the state is gone.
+            (prefix.root / ".lock").unlink(missing_ok=True)
+    except OSError as error:  # a permission or a busy file: one line, like every other failure
+        raise InstallStepError(f"uninstall failed: {error}") from None
     left = sorted(p.name for p in prefix.root.iterdir()) if prefix.root.is_dir() else []
     if options.keep_data and prefix.data.is_dir():
         report(f"kept: {prefix.data} ({DATA_WHAT}); a later install with --trust serves it again")
