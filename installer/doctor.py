@@ -23,7 +23,7 @@ from installer.manifest import MANIFEST_NAME, Manifest, parse_manifest
 from installer.progress import Progress
 from installer.state import InstallState, Prefix
 from installer.systemd import unit_text
-from installer.uninstall import UNIT_NAME, our_unit, systemctl, systemd_manages, systemd_running
+from installer.uninstall import UNIT_NAME, our_unit, systemctl, systemd_manages, systemd_running, unit_home
 
 CHUNK = 1 << 20
 BIG_FILE = 64 << 20  # files from this size on show progress while they are hashed
@@ -222,7 +222,9 @@ def check_unit(
     text = unit.read_text(encoding="utf-8")
     user, allowed = _unit_settings(text)
     profile = next((v.profile for v in state.installed if v.version == current), "cpu")
-    expected = unit_text(prefix.root, prefix.current_link, allowed, profile == "gpu", user or "")
+    # The prefix as the unit spells it (the admin may have given it another way, e.g. relative, here).
+    root = (unit_home(text) or prefix.data).parent
+    expected = unit_text(root, root / "current", allowed, profile == "gpu", user or "")
     if text != expected:
         got, want = text.splitlines(), expected.splitlines()
         line = next(

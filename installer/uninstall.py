@@ -61,15 +61,23 @@ def systemd_manages(unit: Path) -> bool:
     return systemd_running() and str(unit.parent) in SYSTEM_UNIT_DIRS
 
 
+def unit_home(text: str) -> Path | None:
+    """The data directory a unit serves (its `Environment=APPLIANCE_HOME=`)."""
+    for line in text.splitlines():
+        if line.startswith("Environment=APPLIANCE_HOME="):
+            return Path(line.removeprefix("Environment=APPLIANCE_HOME="))
+    return None
+
+
 def our_unit(prefix: Prefix, unit_dir: Path) -> Path | None:
     """The unit file the installer wrote for this prefix, if there is one (a unit of another prefix is not
     ours: it names another data directory)."""
     path = unit_dir / UNIT_NAME
     try:
-        text = path.read_text(encoding="utf-8")
+        home = unit_home(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
         return None
-    return path if f"Environment=APPLIANCE_HOME={prefix.data}\n" in text else None
+    return path if home is not None and home.resolve() == prefix.data.resolve() else None
 
 
 def systemctl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -130,7 +138,8 @@ def stop_pid_file(prefix: Prefix, path: Path, report: Report) -> None:
     if pid <= 1 or not _alive(pid):
         report(f"stop: process {pid} of {path} is not running")
         return
-    if str(prefix.root) not in _cmdline(pid):
+    command = _cmdline(pid)
+    if str(prefix.root) not in command and str(prefix.root.resolve()) not in command:
         report(f"stop: process {pid} of {path} is not this appliance's; left alone")
         return
     os.kill(pid, signal.SIGTERM)
