@@ -297,9 +297,10 @@ def check_data(prefix: Prefix, service: tuple[int, int] | None, user: str | None
 
 
 def check_code(prefix: Prefix, service: tuple[int, int] | None, user: str | None, checks: Checks) -> None:
-    """Versions, venvs, weights and the state: root's (with a service user, as root) and not writable by the
-    service user; in any case writable by no other local user."""
-    paths = [prefix.state_file, prefix.current_link]
+    """The prefix, versions, venvs, weights and the state: root's (with a service user, as root) and not
+    writable by the service user; in any case writable by no other local user."""
+    # The prefix itself too: whoever can write it can swap `current`.
+    paths = [prefix.root, prefix.state_file, prefix.current_link]
     for top in (prefix.versions, prefix.models):
         paths.append(top)
         for folder, dirs, names in os.walk(top):
