@@ -233,3 +233,26 @@ def test_doctor_and_uninstall_with_a_unit(tmp_path: Path, bundle: Path, keys: Ke
     assert f"removed: {unit}" in gone.stdout
     assert not unit.exists()
     assert not prefix.exists()
+
+
+def test_a_large_file_is_hashed_in_chunks_with_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From BIG_FILE on, hashing shows progress on stderr; the digest is the file's, and a second path to
+    the same inode (weights hard-linked into a bundle) is not read again."""
+    import hashlib
+
+    from installer import doctor
+
+    monkeypatch.setattr(doctor, "BIG_FILE", 1024)
+    monkeypatch.setattr(doctor, "CHUNK", 1000)
+    big = tmp_path / "big.gguf"
+    big.write_bytes(bytes(range(256)) * 40)
+    checks = doctor.Checks(lambda _line: None)
+    assert checks.sha256(big, big.stat()) == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert "sha256" in capsys.readouterr().err
+    os.link(big, tmp_path / "link.gguf")
+    assert checks.sha256(tmp_path / "link.gguf", (tmp_path / "link.gguf").stat()) == checks.sha256(
+        big, big.stat()
+    )
+    assert capsys.readouterr().err == ""
