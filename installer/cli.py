@@ -1,4 +1,4 @@
-"""`python3 -m installer verify|install|status|rollback|trust`: the admin's side of the offline bundle."""
+"""`python3 -m installer verify|install|status|rollback|trust|...`: the admin's side of the offline bundle."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from installer.crypto import Verifier, default_verifier, load_public_key
+from installer.doctor import doctor
 from installer.egress import AllowList, install_guard, stderr_audit
 from installer.errors import EgressRefusedError, InstallerError, InstallStepError, StateError, UsageError
 from installer.install import Options, install, rollback, verify
@@ -19,6 +20,7 @@ from installer.rootmeta import parse_root_document
 from installer.state import InstallState, Prefix
 from installer.systemd import SERVICE_USER
 from installer.trust import TrustedKeys, verify_root_update
+from installer.uninstall import DEFAULT_UNIT_DIR, UninstallOptions, uninstall
 
 DEFAULT_PREFIX = Path("/opt/appliance")
 
@@ -69,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
         help="also put back the registry as it was when that version was upgraded (needed when its code "
         "does not know the data's schema; what was created since is lost)",
     )
+    # uninstall and doctor (installer/uninstall.py, installer/doctor.py)
+    gone = with_prefix(
+        commands.add_parser("uninstall", help="stop the service; remove versions, unit, state")
+    )
+    gone.add_argument("--keep-data", action="store_true", help="leave PREFIX/data (keys, registry, store)")
+    gone.add_argument("--yes", action="store_true", help="remove the data without asking")
+    doctor_cmd = with_prefix(commands.add_parser("doctor", help="check files, link, unit, ownership, modes"))
+    for sub in (gone, doctor_cmd):
+        sub.add_argument("--unit-dir", type=Path, default=DEFAULT_UNIT_DIR)
     trust = commands.add_parser("trust", help="list keys, apply a root update, pin or revoke signing keys")
     trust_commands = trust.add_subparsers(dest="trust_command", required=True)
     with_prefix(trust_commands.add_parser("list", help="root keys, threshold, signing keys, revoked"))
@@ -195,6 +206,10 @@ def run(argv: Sequence[str]) -> int:
             _status(Prefix(args.prefix), args.json)
         elif args.command == "rollback":
             rollback(args.prefix, _say, restore_data=args.restore_data)
+        elif args.command == "uninstall":
+            uninstall(UninstallOptions(args.prefix, args.keep_data, args.yes, args.unit_dir), print)
+        elif args.command == "doctor":
+            return 0 if doctor(args.prefix, args.unit_dir, print) else 1
         else:
             _trust(Prefix(args.prefix), args)
     except InstallerError as error:

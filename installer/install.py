@@ -33,7 +33,7 @@ from installer.data import (
 )
 from installer.errors import InstallerError, InstallStepError, StateError, UsageError
 from installer.limits import Limits
-from installer.manifest import Manifest
+from installer.manifest import MANIFEST_NAME, Manifest, manifest_bytes
 from installer.state import InstalledVersion, InstallState, Prefix, atomic_write
 from installer.steps import Report, clean_env, run_step
 from installer.systemd import SERVICE_USER, check_unit, ensure_service_user, unit_text
@@ -268,6 +268,8 @@ def _install_version(
     )
     if again.manifest != manifest:
         raise StateError("bundle changed while it was being installed")
+    # What `installer doctor` checks the installed files against (the verified manifest, re-encoded).
+    atomic_write(root / MANIFEST_NAME, manifest_bytes(manifest))
     _build_version(prefix, manifest, root, options, python, upgrade, report)
     report("step: commit")
     if options.unit_dir is not None:

@@ -64,7 +64,11 @@ def run_installed_appliance(prefix: Path, *args: str) -> str:
 
 
 def run_installer(
-    *args: str, no_crypto: bool = False, tmpdir: Path | None = None, source: Path = REPO
+    *args: str,
+    no_crypto: bool = False,
+    tmpdir: Path | None = None,
+    source: Path = REPO,
+    stdin: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`python -m installer ARGS` (from the tree or an installer.pyz) in a fresh network namespace."""
     python = [sys.executable, "-I", "-S"] if no_crypto else [sys.executable]
@@ -73,7 +77,9 @@ def run_installer(
     env = dict(os.environ)
     if tmpdir is not None:
         env["TMPDIR"] = str(tmpdir)
-    return subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=600)
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=env, check=False, timeout=600, stdin=stdin
+    )
 
 
 def fake_wheel(folder: Path, version: int, revisions: tuple[str, ...] = ("0001",)) -> Path:
