@@ -1,4 +1,4 @@
-"""`python3 -m installer verify|install|status|rollback|trust|...`: the admin's side of the offline bundle."""
+"""`python3 -m installer verify|install|start|stop|status|rollback|doctor|uninstall|trust`: for the admin."""
 
 from __future__ import annotations
 
@@ -12,11 +12,20 @@ from pathlib import Path
 from installer.crypto import Verifier, default_verifier, load_public_key
 from installer.doctor import doctor
 from installer.egress import AllowList, install_guard, stderr_audit
-from installer.errors import EgressRefusedError, InstallerError, InstallStepError, StateError, UsageError
+from installer.errors import (
+    EgressRefusedError,
+    InstallerError,
+    InstallStepError,
+    ServiceError,
+    StateError,
+    UsageError,
+)
 from installer.install import Options, install, rollback, verify
 from installer.limits import Limits
 from installer.manifest import format_time
+from installer.ready import DEFAULT_READY_TIMEOUT_S, curl_line
 from installer.rootmeta import parse_root_document
+from installer.start import Started, service_summary, start_serving, stop_serving
 from installer.state import InstallState, Prefix
 from installer.systemd import SERVICE_USER
 from installer.trust import TrustedKeys, verify_root_update
@@ -53,17 +62,37 @@ def _parser() -> argparse.ArgumentParser:
     install_cmd = commands.choices["install"]
     install_cmd.add_argument("--python", help="interpreter for the appliance's venv (must match the bundle)")
     install_cmd.add_argument("--systemd", action="store_true", help="write and check a hardened unit")
-    install_cmd.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
+    install_cmd.add_argument(
+        "--start",
+        action="store_true",
+        help="then serve: create the admin key once, start the service, wait until it is ready",
+    )
     install_cmd.add_argument("--allow-ip", action="append", default=[], help="CIDR clients may come from")
     install_cmd.add_argument(
         "--service-user",
         default=SERVICE_USER,
         help="with --systemd: the unprivileged user the service runs as, created if missing (%(default)s)",
     )
+    start = with_prefix(commands.add_parser("start", help="serve the current version (as install --start)"))
+    stop = with_prefix(commands.add_parser("stop", help="stop serving (SIGTERM, SIGKILL after a bound)"))
     status = with_prefix(
-        commands.add_parser("status", help="installed versions, current, keys, last outcome")
+        commands.add_parser("status", help="installed versions, current, keys, service, last outcome")
     )
     status.add_argument("--json", action="store_true")
+    for sub in (install_cmd, start, stop, status):
+        sub.add_argument(
+            "--unit-dir",
+            type=Path,
+            default=DEFAULT_UNIT_DIR,
+            help="where the --systemd unit is written (and looked for when systemd runs the host)",
+        )
+    for sub in (install_cmd, start):
+        sub.add_argument(
+            "--ready-timeout",
+            type=float,
+            default=DEFAULT_READY_TIMEOUT_S,
+            help="seconds to wait for /health/ready (default %(default)s)",
+        )
     back = with_prefix(commands.add_parser("rollback", help="make the previous version current"))
     back.add_argument(
         "--restore-data",
@@ -92,15 +121,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _status(prefix: Prefix, as_json: bool) -> None:
+def _status(prefix: Prefix, as_json: bool, unit_dir: Path) -> None:
     state = prefix.load()
     current = prefix.current()
+    service = service_summary(prefix, unit_dir)
     if as_json:
         document = json.loads(state.to_bytes())
         document["current"] = current
+        document["service"] = service
         print(json.dumps(document, indent=2, sort_keys=True))
         return
     print(f"prefix:  {prefix.root}\ncurrent: {current if current is not None else 'none'}")
+    if service["state"] == "running":
+        url = f" at {service['url']}" if "url" in service else ""
+        print(
+            f"service: running ({service['mode']}), pid {service['pid']}, "
+            f"version {service['version'] if service['version'] is not None else 'unknown'}, "
+            f"{service['health']}{url}"
+        )
+    else:
+        print(f"service: stopped ({service['mode']})")
     for v in sorted(state.installed, key=lambda v: v.version):
         mark = "*" if v.version == current else " "
         print(
@@ -177,6 +217,16 @@ def _trust(prefix: Prefix, args: argparse.Namespace) -> None:
         prefix.save(state)
 
 
+def _served(started: Started) -> None:
+    """What the admin needs next, on stdout: the key once, the URL, and a request to paste."""
+    if started.new_key is not None:
+        print(f"admin key (shown once; kept in {started.key_file}): {started.new_key}")
+    else:
+        print(f"admin key: {started.key_file}")
+    print(f"{started.state}: {started.endpoint.url}")
+    print(curl_line(started.endpoint, started.key_file, started.model))
+
+
 def run(argv: Sequence[str]) -> int:
     """Run one command; an InstallerError becomes one line on stderr and its class's exit code."""
     # The tripwire first: an offline install never needs the network, so any attempt is a bug to stop.
@@ -202,8 +252,17 @@ def run(argv: Sequence[str]) -> int:
             else:
                 manifest = install(options, verifier, _say)
             print(f"{args.command}: ok: {manifest.name} {manifest.profile} version {manifest.version}")
+            if getattr(args, "start", False):
+                _served(
+                    start_serving(Prefix(args.prefix.absolute()), args.unit_dir, args.ready_timeout, _say)
+                )
+        elif args.command == "start":
+            _served(start_serving(Prefix(args.prefix.absolute()), args.unit_dir, args.ready_timeout, _say))
+        elif args.command == "stop":
+            stopped = stop_serving(Prefix(args.prefix.absolute()), args.unit_dir, _say)
+            print("stopped" if stopped else "not running")
         elif args.command == "status":
-            _status(Prefix(args.prefix), args.json)
+            _status(Prefix(args.prefix.absolute()), args.json, args.unit_dir)
         elif args.command == "rollback":
             rollback(args.prefix, _say, restore_data=args.restore_data)
         elif args.command == "uninstall":
@@ -213,7 +272,7 @@ def run(argv: Sequence[str]) -> int:
         else:
             _trust(Prefix(args.prefix), args)
     except InstallerError as error:
-        kind = "failed" if isinstance(error, (InstallStepError, StateError)) else "refused"
+        kind = "failed" if isinstance(error, (InstallStepError, ServiceError, StateError)) else "refused"
         _say(f"installer: {kind}: {error.message}")
         return error.exit_code
     return 0

@@ -160,7 +160,8 @@ def own_data(prefix: Prefix, uid: int, gid: int) -> None:
         return
     for folder, _dirs, files in os.walk(prefix.data):
         for name in [folder, *(os.path.join(folder, f) for f in files)]:
-            os.chown(name, uid, gid, follow_symlinks=False)
+            if name != str(prefix.admin_key):  # the admin's key stays root's (installer/admin_key.py)
+                os.chown(name, uid, gid, follow_symlinks=False)
     os.chmod(prefix.data, 0o700)
 
 

@@ -91,6 +91,12 @@ class InstallStepError(InstallerError):
     exit_code = 60
 
 
+class ServiceError(InstallerError):
+    """The installed appliance did not start, did not become ready in time, or would not stop."""
+
+    exit_code = 61
+
+
 class CryptoUnavailableError(InstallerError):
     """Neither the `cryptography` package nor an Ed25519-capable `openssl` is available on the host."""
 

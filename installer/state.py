@@ -3,10 +3,11 @@
 Layout: PREFIX/state.json (this state), PREFIX/versions/<N>/ (one folder per installed version: code
 only), PREFIX/current -> versions/<N> (a relative symlink switched with one rename), PREFIX/models/
 (weights shared by versions), PREFIX/data/ (the one data directory every version serves from: the
-service's only writable folder; data/snapshots/ holds the registry as each upgrade found it),
-PREFIX/.lock. The `current` link is the authority on which version runs; state.json
-says which version folders are complete. A version folder that state.json does not list is debris from
-an interrupted install and is removed by the next installer run.
+service's only writable folder; data/snapshots/ holds the registry as each upgrade found it,
+data/admin.key the admin key `--start` created), PREFIX/run/ (the supervised service's pid record and
+log, when systemd does not run it), PREFIX/.lock. The `current` link is the authority on which version
+runs; state.json says which version folders are complete. A version folder that state.json does not
+list is debris from an interrupted install and is removed by the next installer run.
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ class Prefix:
         self.models = root / "models"
         self.data = root / "data"
         self.snapshots = self.data / "snapshots"
+        # The admin key the installer created for itself (and the admin): root's, even inside data/.
+        self.admin_key = self.data / "admin.key"
+        # The supervised service's pid record and log when systemd does not run it: root's, outside
+        # data/, so that the service cannot point the pid that root signals at another process.
+        self.run = root / "run"
 
     def exists(self) -> bool:
         """Whether an install state exists here (i.e. this is not a first install)."""

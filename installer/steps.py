@@ -6,6 +6,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from installer.egress import offline_environment
 from installer.errors import InstallStepError
@@ -24,13 +25,25 @@ def clean_env(home: Path | None = None) -> dict[str, str]:
     return env
 
 
-def run_step(step: str, argv: list[str], env: dict[str, str]) -> str:
-    """Run `argv` and return its output; a failure is an InstallStepError with its last line of stderr."""
+def as_user(account: tuple[int, int] | None) -> dict[str, Any]:
+    """Popen arguments that run a child as `account` (uid, gid) with no other groups; {} for ourselves."""
+    if account is None:
+        return {}
+    # "/" as the working directory: root's own may be closed to the service user.
+    return {"user": account[0], "group": account[1], "extra_groups": [], "cwd": "/"}
+
+
+def run_step(step: str, argv: list[str], env: dict[str, str], account: tuple[int, int] | None = None) -> str:
+    """Run `argv` (as `account`, else as ourselves) and return its output; a failure is an
+    InstallStepError with its last line of stderr."""
     try:
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S, **as_user(account)
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         raise InstallStepError(f"{step} failed: {error}") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise InstallStepError(f"{step} failed (exit {done.returncode}): {last}")
-    return done.stdout
+    output: str = done.stdout
+    return output

@@ -14,6 +14,11 @@ SERVICE_USER = "appliance"
 USERADD = Path("/usr/sbin/useradd")
 
 
+def serve_argv(root: Path) -> list[str]:
+    """How the version whose folder is `root` serves: the unit's ExecStart and the supervised command."""
+    return [f"{root}/venv/bin/appliance", "serve"]
+
+
 def unit_text(
     prefix: Path, root: Path, allow_ips: tuple[str, ...], gpu: bool, user: str = SERVICE_USER
 ) -> str:
@@ -45,7 +50,7 @@ Environment=APPLIANCE_HOME={data}
 # Not the data directory: `python -m` puts the working directory first on sys.path, and the service must
 # not be able to plant code that its next start imports.
 WorkingDirectory=/
-ExecStart={root}/venv/bin/appliance serve
+ExecStart={" ".join(serve_argv(root))}
 Restart=on-failure
 RestartSec=2
 UMask=0077

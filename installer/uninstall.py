@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from installer import service
 from installer.errors import InstallStepError, StateError, UsageError
 from installer.state import Prefix
 from installer.steps import Report
@@ -196,6 +197,9 @@ def _stop(prefix: Prefix, unit_dir: Path, removed: list[str], report: Report) ->
             systemctl("daemon-reload")
     else:
         report(f"stop: no {UNIT_NAME} of this prefix in {unit_dir}")
+    # The supervised background process `install --start` left (P/run/appliance.json: pid and start time).
+    if service.stop(service.Service(prefix), report):
+        report("stop: the supervised appliance stopped")
     for path in pid_files(prefix):
         stop_pid_file(prefix, path, report)
         _remove(path, removed, report)  # runtime, not data: stale once the process is gone
@@ -218,7 +222,8 @@ def uninstall(options: UninstallOptions, report: Report) -> list[str]:
             if prefix.versions.is_dir():
                 for version in sorted(prefix.versions.iterdir()):
                     _remove(version, removed, report)
-            for path in (prefix.versions, prefix.current_link, prefix.models, *prefix.root.glob(".*.tmp")):
+            runtime = (prefix.versions, prefix.current_link, prefix.models, prefix.run)
+            for path in (*runtime, *prefix.root.glob(".*.tmp")):
                 _remove(path, removed, report)
             if not options.keep_data:
                 _remove(prefix.data, removed, report)

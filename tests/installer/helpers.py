@@ -69,11 +69,16 @@ def run_installer(
     tmpdir: Path | None = None,
     source: Path = REPO,
     stdin: int | None = None,
+    offline: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m installer ARGS` (from the tree or an installer.pyz) in a fresh network namespace."""
+    """`python -m installer ARGS` (from the tree or an installer.pyz) in a fresh network namespace.
+
+    `offline=False` runs it in this one: a service it starts must be reachable from the test (a fresh
+    namespace's loopback is down, another namespace's is not ours). Its own egress tripwire still holds."""
     python = [sys.executable, "-I", "-S"] if no_crypto else [sys.executable]
-    boot = _BOOT.format(repo=str(source), offline=UNSHARE, no_crypto=no_crypto)
-    argv = [*(["unshare", "-n"] if UNSHARE else []), *python, "-c", boot, *args]
+    unshare = UNSHARE and offline
+    boot = _BOOT.format(repo=str(source), offline=unshare, no_crypto=no_crypto)
+    argv = [*(["unshare", "-n"] if unshare else []), *python, "-c", boot, *args]
     env = dict(os.environ)
     if tmpdir is not None:
         env["TMPDIR"] = str(tmpdir)
@@ -82,21 +87,64 @@ def run_installer(
     )
 
 
-def fake_wheel(folder: Path, version: int, revisions: tuple[str, ...] = ("0001",)) -> Path:
+def fake_wheel(
+    folder: Path, version: int, revisions: tuple[str, ...] = ("0001",), serves: bool = False
+) -> Path:
     """A tiny real wheel whose `appliance` script answers the installer's commands and `serve`.
 
     Like the real appliance it keeps a SQLite registry with an Alembic revision (`init` migrates to the last
     of `revisions` and refuses a revision it does not know), keys in that registry, and a `store.key`; it
-    ships its revisions where the real one does (appliance/registry/migrations/versions/)."""
+    ships its revisions where the real one does (appliance/registry/migrations/versions/). With `serves`,
+    `serve` listens where settings.toml's [server] says, like the gateway: /health/ready and
+    /v1/chat/completions for a key it created, until SIGTERM; else it prints its version and exits."""
     dist = f"fakeappliance-{version}.0"
     module = f'''"""Stands in for the appliance in installer tests."""
-import os, pathlib, sqlite3, sys
+import json, os, pathlib, secrets, signal, sqlite3, sys, threading
 REVISIONS = {list(revisions)!r}
 def registry(home):
     db = sqlite3.connect(home / "registry.db")
     db.execute("CREATE TABLE IF NOT EXISTS alembic_version (version_num TEXT NOT NULL)")
     db.execute("CREATE TABLE IF NOT EXISTS keys (name TEXT NOT NULL)")
+    db.execute("CREATE TABLE IF NOT EXISTS secrets (secret TEXT NOT NULL)")
     return db
+def serve(home):
+    import http.server, tomllib
+    settings = home / "settings.toml"
+    server = tomllib.loads(settings.read_text()).get("server", {{}}) if settings.exists() else {{}}
+    models = [line.split()[0] for line in (home / "registry.txt").read_text().splitlines() if line]
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+        def reply(self, status, body):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        def authorized(self):
+            presented = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            with registry(home) as db:
+                return db.execute("SELECT 1 FROM secrets WHERE secret = ?", (presented,)).fetchone()
+        def do_GET(self):
+            if not self.authorized():
+                return self.reply(401, {{"error": {{"message": "Incorrect API key provided."}}}})
+            if self.path == "/health/ready":
+                return self.reply(200, {{"status": "ready"}})
+            self.reply(404, {{}})
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if not self.authorized():
+                return self.reply(401, {{"error": {{"message": "Incorrect API key provided."}}}})
+            if self.path != "/v1/chat/completions" or body.get("model") not in models:
+                return self.reply(404, {{"error": {{"message": "no such model"}}}})
+            message = {{"role": "assistant", "content": "hello from version {version}"}}
+            self.reply(200, {{"model": body["model"], "choices": [{{"index": 0, "message": message}}]}})
+    address = (server.get("host", "127.0.0.1"), server.get("port", 8080))
+    gateway = http.server.ThreadingHTTPServer(address, Gateway)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=gateway.shutdown).start())
+    print("serving version {version} on", address, flush=True)
+    gateway.serve_forever()
 def main():
     home = pathlib.Path(os.environ["APPLIANCE_HOME"])
     args = sys.argv[1:]
@@ -120,11 +168,16 @@ def main():
         with (home / "registry.txt").open("a") as out:
             out.write(args[args.index("--name") + 1] + " " + args[2] + "\\n")
     elif args[:2] == ["keys", "create"]:
+        secret = "apl-" + secrets.token_urlsafe(16)
         with registry(home) as db:
             db.execute("INSERT INTO keys VALUES (?)", (args[args.index("--name") + 1],))
+            db.execute("INSERT INTO secrets VALUES (?)", (secret,))
+        print(secret if "--quiet" in args else secret + "\\n(shown once: copy it now)")
     elif args[:2] == ["keys", "list"]:
         with registry(home) as db:
             print("\\n".join(name for (name,) in db.execute("SELECT name FROM keys ORDER BY name")))
+    elif args[:1] == ["serve"] and {serves!r}:
+        serve(home)
     elif args[:1] == ["serve"]:
         print("serving version {version}")
     else:
@@ -162,6 +215,7 @@ class Recipe:
     expires_in: int = 30 * DAY
     fake_app: bool = True
     revisions: tuple[str, ...] = ("0001",)
+    serves: bool = False  # the fake's `serve` listens (fake_wheel)
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
 
@@ -171,7 +225,7 @@ def make_bundle(work: Path, key: Path, recipe: Recipe, name: str = "b") -> Path:
     sources: list[Source] = []
     requirements: tuple[str, ...] = ()
     if recipe.fake_app:
-        wheel = fake_wheel(stage / "wheels", recipe.version, recipe.revisions)
+        wheel = fake_wheel(stage / "wheels", recipe.version, recipe.revisions, recipe.serves)
         sources.append(Source(f"wheels/{wheel.name}", "wheel", wheel))
         requirements = ("fakeappliance",)
         model = b'{"name": "tiny", "aliases": ["default"], "file": "tiny.gguf", "format": "gguf"}'

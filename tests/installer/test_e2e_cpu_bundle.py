@@ -1,12 +1,10 @@
-"""The one slow test: build the real CPU bundle, install it offline from installer.pyz, chat with it."""
+"""The one slow test: build the real CPU bundle, install it offline from installer.pyz, start it, chat."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +27,8 @@ def _port() -> int:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
-    """Build, install offline (openssl path: no cryptography importable), serve; yield URL, key, prefix."""
+    """Build, install offline (openssl path: no cryptography importable), `start`; yield URL, admin key,
+    prefix."""
     private, public = generate_key_pair(tmp_path / "keys", "release")
     dist = tmp_path / "dist"
     built = subprocess.run(
@@ -76,39 +75,28 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     (home / "settings.toml").write_text(
         f'[server]\nhost = "127.0.0.1"\nport = {port}\n[workers]\nthreads = 2\ncontext_length = 1024\n'
     )
-    appliance = str(prefix / "current" / "venv" / "bin" / "appliance")
-    env = {"APPLIANCE_HOME": str(home), "PATH": os.environ["PATH"]}
-    key = subprocess.run(
-        [appliance, "keys", "create", "--name", "e2e", "--role", "user", "--quiet"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    with (tmp_path / "serve.log").open("wb") as log:
-        process = subprocess.Popen([appliance, "serve"], env=env, stdout=log, stderr=log)
+    # `start` from the installed installer.pyz, as an admin would: the admin key, the supervised service,
+    # and a wait for /health/ready (run in this network namespace, so that the test reaches the service).
+    pyz = prefix / "current" / "bundle" / "installer" / "installer.pyz"
+    timeout = str(READY_TIMEOUT_S)
+    started = run_installer(
+        "start", "--prefix", str(prefix), "--ready-timeout", timeout, source=pyz, offline=False
+    )
     try:
-        yield f"http://127.0.0.1:{port}", key, prefix
+        assert started.returncode == 0, started.stderr[-3000:]
+        assert f"ready: http://127.0.0.1:{port}" in started.stdout
+        yield f"http://127.0.0.1:{port}", (home / "admin.key").read_text().strip(), prefix
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        stopped = run_installer("stop", "--prefix", str(prefix), source=pyz, offline=False)
+    assert stopped.stdout == "stopped\n", stopped.stderr  # it was still serving at the end
 
 
 def test_cpu_bundle_builds_installs_offline_and_serves(served: tuple[str, str, Path]) -> None:
     """The installed appliance (its own venv, its own registry) answers a chat completion."""
     url, key, prefix = served
-    headers = {"Authorization": f"Bearer {key}"}
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health/ready", headers=headers, timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
     reply = httpx.post(
         f"{url}/v1/chat/completions",
-        headers=headers,
+        headers={"Authorization": f"Bearer {key}"},
         json={"model": "default", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8},
         timeout=120,
     )
@@ -119,5 +107,7 @@ def test_cpu_bundle_builds_installs_offline_and_serves(served: tuple[str, str, P
         "--prefix",
         str(prefix),
         source=prefix / "current" / "bundle" / "installer" / "installer.pyz",
+        offline=False,
     )
     assert "current: 7" in status.stdout
+    assert ", version 7, ready at " in status.stdout
