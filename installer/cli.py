@@ -16,11 +16,12 @@ from installer.errors import (
     EgressRefusedError,
     InstallerError,
     InstallStepError,
+    ReturnedError,
     ServiceError,
     StateError,
     UsageError,
 )
-from installer.install import Options, install, rollback, verify
+from installer.install import Options, verify
 from installer.limits import Limits
 from installer.manifest import format_time
 from installer.ready import DEFAULT_READY_TIMEOUT_S, curl_line
@@ -30,6 +31,7 @@ from installer.state import InstallState, Prefix
 from installer.systemd import SERVICE_USER
 from installer.trust import TrustedKeys, verify_root_update
 from installer.uninstall import DEFAULT_UNIT_DIR, UninstallOptions, uninstall
+from installer.upgrade import install_serving, rollback_serving
 
 DEFAULT_PREFIX = Path("/opt/appliance")
 
@@ -79,21 +81,21 @@ def _parser() -> argparse.ArgumentParser:
         commands.add_parser("status", help="installed versions, current, keys, service, last outcome")
     )
     status.add_argument("--json", action="store_true")
-    for sub in (install_cmd, start, stop, status):
+    back = with_prefix(commands.add_parser("rollback", help="make the previous version current"))
+    for sub in (install_cmd, start, stop, status, back):
         sub.add_argument(
             "--unit-dir",
             type=Path,
             default=DEFAULT_UNIT_DIR,
             help="where the --systemd unit is written (and looked for when systemd runs the host)",
         )
-    for sub in (install_cmd, start):
+    for sub in (install_cmd, start, back):
         sub.add_argument(
             "--ready-timeout",
             type=float,
             default=DEFAULT_READY_TIMEOUT_S,
             help="seconds to wait for /health/ready (default %(default)s)",
         )
-    back = with_prefix(commands.add_parser("rollback", help="make the previous version current"))
     back.add_argument(
         "--restore-data",
         action="store_true",
@@ -249,13 +251,14 @@ def run(argv: Sequence[str]) -> int:
                 started = time.monotonic()
                 manifest = verify(options, verifier, _say).manifest
                 _say(f"verified with {verifier.name} in {time.monotonic() - started:.1f}s")
+                print(f"verify: ok: {manifest.name} {manifest.profile} version {manifest.version}")
             else:
-                manifest = install(options, verifier, _say)
-            print(f"{args.command}: ok: {manifest.name} {manifest.profile} version {manifest.version}")
-            if getattr(args, "start", False):
-                _served(
-                    start_serving(Prefix(args.prefix.absolute()), args.unit_dir, args.ready_timeout, _say)
+                manifest, served = install_serving(
+                    options, verifier, args.unit_dir, args.start, args.ready_timeout, _say
                 )
+                print(f"install: ok: {manifest.name} {manifest.profile} version {manifest.version}")
+                if served is not None:
+                    _served(served)
         elif args.command == "start":
             _served(start_serving(Prefix(args.prefix.absolute()), args.unit_dir, args.ready_timeout, _say))
         elif args.command == "stop":
@@ -264,13 +267,18 @@ def run(argv: Sequence[str]) -> int:
         elif args.command == "status":
             _status(Prefix(args.prefix.absolute()), args.json, args.unit_dir)
         elif args.command == "rollback":
-            rollback(args.prefix, _say, restore_data=args.restore_data)
+            served = rollback_serving(args.prefix, args.unit_dir, args.restore_data, args.ready_timeout, _say)
+            if served is not None:
+                _served(served)
         elif args.command == "uninstall":
             uninstall(UninstallOptions(args.prefix, args.keep_data, args.yes, args.unit_dir), print)
         elif args.command == "doctor":
             return 0 if doctor(args.prefix, args.unit_dir, print) else 1
         else:
             _trust(Prefix(args.prefix), args)
+    except ReturnedError as error:
+        _say(error.message)  # the whole line: which version failed, and that the previous one serves
+        return error.exit_code
     except InstallerError as error:
         kind = "failed" if isinstance(error, (InstallStepError, ServiceError, StateError)) else "refused"
         _say(f"installer: {kind}: {error.message}")

@@ -97,6 +97,19 @@ class ServiceError(InstallerError):
     exit_code = 61
 
 
+class NotReadyError(ServiceError):
+    """The appliance ended or stayed unready: `reason` in a few words, `log` where its output went."""
+
+    def __init__(self, reason: str, log: str) -> None:
+        super().__init__(f"the appliance {reason}; see {log}")
+        self.reason, self.log = reason, log
+
+
+class ReturnedError(ServiceError):
+    """An upgrade's new version did not become ready and `current` went back to the previous one; the
+    message is the whole line the admin sees."""
+
+
 class CryptoUnavailableError(InstallerError):
     """Neither the `cryptography` package nor an Ed25519-capable `openssl` is available on the host."""
 

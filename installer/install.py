@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class Upgrade:
     before: int | None
     snapshot: Path | None = None
     migrated: bool = False
+    quiesce: Callable[[], None] = lambda: None  # stops a running service before the data changes
 
 
 def initial_trust(prefix: Prefix, state: InstallState, trust_files: tuple[Path, ...]) -> TrustedKeys:
@@ -124,6 +126,7 @@ def _build_version(
     ]
     pip += ["--no-cache-dir", "--find-links", str(root / "bundle" / "wheels"), *manifest.requirements]
     run_step("pip install", pip, clean_env())
+    upgrade.quiesce()
     report("step: data")
     env = clean_env(prepare_data(prefix, root, report))
     if upgrade.before is not None:
@@ -178,7 +181,9 @@ def _check_space(root: Path, manifest: Manifest) -> None:
         raise InstallStepError(f"not enough space in {root}: need {need / 1e9:.1f} GB, {free / 1e9:.1f} free")
 
 
-def install(options: Options, verifier: Verifier, report: Report) -> Manifest:
+def install(
+    options: Options, verifier: Verifier, report: Report, quiesce: Callable[[], None] = lambda: None
+) -> Manifest:
     """Install a bundle; on any failure the previous version stays current and the new folder goes."""
     prefix = Prefix(options.prefix)
     verified = verify(options, verifier, report)  # pass 1: nothing written before this passes
@@ -188,7 +193,7 @@ def install(options: Options, verifier: Verifier, report: Report) -> Manifest:
     umask = os.umask(0o022)  # code and weights readable by the service user whatever the admin's umask
     try:
         with prefix.locked():
-            _install_locked(prefix, verified, options, verifier, python, report)
+            _install_locked(prefix, verified, options, verifier, python, report, quiesce)
     finally:
         os.umask(umask)
     return manifest
@@ -201,6 +206,7 @@ def _install_locked(
     verifier: Verifier,
     python: str,
     report: Report,
+    quiesce: Callable[[], None],
 ) -> None:
     """The install under the prefix's lock: debris, the version's folder, then `current`."""
     manifest = verified.manifest
@@ -217,7 +223,7 @@ def _install_locked(
         prefix.save(state)
     root = prefix.version_dir(manifest.version)
     shutil.rmtree(root, ignore_errors=True)
-    upgrade = Upgrade(before)
+    upgrade = Upgrade(before, quiesce=quiesce)
     try:
         try:
             _install_version(prefix, state, verified, options, verifier, python, upgrade, trust, report)
@@ -290,7 +296,12 @@ def _install_version(
     prefix.save(state)
 
 
-def rollback(prefix_root: Path, report: Report, restore_data: bool = False) -> int:
+def rollback(
+    prefix_root: Path,
+    report: Report,
+    restore_data: bool = False,
+    quiesce: Callable[[], None] = lambda: None,
+) -> int:
     """Make the newest installed version below the current one current again.
 
     The data is shared: keys and models created since the upgrade survive. When the older code does not
@@ -308,11 +319,13 @@ def rollback(prefix_root: Path, report: Report, restore_data: bool = False) -> i
         detail = f"version {current} -> {target}"
         try:
             if restore_data:
+                quiesce()
                 snapshot = restore_registry(prefix, target, current)
                 report(f"data: registry restored from {snapshot}")
                 detail += f", data restored from {snapshot.name}"
             else:
                 check_schema(prefix, target)
+                quiesce()
         finally:
             # Opening the registry as root may leave a root-owned -wal or -shm the service cannot open.
             if (owner := data_owner(prefix)) is not None:
@@ -322,3 +335,28 @@ def rollback(prefix_root: Path, report: Report, restore_data: bool = False) -> i
         prefix.save(state)
     report(f"current is now version {target} (was {current})")
     return target
+
+
+def return_to(prefix_root: Path, previous: int, failed: int, why: str, report: Report) -> None:
+    """After `failed` did not become ready: `previous` is current again, with the registry as it left it
+    (the snapshot of the upgrade: nothing was created under a version that never served), audited."""
+    prefix = Prefix(prefix_root)
+    with prefix.locked():
+        state = prefix.load()
+        if prefix.current() != failed or not any(v.version == previous for v in state.installed):
+            raise StateError(f"cannot return to version {previous}: version {failed} is not current")
+        detail = f"version {failed} did not become ready ({why}); returned to version {previous}"
+        try:
+            if prefix.snapshot_of(previous).is_file():
+                snapshot = restore_registry(prefix, previous, failed)
+                report(f"data: registry restored from {snapshot}")
+                detail += f", data restored from {snapshot.name}"
+            else:
+                check_schema(prefix, previous)
+        finally:
+            if (owner := data_owner(prefix)) is not None:
+                own_data(prefix, *owner)
+        prefix.switch_current(previous)
+        state.record("install", "returned", detail)
+        prefix.save(state)
+    report(f"current is now version {previous} again (was {failed})")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from installer.bundled_models import read_model_meta
-from installer.errors import InstallStepError, ServiceError
+from installer.errors import InstallStepError, NotReadyError
 from installer.state import Prefix
 from installer.steps import Report, clean_env, run_step
 
@@ -132,14 +132,14 @@ def wait_ready(
     report: Report,
 ) -> str:
     """Poll readiness until 200 (`ready`) or a locked store (`locked`: only an admin can unlock it); raise
-    ServiceError when `ended()` gives a reason or time runs out."""
+    NotReadyError when `ended()` gives a reason or time runs out."""
     started = time.monotonic()
     last, noted = "", started
     report(f"waiting up to {timeout_s:.0f}s for {endpoint.url}/health/ready")
     while True:
         gone = ended()
         if gone is not None:
-            raise ServiceError(f"the appliance {gone} before it was ready; see {log}")
+            raise NotReadyError(f"{gone} before it was ready", log)
         health = probe(endpoint, key)
         if health.code == 200:
             report(f"ready after {time.monotonic() - started:.0f}s")
@@ -151,9 +151,7 @@ def wait_ready(
             return "locked"
         now = time.monotonic()
         if now - started >= timeout_s:
-            raise ServiceError(
-                f"the appliance was not ready after {timeout_s:.0f}s ({health.detail}); see {log}"
-            )
+            raise NotReadyError(f"was not ready after {timeout_s:.0f}s ({health.detail})", log)
         if health.detail != last or now - noted >= NOTE_EVERY_S:
             report(f"  not ready yet: {health.detail} ({now - started:.0f}s)")
             last, noted = health.detail, now

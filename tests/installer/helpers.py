@@ -88,7 +88,7 @@ def run_installer(
 
 
 def fake_wheel(
-    folder: Path, version: int, revisions: tuple[str, ...] = ("0001",), serves: bool = False
+    folder: Path, version: int, revisions: tuple[str, ...] = ("0001",), serves: bool | str = False
 ) -> Path:
     """A tiny real wheel whose `appliance` script answers the installer's commands and `serve`.
 
@@ -96,7 +96,8 @@ def fake_wheel(
     of `revisions` and refuses a revision it does not know), keys in that registry, and a `store.key`; it
     ships its revisions where the real one does (appliance/registry/migrations/versions/). With `serves`,
     `serve` listens where settings.toml's [server] says, like the gateway: /health/ready and
-    /v1/chat/completions for a key it created, until SIGTERM; else it prints its version and exits."""
+    /v1/chat/completions for a key it created, until SIGTERM; `serves="broken"`: it exits at once (status
+    1); else it prints its version and exits."""
     dist = f"fakeappliance-{version}.0"
     module = f'''"""Stands in for the appliance in installer tests."""
 import json, os, pathlib, secrets, signal, sqlite3, sys, threading
@@ -176,6 +177,8 @@ def main():
     elif args[:2] == ["keys", "list"]:
         with registry(home) as db:
             print("\\n".join(name for (name,) in db.execute("SELECT name FROM keys ORDER BY name")))
+    elif args[:1] == ["serve"] and {serves!r} == "broken":
+        sys.exit("version {version} is broken")
     elif args[:1] == ["serve"] and {serves!r}:
         serve(home)
     elif args[:1] == ["serve"]:
@@ -215,7 +218,7 @@ class Recipe:
     expires_in: int = 30 * DAY
     fake_app: bool = True
     revisions: tuple[str, ...] = ("0001",)
-    serves: bool = False  # the fake's `serve` listens (fake_wheel)
+    serves: bool | str = False  # the fake's `serve` listens; "broken": exits at once (fake_wheel)
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
 

@@ -1,0 +1,110 @@
+"""Upgrades and rollbacks of a serving prefix: the service is stopped before the switch and serves the new
+current version after, even without --start; a version that does not become ready is returned from."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from installer import errors
+from installer.data import db_revision
+from installer.state import Prefix
+from tests.installer.helpers import Recipe, make_bundle, run_installed_appliance
+from tests.installer.test_start import Box, Keys, _curl, _free_port, _installer, _stop_leftover
+
+
+def _bundle(work: Path, key: Path, version: int, port: int, **recipe: object) -> Path:
+    settings = f'[server]\nhost = "127.0.0.1"\nport = {port}\n'.encode()
+    files = {"config/settings.toml": ("config", settings)}
+    serves = recipe.get("serves", True)
+    revisions = recipe.get("revisions", ("0001",))
+    return make_bundle(
+        work,
+        key,
+        Recipe(version=version, serves=serves, files=files, revisions=revisions),  # type: ignore[arg-type]
+        name=f"v{version}",
+    )
+
+
+def _ready(box: Box) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{box.port}/health/ready", headers={"Authorization": f"Bearer {box.admin_key()}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310
+        return int(reply.status)
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Box]:
+    """Version 1 installed and serving (`install --start`)."""
+    work, port = tmp_path_factory.mktemp("upgrade"), _free_port()
+    prefix = work / "prefix"
+    bundle = _bundle(work, keys["a"][0], 1, port)
+    done = _installer(
+        "install", str(bundle), "--prefix", str(prefix), "--trust", str(keys["a"][1]), "--start"
+    )
+    try:
+        assert done.returncode == 0, done.stderr
+        yield Box(prefix, port, work, done)
+    finally:
+        _stop_leftover(prefix)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_upgrade_of_a_running_service_restarts_it_without_start(serving: Box, keys: Keys) -> None:
+    """`install v2` (no --start) while 1 serves: 1 is stopped before the data step, 2 serves, same key."""
+    before = serving.admin_key()
+    done = _installer(
+        "install", str(_bundle(serving.work, keys["a"][0], 2, serving.port)), "--prefix", str(serving.prefix)
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.index("stopping version 1") < done.stderr.index("step: data")
+    assert serving.admin_key() == before
+    assert _curl(done.stdout) == "hello from version 2"
+    assert ", version 2, ready at " in serving.status()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_a_version_that_does_not_become_ready_returns_to_the_previous(serving: Box, keys: Keys) -> None:
+    """A broken v3 (migrates the data to 0002, then exits at once): exit 61, one line naming the return,
+    `current` is 2 again with the data as 2 left it, 2 answers ready and a chat, status says so."""
+    bundle = _bundle(serving.work, keys["a"][0], 3, serving.port, serves="broken", revisions=("0001", "0002"))
+    done = _installer("install", str(bundle), "--prefix", str(serving.prefix))
+    log = serving.prefix / "run" / "appliance.log"
+    assert done.returncode == errors.ServiceError.exit_code, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "install: version 3 did not become ready (exited with status 1 before it was ready; "
+        f"see {log}); returned to version 2, serving"
+    )
+    assert Prefix(serving.prefix).current() == 2
+    assert db_revision(serving.prefix / "data" / "registry.db") == "0001"
+    assert _ready(serving) == 200
+    assert ", version 2, ready at " in serving.status()
+    chat = (
+        f"curl -s http://127.0.0.1:{serving.port}/v1/chat/completions "
+        f"-H 'Authorization: Bearer {serving.admin_key()}' -H 'Content-Type: application/json' "
+        """-d '{"model":"tiny","messages":[{"role":"user","content":"Hello"}]}'"""
+    )
+    reply = subprocess.run(["bash", "-c", chat], capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(reply.stdout)["choices"][0]["message"]["content"] == "hello from version 2"
+    status = _installer("status", "--prefix", str(serving.prefix)).stdout
+    assert "last outcome: install returned: version 3 did not become ready (" in status
+    assert "returned to version 2, data restored from registry-2.db" in status
+    assert run_installed_appliance(serving.prefix, "keys", "list").split() == ["admin"]
+
+
+def test_rollback_of_a_running_service_serves_the_older_version(serving: Box) -> None:
+    """`rollback` while 2 serves: 1 serves after it, with the same key."""
+    before = serving.admin_key()
+    done = _installer("rollback", "--prefix", str(serving.prefix))
+    assert done.returncode == 0, done.stderr
+    assert "stopping version 2" in done.stderr
+    assert Prefix(serving.prefix).current() == 1
+    assert serving.admin_key() == before
+    assert ", version 1, ready at " in serving.status()
