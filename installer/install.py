@@ -316,25 +316,42 @@ def rollback(
         if current is None or not older:
             raise StateError(f"nothing to roll back to (current: {current})")
         target = older[-1]
-        detail = f"version {current} -> {target}"
-        try:
-            if restore_data:
-                quiesce()
-                snapshot = restore_registry(prefix, target, current)
-                report(f"data: registry restored from {snapshot}")
-                detail += f", data restored from {snapshot.name}"
-            else:
-                check_schema(prefix, target)
-                quiesce()
-        finally:
-            # Opening the registry as root may leave a root-owned -wal or -shm the service cannot open.
-            if (owner := data_owner(prefix)) is not None:
-                own_data(prefix, *owner)
-        prefix.switch_current(target)
-        state.record("rollback", "success", detail)
-        prefix.save(state)
+        outcome = ("rollback", "success", f"version {current} -> {target}")
+        _switch_to_older(prefix, state, target, current, restore_data, quiesce, outcome, report)
     report(f"current is now version {target} (was {current})")
     return target
+
+
+def _switch_to_older(
+    prefix: Prefix,
+    state: InstallState,
+    target: int,
+    current: int,
+    restore_data: bool,
+    quiesce: Callable[[], None],
+    outcome: tuple[str, str, str],
+    report: Report,
+) -> None:
+    """Make `target` current again under the prefix's lock: its snapshot of the registry put back when
+    `restore_data`, else the registry's schema checked first (so a refusal stops nothing); `quiesce` runs
+    just before the data is touched; the switch recorded in the state as (action, outcome, detail)."""
+    action, result, detail = outcome
+    try:
+        if restore_data:
+            quiesce()
+            snapshot = restore_registry(prefix, target, current)
+            report(f"data: registry restored from {snapshot}")
+            detail += f", data restored from {snapshot.name}"
+        else:
+            check_schema(prefix, target)
+            quiesce()
+    finally:
+        # Opening the registry as root may leave a root-owned -wal or -shm the service cannot open.
+        if (owner := data_owner(prefix)) is not None:
+            own_data(prefix, *owner)
+    prefix.switch_current(target)
+    state.record(action, result, detail)
+    prefix.save(state)
 
 
 def return_to(prefix_root: Path, previous: int, failed: int, why: str, report: Report) -> None:
@@ -345,18 +362,11 @@ def return_to(prefix_root: Path, previous: int, failed: int, why: str, report: R
         state = prefix.load()
         if prefix.current() != failed or not any(v.version == previous for v in state.installed):
             raise StateError(f"cannot return to version {previous}: version {failed} is not current")
-        detail = f"version {failed} did not become ready ({why}); returned to version {previous}"
-        try:
-            if prefix.snapshot_of(previous).is_file():
-                snapshot = restore_registry(prefix, previous, failed)
-                report(f"data: registry restored from {snapshot}")
-                detail += f", data restored from {snapshot.name}"
-            else:
-                check_schema(prefix, previous)
-        finally:
-            if (owner := data_owner(prefix)) is not None:
-                own_data(prefix, *owner)
-        prefix.switch_current(previous)
-        state.record("install", "returned", detail)
-        prefix.save(state)
+        outcome = (
+            "install",
+            "returned",
+            f"version {failed} did not become ready ({why}); returned to version {previous}",
+        )
+        restore = prefix.snapshot_of(previous).is_file()
+        _switch_to_older(prefix, state, previous, failed, restore, lambda: None, outcome, report)
     report(f"current is now version {previous} again (was {failed})")

@@ -35,11 +35,19 @@ def _free_port() -> int:
         return port
 
 
-def _bundle(work: Path, key: Path, version: int, port: int) -> Path:
+def _bundle(
+    work: Path,
+    key: Path,
+    version: int,
+    port: int,
+    serves: bool | str = True,
+    revisions: tuple[str, ...] = ("0001",),
+) -> Path:
     """A bundle whose fake appliance serves on `port` (its settings.toml becomes the data's)."""
     settings = f'[server]\nhost = "127.0.0.1"\nport = {port}\n'.encode()
     files = {"config/settings.toml": ("config", settings)}
-    return make_bundle(work, key, Recipe(version=version, serves=True, files=files), name=f"v{version}")
+    recipe = Recipe(version=version, serves=serves, files=files, revisions=revisions)
+    return make_bundle(work, key, recipe, name=f"v{version}")
 
 
 def _installer(*args: str) -> subprocess.CompletedProcess[str]:
@@ -83,19 +91,25 @@ class Box:
         return next(line for line in done.stdout.splitlines() if line.startswith("service: "))
 
 
-@pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Box]:
-    """Version 1 installed with `install --start` (one appliance start for the module's first tests)."""
-    work, port = tmp_path_factory.mktemp("start"), _free_port()
-    prefix = work / "prefix"
+def install_started(work: Path, keys: Keys) -> Box:
+    """Version 1, signed with key `a`, installed into `work/prefix` with `install --start` on a free port."""
+    port = _free_port()
     bundle = _bundle(work, keys["a"][0], 1, port)
+    prefix = work / "prefix"
     done = _installer(
         "install", str(bundle), "--prefix", str(prefix), "--trust", str(keys["a"][1]), "--start"
     )
+    return Box(prefix, port, work, done)
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Box]:
+    """Version 1 installed with `install --start` (one appliance start for the module's first tests)."""
+    started = install_started(tmp_path_factory.mktemp("start"), keys)
     try:
-        yield Box(prefix, port, work, done)
+        yield started
     finally:
-        _stop_leftover(prefix)
+        _stop_leftover(started.prefix)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")

@@ -8,28 +8,22 @@ import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from installer import errors
 from installer.data import db_revision
 from installer.state import Prefix
-from tests.installer.helpers import Recipe, make_bundle, run_installed_appliance
-from tests.installer.test_start import Box, Keys, _curl, _free_port, _installer, _stop_leftover
-
-
-def _bundle(work: Path, key: Path, version: int, port: int, **recipe: object) -> Path:
-    settings = f'[server]\nhost = "127.0.0.1"\nport = {port}\n'.encode()
-    files = {"config/settings.toml": ("config", settings)}
-    serves = recipe.get("serves", True)
-    revisions = recipe.get("revisions", ("0001",))
-    return make_bundle(
-        work,
-        key,
-        Recipe(version=version, serves=serves, files=files, revisions=revisions),  # type: ignore[arg-type]
-        name=f"v{version}",
-    )
+from tests.installer.helpers import run_installed_appliance
+from tests.installer.test_start import (
+    Box,
+    Keys,
+    _bundle,
+    _curl,
+    _installer,
+    _stop_leftover,
+    install_started,
+)
 
 
 def _ready(box: Box) -> int:
@@ -43,17 +37,12 @@ def _ready(box: Box) -> int:
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Box]:
     """Version 1 installed and serving (`install --start`)."""
-    work, port = tmp_path_factory.mktemp("upgrade"), _free_port()
-    prefix = work / "prefix"
-    bundle = _bundle(work, keys["a"][0], 1, port)
-    done = _installer(
-        "install", str(bundle), "--prefix", str(prefix), "--trust", str(keys["a"][1]), "--start"
-    )
+    started = install_started(tmp_path_factory.mktemp("upgrade"), keys)
     try:
-        assert done.returncode == 0, done.stderr
-        yield Box(prefix, port, work, done)
+        assert started.installed.returncode == 0, started.installed.stderr
+        yield started
     finally:
-        _stop_leftover(prefix)
+        _stop_leftover(started.prefix)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
