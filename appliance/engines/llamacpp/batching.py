@@ -1,9 +1,10 @@
 """Continuous batching: one scheduler thread decodes every running sequence in one llama.cpp batch.
 
 Each step the scheduler admits waiting requests into free slots (reusing the cells of the longest matching
-prefix any slot holds), puts one decode token per running sequence and chunks of pending prompt tokens into
-the same batch, calls `llama_decode` once, samples each sequence with its own sampler chain and streams the
-text to its request. A slot is released the moment its sequence finishes or its client leaves.
+prefix any slot holds, or first waiting for a longer one that a running sequence is still evaluating), puts
+one decode token per running sequence and chunks of pending prompt tokens into the same batch, calls
+`llama_decode` once, samples each sequence with its own sampler chain and streams the text to its request.
+A slot is released the moment its sequence finishes or its client leaves.
 
 Each request may use the model's whole context, whatever the number of slots. Where the planner's pool holds
 every slot's whole context, each slot has its own KV stream (a decoded token then attends only to its own
@@ -31,7 +32,7 @@ from appliance.engines.llamacpp.core import Finished, Piece, SamplingParams, Wor
 from appliance.engines.llamacpp.logprobs import token_logprob
 from appliance.engines.llamacpp.native import NativeContext, NativeModel
 from appliance.engines.llamacpp.outbox import Outbox, PendingRequest
-from appliance.engines.llamacpp.placement import place
+from appliance.engines.llamacpp.placement import place, prefix_on_its_way
 from appliance.engines.llamacpp.priority import apply_compute_priority
 from appliance.engines.llamacpp.sampling import GrammarSampling, build_grammar, build_sampler
 from appliance.engines.llamacpp.slots import Slot, Work, cells_in_use
@@ -106,8 +107,9 @@ class BatchingCore:
         self, prompt_tokens: list[int], params: SamplingParams, n: int
     ) -> list[AsyncIterator[str | Piece | Finished]]:
         """`n` choices of one prompt, queued together or not at all (429). The first evaluates the prompt;
-        the others wait for it, copy its cells and evaluate only the last prompt token themselves (a model
-        that cannot share cells, a sliding-window one, evaluates the prompt per choice). With a seed,
+        the others wait for it (placement.prefix_on_its_way), copy its cells and evaluate only the last
+        prompt token themselves (a model that cannot share cells, a sliding-window one, evaluates the
+        prompt per choice). With a seed,
         choice i samples with seed + i: reproducible, yet not n copies of one answer."""
         loop = asyncio.get_running_loop()
         requests: list[PendingRequest] = []
@@ -115,8 +117,7 @@ class BatchingCore:
             seeded = (
                 params if params.seed is None or index == 0 else replace(params, seed=params.seed + index)
             )
-            leader = requests[0] if requests and self._model.can_share_cells else None
-            requests.append(PendingRequest(prompt_tokens, seeded, loop, asyncio.Queue(), leader=leader))
+            requests.append(PendingRequest(prompt_tokens, seeded, loop, asyncio.Queue()))
         with self._lock:
             if self._shutting_down:
                 raise EngineUnavailableError("The engine is shutting down; retry shortly.")
@@ -208,11 +209,12 @@ class BatchingCore:
                     self._waiting.popleft()
                     self._pool.drop(request)
                     continue
-                leader = request.leader
-                if leader is not None and not (leader.prefilled or leader.done or leader.cancelled):
+                resume = self._pool.resumption(request)
+                if resume is None and prefix_on_its_way(
+                    self._slots, request.prompt, self._model.can_share_cells
+                ):
                     later.append(self._waiting.popleft())  # its prompt's cells are on their way: shared
                     continue
-                resume = self._pool.resumption(request)
                 feed = resume.tokens if resume is not None else request.prompt
                 if not self._pool.room_for(feed):
                     self.counters.waits_for_cells += 1
@@ -241,7 +243,6 @@ class BatchingCore:
                 slot.grammar = build_grammar(request.params, self._model.vocab)
         except ApplianceError as error:
             self._free_sampler(slot)
-            request.done = True
             self._outbox.emit(request, error)
             return
         slot.request = request
@@ -294,8 +295,6 @@ class BatchingCore:
             index += len(part.tokens)
             if slot.next_token is None:
                 slot.prefill_at += len(part.tokens)
-                if slot.request is not None and slot.prefill_at >= len(slot.request.prompt) - 1:
-                    slot.request.prefilled = True
                 if slot.resume_token is not None and slot.prefill_at == len(slot.feed):
                     slot.next_token, slot.resume_token = slot.resume_token, None  # recomputed: go on
             if part.logits:
@@ -368,8 +367,6 @@ class BatchingCore:
 
     def _release(self, slot: Slot) -> None:
         self._free_sampler(slot)
-        if slot.request is not None:
-            slot.request.done = True
         slot.history, slot.logprobs = [], []
         slot.request = None
         slot.next_token = None

@@ -113,4 +113,3 @@ class CellPool:
             for sampler in (resume.sampler, resume.grammar):
                 if sampler is not None:
                     llama_cpp.llama_sampler_free(sampler)
-            request.done = True

@@ -32,12 +32,6 @@ class PendingRequest:
     """Set by the event loop when the client leaves; a plain flag, read by the scheduler each step."""
     started: bool = False
     """Whether its first event was emitted (that one goes out at once: time to first token)."""
-    leader: PendingRequest | None = None
-    """For choice 2..n of one prompt: the choice that evaluates the prompt, whose cells this one copies."""
-    prefilled: bool = False
-    """Whether the prompt (all but its last token) is in this request's cells."""
-    done: bool = False
-    """Finished, failed or cancelled: a follower stops waiting for it."""
 
 
 def stream_interval(setting: int, running: int) -> int:

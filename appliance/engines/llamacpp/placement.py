@@ -39,3 +39,29 @@ def place(
         context.share(holder.seq, slot.seq, shared)
         slot.cells[:] = holder.cells[:shared]
     return slot
+
+
+PREFIX_WAIT_MIN = 32
+"""The shortest common start with a sequence still evaluating it that is worth waiting for rather than
+evaluating it a second time beside it (a chat template's opening of a few tokens is not)."""
+
+
+def prefix_on_its_way(slots: list[Slot], prompt: list[int], can_share_cells: bool) -> bool:
+    """Whether a running sequence is still evaluating a longer prefix of `prompt` than any slot holds: the
+    request then waits until those cells are there and shares them (`place`), instead of evaluating the
+    same tokens in parallel. Sixteen clients asking about four documents evaluate four documents, each at
+    the whole batch's speed, not sixteen at a sixteenth of it. A prompt another sequence evaluates whole
+    (the n choices of one request) always waits; a shorter common start than PREFIX_WAIT_MIN never does.
+    Never blocks for long: the sequence it waits for advances every step, and once it is preempted,
+    finished or cancelled the request no longer waits."""
+    if not can_share_cells:
+        return False
+    limit = len(prompt) - 1
+    held = max((min(common_prefix(slot.cells, prompt), limit) for slot in slots), default=0)
+    for slot in slots:
+        if slot.request is None or slot.next_token is not None:
+            continue  # idle, or generating: whatever it holds of `prompt` is in its cells already
+        coming = min(common_prefix(slot.feed, prompt), limit)
+        if coming > held and (coming >= PREFIX_WAIT_MIN or coming == limit):
+            return True
+    return False

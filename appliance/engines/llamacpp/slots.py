@@ -97,13 +97,21 @@ class Work:
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
-    """How many leading tokens `a` and `b` share."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    """How many leading tokens `a` and `b` share.
+
+    Compares slices (C speed) and bisects to the first difference: the scheduler asks this for every
+    slot and waiting request at each admission, over prompts of thousands of tokens."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    same, differs = 0, n  # a[:same] == b[:same]; a[:differs] != b[:differs]
+    while differs - same > 1:
+        middle = (same + differs) // 2
+        if a[same:middle] == b[same:middle]:
+            same = middle
+        else:
+            differs = middle
+    return same
 
 
 def cells_in_use(slots: Iterable[Slot]) -> int:

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from appliance.engines.llamacpp.core import Finished, Piece, SamplingParams
-from appliance.engines.llamacpp.model import LoadedModel, WorkerConfig
+from appliance.engines.llamacpp.model import BATCH_TOKENS, LoadedModel, WorkerConfig
 from appliance.engines.llamacpp.outbox import (
     AUTO_COALESCE_FROM,
     AUTO_MIN_GAP_S,
@@ -248,6 +248,30 @@ async def test_a_prompt_sharing_only_the_system_prompt_copies_it_and_keeps_the_o
         assert again.cached_tokens == len(first_tokens) - 1
     finally:
         warm.close()
+
+
+async def test_concurrent_questions_on_one_document_evaluate_it_once(model_path: Path) -> None:
+    """Four requests about one document, arriving together: the first evaluates the document and the
+    others wait for its cells and share them (placement.prefix_on_its_way), rather than evaluating it four
+    times side by side. (That shared cells give the tokens a whole prompt gives is the copy test's above;
+    here the leader's answer is batched with the others' prompts, whose numerics differ slightly.)"""
+    # Longer than one batch (BATCH_TOKENS): the document takes the first request several steps to evaluate.
+    document = "The appliance keeps its weights encrypted at rest and serves them from memory. " * 90
+    questions = [document + f"Question {i}: what is kept encrypted?" for i in range(4)]
+    config = WorkerConfig(model_path, "d", context_length=4 * 2048, threads=2, parallel=4)
+    together = LoadedModel(config)
+    try:
+        tokens = [together.tokenize(question) for question in questions]
+        shared = next(i for i, (a, b) in enumerate(zip(tokens[0], tokens[1], strict=False)) if a != b)
+        assert shared > 2 * BATCH_TOKENS
+        runs = await asyncio.gather(*(_run(together, question, GREEDY) for question in questions))
+        evaluated = together.batching.counters.prompt_tokens_evaluated
+    finally:
+        together.close()
+    tails = sum(len(t) - shared for t in tokens)
+    assert evaluated < shared + tails + 4  # the document once, not four times
+    assert sorted(end.cached_tokens for _, end in runs) == [0, shared, shared, shared]
+    assert all(end.finish_reason == "length" and end.completion_tokens == 24 for _, end in runs)
 
 
 async def test_full_queue_is_refused_with_queue_full(model_path: Path) -> None:
