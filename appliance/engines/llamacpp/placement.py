@@ -19,16 +19,26 @@ def place(
     A free slot holding the prefix is reused in place when that loses nothing worth keeping: it holds
     this very prompt (the same request again: what follows is only its old answer), or nothing beyond
     the prefix but a few tokens (the next turn of a conversation, re-tokenised at the old answer's end).
-    Otherwise the least recently used free slot takes the request and shares the prefix's cells with
-    the slot that holds them, busy or not (llama-server keeps a prompt cache in host memory for this), so
-    a slot's cached conversation survives a request that only shares its system prompt.
+    Otherwise another free slot takes the request: one holding the same prefix already, else the least
+    recently used, which shares the prefix's cells with the slot that holds them, busy or not
+    (llama-server keeps a prompt cache in host memory for this), so a slot's cached conversation
+    survives a request that only shares its system prompt.
     """
     limit = len(prompt) - 1
     holder = max(slots, key=lambda s: (common_prefix(s.cells, prompt), s.request is None))
     shared = min(common_prefix(holder.cells, prompt), limit)
     loses_little = shared == limit or len(holder.cells) - shared <= BOUNDARY_SLACK
     in_place = holder.request is None and (loses_little or not can_share_cells)
-    slot = holder if in_place else min(free, key=lambda s: s.released_at)
+    if in_place:
+        slot = holder
+    else:
+        # Another free slot holding the same prefix (documents asked about again and again leave several)
+        # takes it without a copy: between own streams a copy moves the whole stream. Else the least
+        # recently used. Either way the holder keeps its conversation.
+        others = [s for s in free if s is not holder] or free
+        slot = max(
+            others, key=lambda s: (min(common_prefix(s.cells, prompt), limit) >= shared, -s.released_at)
+        )
     keep = shared if slot is holder else min(common_prefix(slot.cells, prompt), limit)
     if not context.forget(slot.seq, keep):
         keep = 0
