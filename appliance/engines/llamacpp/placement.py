@@ -51,9 +51,10 @@ def place(
     return slot
 
 
-PREFIX_WAIT_MIN = 32
+PREFIX_WAIT_MIN = 256
 """The shortest common start with a sequence still evaluating it that is worth waiting for rather than
-evaluating it a second time beside it (a chat template's opening of a few tokens is not)."""
+evaluating it a second time beside it: a system prompt of a few dozen tokens is not (the wait costs a step,
+and between own streams sharing copies a whole stream), a document is."""
 
 
 def prefix_on_its_way(slots: list[Slot], prompt: list[int], can_share_cells: bool) -> bool:
