@@ -274,6 +274,27 @@ async def test_concurrent_questions_on_one_document_evaluate_it_once(model_path:
     assert all(end.finish_reason == "length" and end.completion_tokens == 24 for _, end in runs)
 
 
+async def test_a_document_asked_again_reuses_a_slot_holding_it_and_keeps_other_documents(
+    model_path: Path,
+) -> None:
+    """With one document already cached in two slots, a third question about it takes the idle slot that
+    holds it (no copy) rather than the least recently used slot, which holds another document: that one
+    is still cached afterwards."""
+    report = "Harbour report: the cranes were inspected and the north quay was closed for repairs. " * 30
+    manual = "The appliance keeps its weights encrypted at rest and serves them from memory. " * 30
+    config = WorkerConfig(model_path, "r", context_length=3 * 2048, threads=2, parallel=3)
+    params = SamplingParams(max_tokens=2, temperature=0.0)
+    warm = LoadedModel(config)
+    try:
+        for prompt in (report + "Q: what closed?", *(manual + f"Q{i}: what is kept?" for i in range(3))):
+            await _run(warm, prompt, params)
+        _, end = await _run(warm, report + "Q: what was inspected?", params)
+        report_tokens = len(warm.tokenize(report))
+    finally:
+        warm.close()
+    assert end.cached_tokens >= report_tokens - 2  # the report survived the third manual question
+
+
 async def test_full_queue_is_refused_with_queue_full(model_path: Path) -> None:
     """With both slots busy and the queue (depth 2) full, one more request is refused at once."""
     small = LoadedModel(
