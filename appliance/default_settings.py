@@ -43,7 +43,7 @@ max_grammar_bytes = 262144
 [workers]
 threads = 0              # 0 = one per physical core
 context_length = 0       # tokens per request; 0 = the model's trained context (vLLM: 4096)
-parallel = 0             # slots per llama.cpp worker; 0 = four per compute thread, at most 16
+parallel = 0             # slots per llama.cpp worker; 0 = eight per compute thread, at most 16
 kv_pool_tokens = 0       # KV cells the slots share; 0 = sized by the planner (`appliance plan` shows it)
 kv_memory_share = 0.5    # share of the RAM left after the weights that the planner gives the KV pool
 queue_depth = 64         # requests waiting for a slot before 429

@@ -171,7 +171,7 @@ class WorkerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Tokens one request may use, prompt and completion; 0 = the model's trained context (for vLLM:
     4096). Never more than the trained context; independent of the slots, which share one KV pool."""
     parallel: int = 0
-    """Sequences a llama.cpp worker decodes together (slots); 0 = four per compute thread, at most 16."""
+    """Sequences a llama.cpp worker decodes together (slots); 0 = eight per compute thread, at most 16."""
     kv_pool_tokens: int = 0
     """KV cells all slots of a llama.cpp worker share; 0 = the planner's: every slot's full context, as
     far as kv_memory_share of the RAM left after the weights allows (never less than one context)."""

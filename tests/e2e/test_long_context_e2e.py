@@ -61,15 +61,15 @@ def test_a_6000_token_prompt_is_answered(defaults: RunningAppliance) -> None:
     assert reply.usage.prompt_tokens > 6000
     assert reply.choices[0].finish_reason in {"stop", "length"}
     plan = cli(defaults.home, "plan")
-    assert "8 slots, each its own KV stream of 8192 tokens" in plan  # this box's RAM holds them all
+    assert "16 slots, each its own KV stream of 8192 tokens" in plan  # this box's RAM holds them all
     engines = httpx.get(f"{defaults.base_url}/admin/engines", headers=defaults.headers(defaults.admin_key))
     (engine,) = engines.json()["data"]
-    assert (engine["engine"], engine["context_length"], engine["slots"]) == ("llamacpp", 8192, 8)
-    assert engine["kv_pool_tokens"] == 8 * 8192
+    assert (engine["engine"], engine["context_length"], engine["slots"]) == ("llamacpp", 8192, 16)
+    assert engine["kv_pool_tokens"] == 16 * 8192
     # The worker's pool and slots reach the gateway's Prometheus exposition, labelled with the model.
     metrics = httpx.get(f"{defaults.base_url}/metrics", headers=defaults.headers(defaults.admin_key)).text
-    assert re.search(r'^appliance_worker_kv_pool_cells\{model="smollm2-135m"\} 65536(\.0)?$', metrics, re.M)
-    assert re.search(r'^appliance_worker_slots\{model="smollm2-135m"\} 8(\.0)?$', metrics, re.M)
+    assert re.search(r'^appliance_worker_kv_pool_cells\{model="smollm2-135m"\} 131072(\.0)?$', metrics, re.M)
+    assert re.search(r'^appliance_worker_slots\{model="smollm2-135m"\} 16(\.0)?$', metrics, re.M)
     used_line = r'^appliance_worker_kv_pool_cells_used\{model="smollm2-135m"\} (\d+)(\.0)?$'
     used = re.search(used_line, metrics, re.M)
     assert used is not None

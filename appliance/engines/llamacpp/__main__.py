@@ -53,7 +53,7 @@ def _parse(argv: list[str] | None) -> tuple[WorkerConfig, Path]:
     parser.add_argument("--socket", type=Path, required=True, help="unix socket to serve on")
     parser.add_argument("--context-length", type=int, required=True, help="per request; 0 = trained")
     parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--parallel", type=int, default=0, help="slots; 0 = four per thread, at most 16")
+    parser.add_argument("--parallel", type=int, default=0, help="slots; 0 = eight per thread, at most 16")
     parser.add_argument(
         "--kv-pool-tokens", type=int, default=0, help="KV cells the slots share; 0 = every slot's context"
     )
