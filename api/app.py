@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 
+from api.admin.bundle_import import BundleImportController
 from api.admin.console import ConsoleController
 from api.admin.controller import AdminController
 from api.admin.egress import egress_report
@@ -120,6 +121,7 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
             ModelVersionsController,
             StoreController,
             ImportController,
+            BundleImportController,
             JobsController,
             egress_report,
         ],
