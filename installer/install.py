@@ -138,7 +138,7 @@ def _build_version(
     upgrade.migrated = True
     run_step("database migrations", [appliance, "init"], env)  # `init` opens the registry, which migrates it
     report("step: models")
-    import_models(prefix, manifest, root, env, report)
+    import_models(prefix, manifest, root, env, report, options.bundle, options.trust_files)
     report("step: planner")
     # The hardware planner is another issue; run it only when the installed version has `appliance plan`.
     probe = subprocess.run(
