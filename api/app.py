@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 
+from api.admin.bundle_import import BundleImportController
 from api.admin.console import ConsoleController
 from api.admin.controller import AdminController
 from api.admin.egress import egress_report
@@ -40,6 +41,7 @@ from appliance.probe import probe_forever
 from appliance.registry.registry import Registry
 from appliance.settings import Settings
 from appliance.store.gate import StoreGate
+from appliance.store.staging import remove_abandoned
 from appliance.store.store import ModelStore
 from appliance.store.tmpfs import sweep_stale_folders
 from appliance.supervisor import Supervisor, serving_plan
@@ -74,6 +76,8 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
     async def run_workers(_app: Litestar) -> AsyncIterator[None]:
         for folder in sweep_stale_folders(settings.run_dir):  # a killed gateway runs no clean-up
             log.warning("removed %s: decrypted model files left by a gateway that was killed", folder)
+        for folder in remove_abandoned(settings.home):  # nor does a killed bundle import
+            log.warning("removed %s: an unpacked model bundle left by an import that was killed", folder)
         registry.audit.start(settings.audit)  # from here on no request waits for an audit row's commit
         try:
             await supervisor.start(gate.startable_workers(supervisor))
@@ -117,6 +121,7 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
             ModelVersionsController,
             StoreController,
             ImportController,
+            BundleImportController,
             JobsController,
             egress_report,
         ],

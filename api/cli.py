@@ -21,6 +21,7 @@ from api.cli_store import register_store_commands, store_app
 from api.cli_unlock import register_unlock_commands
 from api.cli_versions import register_version_commands
 from api.doctor import doctor
+from appliance.cli.code_bundle_models import register_code_bundle_commands
 from appliance.cli.model_bundle import register_model_bundle_commands
 from appliance.cli.model_settings import register_model_settings_commands
 from appliance.default_settings import write_default_settings
@@ -45,6 +46,7 @@ register_unlock_commands(store_app)
 register_version_commands(models_app)
 register_model_settings_commands(models_app)
 register_model_bundle_commands(models_app)
+register_code_bundle_commands(models_app)
 app.command()(doctor)
 
 

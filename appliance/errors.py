@@ -88,9 +88,10 @@ class SignedBundleRequiredError(PermissionDeniedError):
 
 
 class BundleRefusedError(ApplianceError):
-    """A model bundle failed verification (signature, trusted key, member digests, format)."""
+    """A model bundle failed verification (signature, trusted key, member digests, format): forbidden,
+    like any other way in that is not signed by a key trusted here."""
 
-    status_code = 400
+    status_code = 403
     error_type = "invalid_request_error"
     code = "bundle_refused"
 

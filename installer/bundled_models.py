@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,17 +76,25 @@ def store_model(prefix: Prefix, source: Path, sha256: str) -> Path:
 
 
 def import_models(
-    prefix: Prefix, manifest: Manifest, root: Path, env: dict[str, str], report: Report
+    prefix: Prefix,
+    manifest: Manifest,
+    root: Path,
+    env: dict[str, str],
+    report: Report,
+    bundle: Path,
+    trust_files: tuple[Path, ...] = (),
 ) -> None:
-    """Register every GGUF model of the bundle in the new version's registry."""
-    # "Importing" a model means registering it in the new version's registry with the installed
-    # `appliance models add`, from the shared weights folder.
+    """Register every GGUF model of the bundle in the new version's registry, weights in PREFIX/models."""
+    # "Importing" a model means registering it in the new version's registry, from the shared weights
+    # folder: with `appliance models add-bundled`, which verifies the bundle's signature itself and so is
+    # allowed under `[store] require_signed`, or, in a version without it, with `models add`.
     appliance = str(root / "venv" / "bin" / "appliance")
     registered = {
         line.split()[0]
         for line in run_step("models list", [appliance, "models", "list"], env).splitlines()[1:]
         if line.strip()
     }
+    added: list[tuple[ModelMeta, Path]] = []
     for member in manifest.members:
         if member.role != "model" or not member.path.endswith("/registry.json"):
             continue
@@ -100,9 +109,22 @@ def import_models(
         weights_member = manifest.member(weights)
         if weights_member is None:
             raise InstallStepError(f"model {name}: its registry.json names {weights!r}, not in the manifest")
-        stored = store_model(prefix, root / "bundle" / weights, weights_member.sha256)
+        added.append((meta, store_model(prefix, root / "bundle" / weights, weights_member.sha256)))
+    if not added:
+        return
+    probe = subprocess.run(
+        [appliance, "models", "add-bundled", "--help"], env=env, capture_output=True, timeout=120, check=False
+    )
+    if probe.returncode == 0:
+        # The data's own trust once the prefix has a state; on a first install, the keys just pinned.
+        trust = [] if prefix.exists() else [a for f in trust_files for a in ("--trust", str(f.absolute()))]
+        argv = [appliance, "models", "add-bundled", str(bundle.absolute()), "--unpacked"]
+        argv += [str((root / "bundle").absolute()), "--weights", str(prefix.models.absolute()), *trust]
+        for line in run_step("register the bundle's models", argv, env).splitlines():
+            report(line)
+        return
+    for meta, stored in added:
         aliases = [a for alias in meta.aliases for a in ("--alias", alias)]
-        run_step(
-            f"register model {name}", [appliance, "models", "add", str(stored), "--name", name, *aliases], env
-        )
-        report(f"model {name}: registered")
+        argv = [appliance, "models", "add", str(stored), "--name", meta.name, *aliases]
+        run_step(f"register model {meta.name}", argv, env)
+        report(f"model {meta.name}: registered")

@@ -182,6 +182,41 @@ class _Extractor:
         return os.fdopen(os.open(target, flags, 0o644), "wb")
 
 
+def _open_bundle(path: Path) -> BinaryIO:
+    """The bundle file, opened for reading; refused if it is not a regular file."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise BundleFormatError(f"cannot open bundle {path}: {error.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BundleFormatError(f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_signed_manifest(
+    path: Path, trust: TrustedKeys, *, now: int, verifier: Verifier, limits: Limits
+) -> Manifest:
+    """Verify only the bundle's manifest (signed by a trusted key, not expired; versions are not compared):
+    two small members are read, no member is checked. For the signed facts of a bundle whose members were
+    checked by read_bundle already, or a refusal before a long read_bundle."""
+    with _open_bundle(path) as stream:
+        manifest_data = _small_member(stream, MANIFEST_NAME, limits.max_manifest_bytes, limits)
+        signature = _small_member(stream, SIGNATURE_NAME, SIGNATURE_BYTES, limits)
+    return verify_manifest(
+        manifest_data,
+        signature,
+        trust,
+        now=now,
+        installed_version=None,
+        allow_downgrade=False,
+        verifier=verifier,
+        limits=limits,
+    )
+
+
 def read_bundle(
     path: Path,
     trust: TrustedKeys,
@@ -196,16 +231,7 @@ def read_bundle(
     progress: Callable[[int], None] | None = None,
 ) -> VerifiedBundle:
     """Verify the bundle at `path` end to end; with `extract_to`, also write its members there."""
-    try:
-        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as error:
-        raise BundleFormatError(f"cannot open bundle {path}: {error.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BundleFormatError(f"{path} is not a regular file")
-    os.set_blocking(fd, True)
-    with os.fdopen(fd, "rb") as stream:
+    with _open_bundle(path) as stream:
         manifest_data = _small_member(stream, MANIFEST_NAME, limits.max_manifest_bytes, limits)
         signature = _small_member(stream, SIGNATURE_NAME, SIGNATURE_BYTES, limits)
         manifest = verify_manifest(

@@ -138,7 +138,7 @@ def _build_version(
     upgrade.migrated = True
     run_step("database migrations", [appliance, "init"], env)  # `init` opens the registry, which migrates it
     report("step: models")
-    import_models(prefix, manifest, root, env, report)
+    import_models(prefix, manifest, root, env, report, options.bundle, options.trust_files)
     report("step: planner")
     # The hardware planner is another issue; run it only when the installed version has `appliance plan`.
     probe = subprocess.run(
@@ -306,8 +306,8 @@ def rollback(
 
     The data is shared: keys and models created since the upgrade survive. When the older code does not
     know the registry's schema, the rollback is refused unless `restore_data` puts back the snapshot taken
-    at the upgrade from that version (what was created since is then gone; today's registry is kept as a
-    snapshot of the current version)."""
+    at the upgrade from that version (what was created since is then gone). Either way today's registry is
+    kept as the current version's snapshot, which a return from an older version that is not ready uses."""
     prefix = Prefix(prefix_root)
     with prefix.locked():
         state = prefix.load()
@@ -317,7 +317,14 @@ def rollback(
             raise StateError(f"nothing to roll back to (current: {current})")
         target = older[-1]
         outcome = ("rollback", "success", f"version {current} -> {target}")
-        _switch_to_older(prefix, state, target, current, restore_data, quiesce, outcome, report)
+        came_from = current
+
+        def quiesce_and_keep() -> None:
+            quiesce()
+            if not restore_data:  # (a restore keeps today's registry itself)
+                snapshot_registry(prefix, came_from)  # what a return from an unready `target` puts back
+
+        _switch_to_older(prefix, state, target, current, restore_data, quiesce_and_keep, outcome, report)
     report(f"current is now version {target} (was {current})")
     return target
 
@@ -354,19 +361,32 @@ def _switch_to_older(
     prefix.save(state)
 
 
-def return_to(prefix_root: Path, previous: int, failed: int, why: str, report: Report) -> None:
-    """After `failed` did not become ready: `previous` is current again, with the registry as it left it
-    (the snapshot of the upgrade: nothing was created under a version that never served), audited."""
+def return_to(
+    prefix_root: Path,
+    previous: int,
+    failed: int,
+    why: str,
+    report: Report,
+    *,
+    action: str = "install",
+    restore: bool | None = None,
+) -> None:
+    """After `failed` did not become ready: `previous` is current again, audited as `action` "returned".
+
+    The registry goes back to `previous`'s snapshot when `restore`; by default when there is one (an
+    upgrade's new version migrated the data, and nothing was created under a version that never served).
+    A rollback's return restores only when the rollback restored data or the older version migrated it."""
     prefix = Prefix(prefix_root)
     with prefix.locked():
         state = prefix.load()
         if prefix.current() != failed or not any(v.version == previous for v in state.installed):
             raise StateError(f"cannot return to version {previous}: version {failed} is not current")
         outcome = (
-            "install",
+            action,
             "returned",
             f"version {failed} did not become ready ({why}); returned to version {previous}",
         )
-        restore = prefix.snapshot_of(previous).is_file()
+        if restore is None:
+            restore = prefix.snapshot_of(previous).is_file()
         _switch_to_older(prefix, state, previous, failed, restore, lambda: None, outcome, report)
     report(f"current is now version {previous} again (was {failed})")

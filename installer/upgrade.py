@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from installer.crypto import Verifier
+from installer.data import db_revision
 from installer.errors import InstallerError, NotReadyError, ReturnedError
 from installer.install import Options, install, return_to, rollback
 from installer.manifest import Manifest
@@ -90,12 +91,46 @@ def install_serving(
 def rollback_serving(
     prefix_root: Path, unit_dir: Path, restore_data: bool, timeout_s: float, report: Report
 ) -> Started | None:
-    """Roll back; a service that was running is stopped before the switch and serves the older version."""
+    """Roll back; a service that was running is stopped before the switch and serves the older version
+    (or, when that does not become ready, the version it came from again: serve_rolled_back)."""
     prefix = Prefix(prefix_root.absolute())
     restart = Restart.find(prefix, unit_dir, report)
+    came_from = prefix.current()
     try:
-        rollback(prefix.root, report, restore_data=restore_data, quiesce=restart.quiesce)
+        target = rollback(prefix.root, report, restore_data=restore_data, quiesce=restart.quiesce)
     except InstallerError:
         restart.resume(timeout_s)
         raise
-    return start_serving(prefix, unit_dir, timeout_s, report) if restart.stopped else None
+    if not restart.stopped or came_from is None:
+        return None
+    return serve_rolled_back(prefix, unit_dir, timeout_s, report, (target, came_from), restore_data)
+
+
+def serve_rolled_back(
+    prefix: Prefix,
+    unit_dir: Path,
+    timeout_s: float,
+    report: Report,
+    versions: tuple[int, int],
+    restored: bool,
+) -> Started:
+    """Serve the older version a rollback made current; when it does not become ready, return to the
+    version the rollback came from, its registry put back only if the rollback `restored` data or the older
+    version migrated it, and serve that again: audited, one ReturnedError line (exit 61)."""
+    target, came_from = versions
+    revision = db_revision(prefix.registry_db())
+    try:
+        return start_serving(prefix, unit_dir, timeout_s, report)
+    except InstallerError as error:
+        if isinstance(error, NotReadyError):
+            why = f"{error.reason}; see {error.log}"
+        else:
+            why = f"{error.message}; see {service_for(prefix, unit_dir).log}"
+        changed = restored or db_revision(prefix.registry_db()) != revision
+        return_to(prefix.root, came_from, target, why, report, action="rollback", restore=changed)
+        line = f"rollback: version {target} did not become ready ({why}); returned to version {came_from}"
+        try:
+            start_serving(prefix, unit_dir, timeout_s, report)
+        except InstallerError as again:
+            raise ReturnedError(f"{line}, which did not start either: {again.message}") from None
+        raise ReturnedError(f"{line}, serving") from None

@@ -77,6 +77,10 @@ class AdminSource(Protocol):
         """Start importing a GGUF file that is on the appliance; the job runs in the gateway."""
         ...
 
+    async def import_bundle(self, path: str) -> Job:
+        """Start importing a signed model bundle that is on the appliance; the job runs in the gateway."""
+        ...
+
     async def job(self, job_id: str) -> Job:
         """A background job's state and progress."""
         ...
@@ -201,6 +205,11 @@ class AdminClient:
         """Start importing a GGUF file that is on the appliance; the job runs in the gateway."""
         body = {"path": path, "name": name, "encrypt": encrypt}
         return msgspec.convert(await self._call("POST", "/admin/models/import", json=body), Job)
+
+    async def import_bundle(self, path: str) -> Job:
+        """Start importing a signed model bundle on the appliance (its signature is checked at once)."""
+        body = {"path": path}
+        return msgspec.convert(await self._call("POST", "/admin/models/import-bundle", json=body), Job)
 
     async def job(self, job_id: str) -> Job:
         """A background job's state and progress."""

@@ -77,7 +77,8 @@ def _checked_source(data: ImportRequest, allowed: tuple[Path, ...]) -> tuple[Pat
     return path, False, _checked_file(path, allowed)
 
 
-def _model_object(model: ModelInfo, encrypted: bool) -> dict[str, Any]:
+def model_object(model: ModelInfo, encrypted: bool) -> dict[str, Any]:
+    """An imported model as the job's result shows it."""
     return {
         "name": model.name,
         "version": model.version,
@@ -138,7 +139,7 @@ class ImportController(Controller):
                 model = store.import_gguf(
                     source, name=data.name, aliases=aliases, progress=progress, version=data.version
                 )
-            return _model_object(model, encrypted=True)
+            return model_object(model, encrypted=True)
 
         def register_in_place(progress: ProgressCallback) -> dict[str, Any]:
             # Reading the header also hashes the whole file: that is the long part of a plain add.
@@ -146,7 +147,7 @@ class ImportController(Controller):
             model = gateway.registry.models.add(
                 source, info, name=data.name, aliases=aliases, version=data.version
             )
-            return _model_object(model, encrypted=False)
+            return model_object(model, encrypted=False)
 
         def audit_outcome(job: Job) -> None:
             failed = job.error is not None

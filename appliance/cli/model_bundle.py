@@ -2,15 +2,14 @@
 
 The bundle is verified end to end by the installer's own verifier (signature over the manifest by a key the
 prefix trusts, then every member against its signed size and SHA-256) while it is unpacked into a private
-folder of the home; the store reads the weights only once the whole bundle has verified, then encrypts
-each model exactly as `appliance models import` does. A refused bundle leaves the store and the registry
-as they were.
+folder of the home (appliance/store/staging.py: removed on every way out, and a killed import's by the next
+store open or gateway start); the store reads the weights only once the whole bundle has verified, then
+encrypts each model exactly as `appliance models import` does. A refused bundle leaves the store and the
+registry as they were. POST /admin/models/import-bundle (api/admin/bundle_import.py) runs the same steps.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +24,11 @@ from appliance.registry.models import ModelInfo
 from appliance.registry.registry import Registry
 from appliance.safe_files import folder_files, size_of
 from appliance.settings import home_from_environment
+from appliance.store.format import Progress
+from appliance.store.staging import staging_folder
 from appliance.store.store import AWQ, ModelStore
 from installer.bundled_models import ModelMeta, read_model_meta
-from installer.bundlefile import read_bundle
+from installer.bundlefile import read_bundle, read_signed_manifest
 from installer.crypto import default_verifier
 from installer.errors import InstallerError
 from installer.limits import Limits
@@ -56,14 +57,15 @@ class BundledModel:
     weights: Path
 
 
-def bundle_trust(home: Path, trust_files: list[Path]) -> TrustedKeys:
-    """The keys a bundle must be signed by: the installed prefix's (home is PREFIX/data), else `--trust`."""
+def bundle_trust(home: Path, trust_files: list[Path], option: str = "--trust") -> TrustedKeys:
+    """The keys a bundle must be signed by: the installed prefix's (home is PREFIX/data), else the public
+    keys named by `option` (the CLI's --trust, the admin API's "trust")."""
     prefix = Prefix(home.parent)
     if prefix.data == home and prefix.exists():
         if trust_files:
             raise InvalidRequestError(
                 f"{home} is the data of the installed prefix {prefix.root}: its trusted keys decide "
-                "(change them with `installer.pyz trust`), so --trust is not taken here",
+                f"(change them with `installer.pyz trust`), so {option} is not taken here",
                 param="trust",
             )
         try:
@@ -73,7 +75,7 @@ def bundle_trust(home: Path, trust_files: list[Path]) -> TrustedKeys:
     if not trust_files:
         raise InvalidRequestError(
             f"no trusted keys: {home} is not an installed prefix's data directory; "
-            "give the signer's public key with --trust KEY.pub",
+            f"give the signer's public key with {option} KEY.pub",
             param="trust",
         )
     try:
@@ -82,10 +84,35 @@ def bundle_trust(home: Path, trust_files: list[Path]) -> TrustedKeys:
         raise InvalidRequestError(error.message, param="trust") from None
 
 
-def verify_and_unpack(bundle: Path, trust: TrustedKeys, into: Path) -> Manifest:
-    """Verify the whole bundle while unpacking it into `into` (a fresh folder); raise BundleRefusedError."""
+def check_bundle(bundle: Path, trust: TrustedKeys) -> Manifest:
+    """The bundle's signed manifest, checked at once (signature, signer, expiry, profile): no member is
+    read, so a bundle from an untrusted signer is refused before its gigabytes are; BundleRefusedError."""
+    try:
+        manifest = read_signed_manifest(
+            bundle, trust, now=int(time.time()), verifier=default_verifier(), limits=Limits()
+        )
+    except InstallerError as error:
+        raise BundleRefusedError(f"{bundle}: refused: {error.message}") from None
+    return _model_bundle_only(bundle, manifest)
+
+
+def _model_bundle_only(bundle: Path, manifest: Manifest) -> Manifest:
+    """Refuse a code bundle, or a model bundle that would change trust."""
+    if manifest.profile != MODELS_PROFILE:
+        raise BundleRefusedError(
+            f"{bundle}: refused: it is a {manifest.profile!r} bundle; install code bundles with "
+            "`installer.pyz install` (import-bundle takes bundles built with --profile models)"
+        )
+    if manifest.member(TRUST_FILE) is not None:
+        raise BundleRefusedError(f"{bundle}: refused: a model bundle carries no trust change")
+    return manifest
+
+
+def verify_and_unpack(bundle: Path, trust: TrustedKeys, into: Path, show: Progress | None = None) -> Manifest:
+    """Verify the whole bundle while unpacking it into `into` (a fresh folder); raise BundleRefusedError.
+    `show` gets the running total of bytes verified (default: the CLI's progress line)."""
     size = bundle.stat().st_size if bundle.is_file() else 0
-    show = progress_line("verifying", size)
+    show = show or progress_line("verifying", size)
     try:
         verified = read_bundle(
             bundle,
@@ -101,15 +128,7 @@ def verify_and_unpack(bundle: Path, trust: TrustedKeys, into: Path) -> Manifest:
     except InstallerError as error:
         raise BundleRefusedError(f"{bundle}: refused: {error.message}") from None
     show(size)  # the members verified; the rest of the file was headers
-    manifest = verified.manifest
-    if manifest.profile != MODELS_PROFILE:
-        raise BundleRefusedError(
-            f"{bundle}: refused: it is a {manifest.profile!r} bundle; install code bundles with "
-            "`installer.pyz install` (import-bundle takes bundles built with --profile models)"
-        )
-    if manifest.member(TRUST_FILE) is not None:
-        raise BundleRefusedError(f"{bundle}: refused: a model bundle carries no trust change")
-    return manifest
+    return _model_bundle_only(bundle, verified.manifest)
 
 
 def _counter(show: Callable[[int], None]) -> Callable[[int], None]:
@@ -149,11 +168,21 @@ def bundled_models(manifest: Manifest, root: Path) -> list[BundledModel]:
     return found
 
 
+def _cli_progress(name: str, total: int) -> Progress:
+    return progress_line(f"encrypting {name}", total)
+
+
 def import_bundled(
-    store: ModelStore, registry: Registry, models: list[BundledModel], origin: str
+    store: ModelStore,
+    registry: Registry,
+    models: list[BundledModel],
+    origin: str,
+    progress_for: Callable[[str, int], Progress] = _cli_progress,
+    actor: str | None = None,
 ) -> list[ModelInfo]:
     """Encrypt each model into the store and register it, as `models import` does; names are checked
-    for all of them first, so a taken name refuses the bundle before any model is imported."""
+    for all of them first, so a taken name refuses the bundle before any model is imported.
+    `progress_for(name, bytes)` shows one model's encryption; `actor` is the admin API key, if any."""
     for model in models:
         meta = model.meta
         if meta.format == AWQ and meta.version is not None:
@@ -163,17 +192,18 @@ def import_bundled(
     for model in models:
         meta = model.meta
         if meta.format == AWQ:
-            size = size_of(folder_files(model.weights))
-            progress = progress_line(f"encrypting {meta.name}", size)
+            progress = progress_for(meta.name, size_of(folder_files(model.weights)))
             info = store.import_awq_folder(
                 model.weights, name=meta.name, aliases=meta.aliases, progress=progress
             )
         else:
-            progress = progress_line(f"encrypting {meta.name}", model.weights.stat().st_size)
+            progress = progress_for(meta.name, model.weights.stat().st_size)
             info = store.import_gguf(
                 model.weights, name=meta.name, aliases=meta.aliases, progress=progress, version=meta.version
             )
-        registry.audit.record("models.import", outcome="success", target=info.name, detail=origin)
+        registry.audit.record(
+            "models.import", outcome="success", actor_key_id=actor, target=info.name, detail=origin
+        )
         imported.append(info)
     return imported
 
@@ -184,10 +214,9 @@ def models_import_bundle(bundle: Path, trust: TrustOption = None) -> None:
     home = home_from_environment()
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     trusted = bundle_trust(home, list(trust or ()))
-    # In the home: on the filesystem sized for models, private to the service (removed whatever happens).
-    with tempfile.TemporaryDirectory(prefix=".bundle-import-", dir=home) as folder:
-        root = Path(folder)
-        os.chmod(root, 0o700)
+    check_bundle(bundle, trusted)  # an untrusted signer is refused before the bundle is read through
+    # In the home: on the filesystem sized for models, private to the service, removed whatever happens.
+    with staging_folder(home) as root:
         _, store, registry = open_home_store(import_folders=(root,))
         manifest = verify_and_unpack(bundle, trusted, root / "bundle")
         models = bundled_models(manifest, root / "bundle")

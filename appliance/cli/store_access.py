@@ -12,6 +12,7 @@ from appliance.default_settings import write_default_settings
 from appliance.registry.registry import Registry, open_registry
 from appliance.settings import Settings, home_from_environment, load_settings
 from appliance.store.format import Progress
+from appliance.store.staging import remove_abandoned
 from appliance.store.store import ModelStore
 
 PASSPHRASE_VARIABLE = "APPLIANCE_STORE_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
@@ -25,6 +26,7 @@ def open_home_store(
     `[store] import_folders` for a source the command itself vouches for (a verified bundle's extraction)."""
     home = home_from_environment()
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    remove_abandoned(home)  # plaintext that a killed `models import-bundle` left
     write_default_settings(home)
     settings = load_settings(home)
     registry = open_registry(settings.database_path)

@@ -220,13 +220,14 @@ class Recipe:
     revisions: tuple[str, ...] = ("0001",)
     serves: bool | str = False  # the fake's `serve` listens; "broken": exits at once (fake_wheel)
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    requirements: tuple[str, ...] = ()  # without the fake app: what pip installs from `files`' wheels
 
 
 def make_bundle(work: Path, key: Path, recipe: Recipe, name: str = "b") -> Path:
     """Write a small signed bundle under `work` and return its path."""
     stage = work / f"{name}-src"
     sources: list[Source] = []
-    requirements: tuple[str, ...] = ()
+    requirements: tuple[str, ...] = recipe.requirements
     if recipe.fake_app:
         wheel = fake_wheel(stage / "wheels", recipe.version, recipe.revisions, recipe.serves)
         sources.append(Source(f"wheels/{wheel.name}", "wheel", wheel))

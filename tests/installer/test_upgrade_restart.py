@@ -20,6 +20,7 @@ from tests.installer.test_start import (
     Keys,
     _bundle,
     _curl,
+    _free_port,
     _installer,
     _stop_leftover,
     install_started,
@@ -97,3 +98,58 @@ def test_rollback_of_a_running_service_serves_the_older_version(serving: Box) ->
     assert Prefix(serving.prefix).current() == 1
     assert serving.admin_key() == before
     assert ", version 1, ready at " in serving.status()
+
+
+@pytest.fixture(scope="module")
+def broken_below(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Box]:
+    """Version 1 installed but broken (its `serve` exits at once, never started), version 2 serving over
+    it with `install --start`, and a key `later` created under 2."""
+    work, port = tmp_path_factory.mktemp("rollback-broken"), _free_port()
+    one = _bundle(work, keys["a"][0], 1, port, serves="broken")
+    prefix = work / "prefix"
+    done = _installer("install", str(one), "--prefix", str(prefix), "--trust", str(keys["a"][1]))
+    box = Box(prefix, port, work, done)
+    try:
+        assert done.returncode == 0, done.stderr
+        two = _bundle(work, keys["a"][0], 2, port)
+        done = _installer("install", str(two), "--prefix", str(prefix), "--start")
+        assert done.returncode == 0, done.stderr
+        run_installed_appliance(prefix, "keys", "create", "--name", "later", "--quiet")
+        yield box
+    finally:
+        _stop_leftover(prefix)
+
+
+def _returned_from_1(box: Box, done: subprocess.CompletedProcess[str]) -> str:
+    """A rollback to the broken 1 came back: exit 61, one line, 2 current and serving; the last outcome."""
+    log = box.prefix / "run" / "appliance.log"
+    assert done.returncode == errors.ServiceError.exit_code, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "rollback: version 1 did not become ready (exited with status 1 before it was ready; "
+        f"see {log}); returned to version 2, serving"
+    )
+    assert Prefix(box.prefix).current() == 2
+    assert _ready(box) == 200
+    assert ", version 2, ready at " in box.status()
+    assert run_installed_appliance(box.prefix, "keys", "list").split() == ["admin", "later"]
+    status = _installer("status", "--prefix", str(box.prefix)).stdout
+    last = next(line for line in status.splitlines() if line.startswith("last outcome: "))
+    assert last.startswith("last outcome: rollback returned: version 1 did not become ready (")
+    return last
+
+
+def test_a_rollback_to_a_version_that_does_not_become_ready_returns(broken_below: Box) -> None:
+    """`rollback` while 2 serves, to a 1 that exits: back on 2 with the data untouched (1 never migrated
+    it, so nothing is restored), the key made under 2 still there, audited."""
+    last = _returned_from_1(broken_below, _installer("rollback", "--prefix", str(broken_below.prefix)))
+    assert "returned to version 2 at " in last
+    assert "data restored" not in last
+
+
+def test_a_restoring_rollback_that_comes_back_puts_the_newer_data_back(broken_below: Box) -> None:
+    """`rollback --restore-data` to the broken 1: the registry as 2 left it is put back on the return (the
+    key made under 2 survives), and the outcome says from which snapshot."""
+    done = _installer("rollback", "--restore-data", "--prefix", str(broken_below.prefix))
+    assert "data: registry restored from " in done.stderr
+    last = _returned_from_1(broken_below, done)
+    assert "returned to version 2, data restored from registry-2.db at " in last

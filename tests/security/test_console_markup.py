@@ -101,6 +101,10 @@ class HostileSource(FixedSource):
         """A job that failed with a hostile message."""
         return Job("j1", "models.import", name, "failed", 0, 0, JobError(f"{path}: [/x] refused"))
 
+    async def import_bundle(self, path: str) -> Job:
+        """A bundle's job that failed with a hostile message."""
+        return Job("j2", "models.import_bundle", path, "failed", 0, 0, JobError(f"{path}: [/x] refused"))
+
     async def keys(self) -> list[Key]:
         """A key with a hostile name."""
         return [Key("a1b2c3d4e5f6", "[@click=app.quit]q[/]", "user", "2026-01-30T09:00:00")]

@@ -147,6 +147,11 @@ class FixedSource:
         """A job that is already done."""
         return Job("0123456789abcdef", "models.import", name, "succeeded", 98_000_000, 98_000_000)
 
+    async def import_bundle(self, path: str) -> Job:
+        """A bundle's job that is already done."""
+        result = {"models": [{"name": "tiny"}]}
+        return Job("0123456789abcdef", "models.import_bundle", path, "succeeded", 1, 1, None, result)
+
     async def job(self, job_id: str) -> Job:
         """The same finished job."""
         return Job(job_id, "models.import", "imported", "succeeded", 98_000_000, 98_000_000)

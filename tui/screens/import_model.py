@@ -1,4 +1,5 @@
-"""Importing a model: the GGUF file's path on the appliance, a name, and whether to encrypt it."""
+"""Importing a model: the path on the appliance of a GGUF file (a name, and whether to encrypt it) or of a
+signed model bundle (`.bundle`: its models, names and versions come from the bundle, always encrypted)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Checkbox, Input, Static
 
+BUNDLE_SUFFIX = ".bundle"
+
 
 @dataclass(frozen=True)
 class ImportChoice:
@@ -19,6 +22,16 @@ class ImportChoice:
     path: str
     name: str
     encrypt: bool
+
+    @property
+    def bundle(self) -> bool:
+        """Whether the path names a signed model bundle (`./build.sh bundle --profile models` writes them)."""
+        return is_bundle(self.path)
+
+
+def is_bundle(path: str) -> bool:
+    """A model bundle by its extension: the file is on the appliance, and the gateway verifies it whole."""
+    return PurePosixPath(path.strip()).suffix == BUNDLE_SUFFIX
 
 
 def default_name(path: str) -> str:
@@ -36,7 +49,10 @@ class ImportModelScreen(ModalScreen[ImportChoice | None]):
     def compose(self) -> ComposeResult:
         """Two fields and a checkbox."""
         with Vertical(classes="dialog", id="import-model"):
-            yield Static("Import a GGUF file that is on the appliance. (Enter imports, Esc cancels)")
+            yield Static(
+                "Import a GGUF file or a signed model bundle (.bundle) that is on the appliance. "
+                "(Enter imports, Esc cancels)"
+            )
             yield Input(placeholder="path, e.g. /srv/models/model.Q4_K_M.gguf", id="import-path")
             yield Input(placeholder="name (empty: from the file name)", id="import-name")
             yield Checkbox("encrypt into the store (the file itself is left alone)", value=True, id="encrypt")
@@ -45,7 +61,7 @@ class ImportModelScreen(ModalScreen[ImportChoice | None]):
         """Enter in either field imports, when there is a path."""
         path = self.query_one("#import-path", Input).value.strip()
         if not path:
-            self.notify("give the path of a GGUF file on the appliance", severity="warning")
+            self.notify("give the path of a GGUF file or model bundle on the appliance", severity="warning")
             self.query_one("#import-path", Input).focus()
             return
         name = self.query_one("#import-name", Input).value.strip() or default_name(path)

@@ -204,9 +204,11 @@ class ModelsScreen(ConsoleScreen):
             return
         status = self.query_one("#models-status", Static)
         status.update(f"import {choice.name}: starting...")
-        job = await self._import_step(
-            self.source.import_model(choice.path, choice.name, choice.encrypt), choice
-        )
+        if choice.bundle:  # verified whole by the gateway; the bundle names its models
+            call = self.source.import_bundle(choice.path)
+        else:
+            call = self.source.import_model(choice.path, choice.name, choice.encrypt)
+        job = await self._import_step(call, choice)
         bar = self.query_one("#import-progress", ProgressBar)
         while job is not None and job.state == "running":
             bar.display = True
@@ -223,9 +225,12 @@ class ModelsScreen(ConsoleScreen):
             status.update(f"import {choice.name} failed: {job.error.message}")
             self.notify(job.error.message, title="import", severity="error")
             return
-        how = "encrypted into the store" if choice.encrypt else "registered in place"
-        status.update(f"{choice.name} imported ({how}); the gateway serves it from its next start.")
-        self.notify(f"{choice.name} imported; served after the next start", title="import")
+        what, how = choice.name, "encrypted into the store" if choice.encrypt else "registered in place"
+        if choice.bundle:
+            names = [str(model["name"]) for model in (job.result or {}).get("models", [])]
+            what, how = ", ".join(names) or choice.name, "from the signed bundle, encrypted into the store"
+        status.update(f"{what} imported ({how}); the gateway serves it from its next start.")
+        self.notify(f"{what} imported; served after the next start", title="import")
         self.reload()
 
     async def _import_step(self, call: Awaitable[Job], choice: ImportChoice) -> Job | None:
