@@ -35,9 +35,19 @@ from installer.data import (
 from installer.errors import InstallerError, InstallStepError, StateError, UsageError
 from installer.limits import Limits
 from installer.manifest import MANIFEST_NAME, Manifest, manifest_bytes
+from installer.ready import read_endpoint
 from installer.state import InstalledVersion, InstallState, Prefix, atomic_write
 from installer.steps import Report, clean_env, run_step
-from installer.systemd import SERVICE_USER, check_unit, ensure_service_user, unit_text
+from installer.systemd import (
+    SERVICE_USER,
+    SOCKET_NAME,
+    UNIT_NAME,
+    check_units,
+    ensure_service_user,
+    listen_stream,
+    socket_text,
+    unit_text,
+)
 from installer.target_python import python_for
 from installer.trust import TrustedKeys, pin_trust_files
 
@@ -152,13 +162,8 @@ def _build_version(
         report("planner: this version has no `appliance plan`; nothing planned")
     if options.unit_dir is not None:
         report("step: systemd")
-        check = root / "appliance-check.service"
-        unit = unit_text(
-            prefix.root, root, options.allow_ips, manifest.profile == "gpu", options.service_user
-        )
-        check.write_text(unit)
-        report(check_unit(check))
-        check.unlink()
+        service, socket = _units(prefix, root, root, manifest, options)
+        report(check_units(root / "unit-check", service, socket))
         if os.geteuid() == 0:
             uid, gid = ensure_service_user(options.service_user, report)
             own_data(prefix, uid, gid)
@@ -168,6 +173,16 @@ def _build_version(
         # An earlier install gave the data to a service user: keep it so, and the new weights readable.
         own_data(prefix, *owner)
         share_models(prefix, owner[1])
+
+
+def _units(prefix: Prefix, root: Path, serves: Path, manifest: Manifest, options: Options) -> tuple[str, str]:
+    """The service unit (serving the version in `serves`) and the socket unit on the [server] address of
+    the data's settings, read with the Python of the version in `root`."""
+    endpoint = read_endpoint(prefix, root)
+    gpu = manifest.profile == "gpu"
+    service = unit_text(prefix.root, serves, options.allow_ips, gpu, options.service_user)
+    socket = socket_text(prefix.root, listen_stream(endpoint.host, endpoint.port), options.allow_ips)
+    return service, socket
 
 
 def _check_space(root: Path, manifest: Manifest) -> None:
@@ -279,9 +294,9 @@ def _install_version(
     _build_version(prefix, manifest, root, options, python, upgrade, report)
     report("step: commit")
     if options.unit_dir is not None:
-        gpu = manifest.profile == "gpu"
-        unit = unit_text(prefix.root, prefix.current_link, options.allow_ips, gpu, options.service_user)
-        atomic_write(options.unit_dir / "appliance.service", unit.encode())
+        service, socket = _units(prefix, root, prefix.current_link, manifest, options)
+        atomic_write(options.unit_dir / SOCKET_NAME, socket.encode())
+        atomic_write(options.unit_dir / UNIT_NAME, service.encode())
     if verified.trust_update is not None:
         trust = trust.rotated(verified.trust_update)
         report(f"trusted keys updated to version {trust.version}")
@@ -354,9 +369,17 @@ def _switch_to_older(
     prefix.save(state)
 
 
-def return_to(prefix_root: Path, previous: int, failed: int, why: str, report: Report) -> None:
+def return_to(
+    prefix_root: Path,
+    previous: int,
+    failed: int,
+    why: str,
+    report: Report,
+    quiesce: Callable[[], None] = lambda: None,
+) -> None:
     """After `failed` did not become ready: `previous` is current again, with the registry as it left it
-    (the snapshot of the upgrade: nothing was created under a version that never served), audited."""
+    (the snapshot of the upgrade: nothing was created under a version that never served), audited;
+    `quiesce` runs under the lock before the data is touched."""
     prefix = Prefix(prefix_root)
     with prefix.locked():
         state = prefix.load()
@@ -368,5 +391,5 @@ def return_to(prefix_root: Path, previous: int, failed: int, why: str, report: R
             f"version {failed} did not become ready ({why}); returned to version {previous}",
         )
         restore = prefix.snapshot_of(previous).is_file()
-        _switch_to_older(prefix, state, previous, failed, restore, lambda: None, outcome, report)
+        _switch_to_older(prefix, state, previous, failed, restore, quiesce, outcome, report)
     report(f"current is now version {previous} again (was {failed})")

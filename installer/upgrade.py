@@ -11,7 +11,7 @@ from installer.crypto import Verifier
 from installer.errors import InstallerError, NotReadyError, ReturnedError
 from installer.install import Options, install, return_to, rollback
 from installer.manifest import Manifest
-from installer.service import Running, running, service_for, stop
+from installer.service import Running, pause, running, service_for, stop
 from installer.start import Started, start_serving
 from installer.state import Prefix
 from installer.steps import Report
@@ -34,11 +34,12 @@ class Restart:
         return cls(prefix, unit_dir, report, was)
 
     def quiesce(self) -> None:
-        """Stop it (SIGTERM: in-flight requests drain) before the data or `current` changes."""
+        """Stop it (SIGTERM: in-flight requests drain) before the data or `current` changes; its socket
+        stays open, so connections wait for the next version instead of being refused."""
         if self.was is None or self.stopped:
             return
         self.report(f"stopping version {self.was.version} (pid {self.was.pid}) before the switch: it drains")
-        stop(service_for(self.prefix, self.unit_dir), self.report)
+        pause(service_for(self.prefix, self.unit_dir), self.report)
         self.stopped = True
 
     def resume(self, timeout_s: float) -> None:
@@ -66,10 +67,13 @@ def install_serving(
     if not start and not restart.stopped:
         return manifest, None
     had_key = prefix.admin_key.exists()
+    can_return = previous is not None and previous != manifest.version
     try:
-        return manifest, start_serving(prefix, unit_dir, timeout_s, report)
+        # A version that does not come up leaves the socket open for the return to the previous one.
+        keep = restart.stopped and can_return
+        return manifest, start_serving(prefix, unit_dir, timeout_s, report, keep_socket=keep)
     except InstallerError as error:
-        if previous is None or previous == manifest.version:
+        if previous is None or not can_return:
             raise
         if isinstance(error, NotReadyError):
             why = f"{error.reason}; see {error.log}"
@@ -77,7 +81,17 @@ def install_serving(
             why = f"{error.message}; see {service_for(prefix, unit_dir).log}"
         if not had_key:  # made in the registry that the return puts back: the previous version makes its own
             prefix.admin_key.unlink(missing_ok=True)
-        return_to(prefix.root, previous, manifest.version, why, report)
+        service = service_for(prefix, unit_dir)
+
+        def quiesce() -> None:
+            # Again, under the prefix's lock: under systemd a connection could have started it meanwhile.
+            pause(service, report)
+
+        try:
+            return_to(prefix.root, previous, manifest.version, why, report, quiesce)
+        except InstallerError:
+            stop(service, report)  # no return: the socket the appliance kept closes with it
+            raise
         line = f"install: version {manifest.version} did not become ready ({why}); "
         line += f"returned to version {previous}"
         try:

@@ -95,7 +95,8 @@ def fake_wheel(
     Like the real appliance it keeps a SQLite registry with an Alembic revision (`init` migrates to the last
     of `revisions` and refuses a revision it does not know), keys in that registry, and a `store.key`; it
     ships its revisions where the real one does (appliance/registry/migrations/versions/). With `serves`,
-    `serve` listens where settings.toml's [server] says, like the gateway: /health/ready and
+    `serve` listens where settings.toml's [server] says (or on the inherited socket of LISTEN_FDS), like the
+    gateway: /health/ready and
     /v1/chat/completions for a key it created, until SIGTERM; `serves="broken"`: it exits at once (status
     1); else it prints its version and exits."""
     dist = f"fakeappliance-{version}.0"
@@ -142,10 +143,18 @@ def serve(home):
             message = {{"role": "assistant", "content": "hello from version {version}"}}
             self.reply(200, {{"model": body["model"], "choices": [{{"index": 0, "message": message}}]}})
     address = (server.get("host", "127.0.0.1"), server.get("port", 8080))
-    gateway = http.server.ThreadingHTTPServer(address, Gateway)
+    if os.environ.get("LISTEN_FDS") == "1" and os.environ.get("LISTEN_PID") == str(os.getpid()):
+        import socket  # handed down as fd 3 (socket activation), like the gateway: bind nothing
+        gateway = http.server.ThreadingHTTPServer(address, Gateway, bind_and_activate=False)
+        gateway.socket.close()
+        gateway.socket = socket.socket(fileno=3)
+    else:
+        gateway = http.server.ThreadingHTTPServer(address, Gateway)
+    gateway.daemon_threads = False  # SIGTERM drains: requests in flight finish (server_close joins them)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=gateway.shutdown).start())
     print("serving version {version} on", address, flush=True)
     gateway.serve_forever()
+    gateway.server_close()
 def main():
     home = pathlib.Path(os.environ["APPLIANCE_HOME"])
     args = sys.argv[1:]
