@@ -14,7 +14,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from installer.manifest import Target
+from installer.limits import Limits
+from installer.manifest import MANIFEST_NAME, Target, parse_manifest
 from installer.pack import BundleSpec, Source, describe, write_bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -257,6 +258,38 @@ def make_bundle(work: Path, key: Path, recipe: Recipe, name: str = "b") -> Path:
         "appliance", "cpu", recipe.version, created, now + recipe.expires_in, HOST_TARGET, requirements
     )
     out = work / f"{name}.bundle"
+    write_bundle(out, spec, sources, key, describe(sources))
+    return out
+
+
+def resign(bundle: Path, out: Path, key: Path, version: int, work: Path) -> Path:
+    """The same members as `bundle` under another version number, signed again with `key`: the next
+    version of a real bundle without a second build (its code is the same, its number is what an upgrade
+    goes by)."""
+    folder = work / f"resign-{version}"
+    with tarfile.open(bundle) as archive:
+        manifest_file = archive.extractfile(MANIFEST_NAME)
+        assert manifest_file is not None
+        manifest = parse_manifest(manifest_file.read(), Limits())
+        for member in manifest.members:
+            source = archive.extractfile(member.path)
+            assert source is not None
+            target = folder / member.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with source, target.open("wb") as sink:
+                while chunk := source.read(1 << 20):
+                    sink.write(chunk)
+    sources = [Source(m.path, m.role, folder / m.path) for m in manifest.members]
+    now = int(time.time())
+    spec = BundleSpec(
+        manifest.name,
+        manifest.profile,
+        version,
+        now,
+        manifest.expires,
+        manifest.target,
+        manifest.requirements,
+    )
     write_bundle(out, spec, sources, key, describe(sources))
     return out
 
