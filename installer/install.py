@@ -164,6 +164,7 @@ def _build_version(
         report("step: systemd")
         service, socket = _units(prefix, root, root, manifest, options)
         report(check_units(root / "unit-check", service, socket))
+        prefix.run.mkdir(mode=0o700, exist_ok=True)  # where the unit's start waits for data.lock
         if os.geteuid() == 0:
             uid, gid = ensure_service_user(options.service_user, report)
             own_data(prefix, uid, gid)
@@ -207,7 +208,7 @@ def install(
     _check_space(prefix.root, manifest)
     umask = os.umask(0o022)  # code and weights readable by the service user whatever the admin's umask
     try:
-        with prefix.locked():
+        with prefix.locked(), prefix.data_locked():
             _install_locked(prefix, verified, options, verifier, python, report, quiesce)
     finally:
         os.umask(umask)
@@ -332,7 +333,8 @@ def rollback(
             raise StateError(f"nothing to roll back to (current: {current})")
         target = older[-1]
         outcome = ("rollback", "success", f"version {current} -> {target}")
-        _switch_to_older(prefix, state, target, current, restore_data, quiesce, outcome, report)
+        with prefix.data_locked():
+            _switch_to_older(prefix, state, target, current, restore_data, quiesce, outcome, report)
     report(f"current is now version {target} (was {current})")
     return target
 
@@ -391,5 +393,6 @@ def return_to(
             f"version {failed} did not become ready ({why}); returned to version {previous}",
         )
         restore = prefix.snapshot_of(previous).is_file()
-        _switch_to_older(prefix, state, previous, failed, restore, quiesce, outcome, report)
+        with prefix.data_locked():
+            _switch_to_older(prefix, state, previous, failed, restore, quiesce, outcome, report)
     report(f"current is now version {previous} again (was {failed})")

@@ -99,10 +99,10 @@ Environment=APPLIANCE_HOME={data}
 # Not the data directory: `python -m` puts the working directory first on sys.path, and the service must
 # not be able to plant code that its next start imports.
 WorkingDirectory=/
-# A connection while an upgrade or rollback holds the prefix's lock activates the service through the
-# socket: it waits for the lock (root's file, hence `+`), so it never runs an older version on data that is
-# being migrated, and starts the version that is current once the installer is done.
-ExecStartPre=+{FLOCK} --shared {prefix}/.lock true
+# A connection while an upgrade or rollback changes the data or `current` activates the service through
+# the socket: it waits for the installer's run/data.lock (root's, hence `+`), so it never runs an older
+# version on data being migrated, and starts the version that is current once the installer is done.
+ExecStartPre=+/bin/sh -c 'test ! -d {prefix}/run || exec {FLOCK} --shared {prefix}/run/data.lock true'
 TimeoutStartSec=infinity
 ExecStart={" ".join(serve_argv(root))}
 Restart=on-failure

@@ -82,12 +82,13 @@ def test_systemd_analyze_accepts_every_directive(tmp_path: Path, gpu: bool) -> N
 
 def test_the_service_is_handed_its_socket_and_waits_for_an_installer(service: dict[str, list[str]]) -> None:
     """The service requires the socket unit (which keeps the port open across restarts); a start that
-    socket activation triggers mid-upgrade waits for the prefix's lock (it runs no older version on data
-    being migrated)."""
+    socket activation triggers mid-upgrade waits for the installer's data lock (it runs no older version
+    on data being migrated)."""
     unit = unit_text(PREFIX, PREFIX / "current", (), False)
     assert "Requires=appliance.socket\n" in unit
     assert "After=local-fs.target appliance.socket\n" in unit
-    assert service["ExecStartPre"] == [f"+/usr/bin/flock --shared {PREFIX}/.lock true"]
+    lock = f"exec /usr/bin/flock --shared {PREFIX}/run/data.lock true"
+    assert service["ExecStartPre"] == [f"+/bin/sh -c 'test ! -d {PREFIX}/run || {lock}'"]
     assert service["TimeoutStartSec"] == ["infinity"]
 
 
