@@ -154,8 +154,6 @@ class Holder:
 
     def run(self) -> int:
         """Serve orders until SIGTERM, or until a child that exited on its own gets no order in time."""
-        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda number, _frame: self.orders.append(number))
         # Since when no child runs although none was ordered to stop (it exited, or could not start).
         alone_since = None if self.spawn() else time.monotonic()
         while True:
@@ -199,12 +197,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--linger", type=float, default=60.0)
     parser.add_argument("argv", nargs="+")
     options = parser.parse_args(argv)
+    holder = Holder(options)
+    # Orders are queued from the start: SIGHUP's default action would end the holder.
+    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _frame: holder.orders.append(number))
     try:
         listen(options.host, options.port)
     except OSError as error:
         say(f"cannot listen on {options.host}:{options.port}: {error}")
         return 1
-    return Holder(options).run()
+    return holder.run()
 
 
 if __name__ == "__main__":
