@@ -29,6 +29,9 @@ from tests.installer.helpers import UNSHARE, Recipe, make_bundle, resign
 
 DRIVER_TIMEOUT_S = 2400
 PORT = 8080  # the default: nothing else listens in a fresh namespace
+# The suite's 300 s per test is for one test's work; the first test here waits for the CPU bundle's
+# build and the driver's four installs (about 8 minutes on a 2-core box).
+pytestmark = pytest.mark.timeout(DRIVER_TIMEOUT_S + 900)
 
 
 def _revisions() -> tuple[str, ...]:
