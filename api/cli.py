@@ -317,11 +317,15 @@ def serve(
 
     from api.app import create_app
     from api.drain import DrainingServer, exit_cleanly_on_sigterm, uvicorn_timeout_s
+    from api.listen import BACKLOG, bound_host, inherited_socket
 
     settings, registry = _open()
     listen = settings.server if host is None else msgspec.structs.replace(settings.server, host=host)
     settings_file = settings.home / "settings.toml"
-    check_bind(listen, listen.host, settings_file)
+    # A socket handed down by systemd or the installer's holder (kept open across restarts): serve on it and
+    # bind nothing; --host/--port and [server] host/port then only describe it.
+    inherited = inherited_socket()
+    check_bind(listen, bound_host(inherited) if inherited else listen.host, settings_file)
     tls = server_context(listen, settings_file)  # before any worker starts: a bad file is one line
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe is noise
     gateway = create_app(settings, registry)
@@ -338,6 +342,7 @@ def serve(
         ssl_keyfile=listen.tls_key if tls else None,
         ssl_ca_certs=listen.tls_client_ca or None,
         ssl_cert_reqs=tls.verify_mode if tls else ssl.CERT_NONE,
+        backlog=BACKLOG,  # on an inherited socket, uvicorn's listen() must not shrink the holder's backlog
     )
     if tls is not None:
         # Serve the context checked above (TLS 1.2 or later), not a second one uvicorn builds from the files.
@@ -345,7 +350,10 @@ def serve(
         config.ssl = tls
     server = DrainingServer(config, gateway.state["gateway"].drain, drain_s)
     exit_cleanly_on_sigterm()
-    server.run()
+    if inherited is not None:
+        logging.getLogger("uvicorn.error").info("serving on the inherited socket %s", inherited.getsockname())
+    # TLS is the server's (config.ssl wraps each accepted connection), so it holds on an inherited socket too.
+    server.run(sockets=[inherited] if inherited is not None else None)
 
 
 @app.command()

@@ -22,8 +22,8 @@ from installer.limits import Limits
 from installer.manifest import MANIFEST_NAME, Manifest, parse_manifest
 from installer.progress import Progress
 from installer.state import InstallState, Prefix
-from installer.systemd import unit_text
-from installer.uninstall import UNIT_NAME, our_unit, systemctl, systemd_manages, systemd_running, unit_home
+from installer.systemd import SOCKET_NAME, UNIT_NAME, socket_text, unit_text
+from installer.uninstall import our_unit, systemctl, systemd_manages, systemd_running, unit_home
 
 CHUNK = 1 << 20
 BIG_FILE = 64 << 20  # files from this size on show progress while they are hashed
@@ -207,6 +207,33 @@ def _unit_settings(text: str) -> tuple[str | None, tuple[str, ...]]:
     return user, allowed
 
 
+def _difference(text: str, expected: str) -> str | None:
+    """Where `text` first differs from `expected` (line number and the line seen), or None."""
+    if text == expected:
+        return None
+    got, want = text.splitlines(), expected.splitlines()
+    line = next(
+        (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want))
+    )
+    seen = got[line] if line < len(got) else "(missing)"
+    return f"line {line + 1}: {seen!r}"
+
+
+def _check_socket(path: Path, root: Path, allowed: tuple[str, ...], checks: Checks) -> None:
+    """The socket unit beside the service: the installer's text for the address it listens on."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        checks.fail("socket unit", f"{path} is missing (the service requires it)")
+        return
+    listen = next((s[len("ListenStream=") :] for s in text.splitlines() if s.startswith("ListenStream=")), "")
+    difference = _difference(text, socket_text(root, listen, allowed))
+    if difference is not None:
+        checks.fail("socket unit", f"{path} differs from what the installer writes ({difference})")
+    else:
+        checks.ok("socket unit", f"{path} is the installer's (listens on {listen})")
+
+
 def check_unit(
     prefix: Prefix, state: InstallState, current: int | None, unit_dir: Path, checks: Checks
 ) -> str | None:
@@ -225,25 +252,23 @@ def check_unit(
     # The prefix as the unit spells it (the admin may have given it another way, e.g. relative, here).
     root = (unit_home(text) or prefix.data).parent
     expected = unit_text(root, root / "current", allowed, profile == "gpu", user or "")
-    if text != expected:
-        got, want = text.splitlines(), expected.splitlines()
-        line = next(
-            (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want))
-        )
-        seen = got[line] if line < len(got) else "(missing)"
-        checks.fail("unit", f"{unit} differs from what the installer writes (line {line + 1}: {seen!r})")
+    difference = _difference(text, expected)
+    if difference is not None:
+        checks.fail("unit", f"{unit} differs from what the installer writes ({difference})")
     else:
         checks.ok("unit", f"{unit} is the installer's (service user {user})")
+    _check_socket(unit.parent / SOCKET_NAME, root, allowed, checks)
     if not systemd_running():
         checks.warn("service", "systemd not running; the unit's state not checked")
     elif not systemd_manages(unit):
         checks.warn("service", f"systemd does not load units from {unit_dir}; state not checked")
     else:
-        active = systemctl("is-active", UNIT_NAME).stdout.strip() or "unknown"
-        if active == "active":
-            checks.ok("service", f"{UNIT_NAME} is active")
-        else:
-            checks.warn("service", f"{UNIT_NAME} is {active}")
+        for name in (SOCKET_NAME, UNIT_NAME):
+            active = systemctl("is-active", name).stdout.strip() or "unknown"
+            if active == "active":
+                checks.ok("service", f"{name} is active")
+            else:
+                checks.warn("service", f"{name} is {active}")
     return user
 
 

@@ -35,9 +35,19 @@ from installer.data import (
 from installer.errors import InstallerError, InstallStepError, StateError, UsageError
 from installer.limits import Limits
 from installer.manifest import MANIFEST_NAME, Manifest, manifest_bytes
+from installer.ready import read_endpoint
 from installer.state import InstalledVersion, InstallState, Prefix, atomic_write
 from installer.steps import Report, clean_env, run_step
-from installer.systemd import SERVICE_USER, check_unit, ensure_service_user, unit_text
+from installer.systemd import (
+    SERVICE_USER,
+    SOCKET_NAME,
+    UNIT_NAME,
+    check_units,
+    ensure_service_user,
+    listen_stream,
+    socket_text,
+    unit_text,
+)
 from installer.target_python import python_for
 from installer.trust import TrustedKeys, pin_trust_files
 
@@ -152,13 +162,9 @@ def _build_version(
         report("planner: this version has no `appliance plan`; nothing planned")
     if options.unit_dir is not None:
         report("step: systemd")
-        check = root / "appliance-check.service"
-        unit = unit_text(
-            prefix.root, root, options.allow_ips, manifest.profile == "gpu", options.service_user
-        )
-        check.write_text(unit)
-        report(check_unit(check))
-        check.unlink()
+        service, socket = _units(prefix, root, root, manifest, options)
+        report(check_units(root / "unit-check", service, socket))
+        prefix.run.mkdir(mode=0o700, exist_ok=True)  # where the unit's start waits for data.lock
         if os.geteuid() == 0:
             uid, gid = ensure_service_user(options.service_user, report)
             own_data(prefix, uid, gid)
@@ -168,6 +174,16 @@ def _build_version(
         # An earlier install gave the data to a service user: keep it so, and the new weights readable.
         own_data(prefix, *owner)
         share_models(prefix, owner[1])
+
+
+def _units(prefix: Prefix, root: Path, serves: Path, manifest: Manifest, options: Options) -> tuple[str, str]:
+    """The service unit (serving the version in `serves`) and the socket unit on the [server] address of
+    the data's settings, read with the Python of the version in `root`."""
+    endpoint = read_endpoint(prefix, root)
+    gpu = manifest.profile == "gpu"
+    service = unit_text(prefix.root, serves, options.allow_ips, gpu, options.service_user)
+    socket = socket_text(prefix.root, listen_stream(endpoint.host, endpoint.port), options.allow_ips)
+    return service, socket
 
 
 def _check_space(root: Path, manifest: Manifest) -> None:
@@ -192,7 +208,7 @@ def install(
     _check_space(prefix.root, manifest)
     umask = os.umask(0o022)  # code and weights readable by the service user whatever the admin's umask
     try:
-        with prefix.locked():
+        with prefix.locked(), prefix.data_locked():
             _install_locked(prefix, verified, options, verifier, python, report, quiesce)
     finally:
         os.umask(umask)
@@ -279,9 +295,9 @@ def _install_version(
     _build_version(prefix, manifest, root, options, python, upgrade, report)
     report("step: commit")
     if options.unit_dir is not None:
-        gpu = manifest.profile == "gpu"
-        unit = unit_text(prefix.root, prefix.current_link, options.allow_ips, gpu, options.service_user)
-        atomic_write(options.unit_dir / "appliance.service", unit.encode())
+        service, socket = _units(prefix, root, prefix.current_link, manifest, options)
+        atomic_write(options.unit_dir / SOCKET_NAME, socket.encode())
+        atomic_write(options.unit_dir / UNIT_NAME, service.encode())
     if verified.trust_update is not None:
         trust = trust.rotated(verified.trust_update)
         report(f"trusted keys updated to version {trust.version}")
@@ -324,7 +340,8 @@ def rollback(
             if not restore_data:  # (a restore keeps today's registry itself)
                 snapshot_registry(prefix, came_from)  # what a return from an unready `target` puts back
 
-        _switch_to_older(prefix, state, target, current, restore_data, quiesce_and_keep, outcome, report)
+        with prefix.data_locked():
+            _switch_to_older(prefix, state, target, current, restore_data, quiesce_and_keep, outcome, report)
     report(f"current is now version {target} (was {current})")
     return target
 
@@ -370,8 +387,10 @@ def return_to(
     *,
     action: str = "install",
     restore: bool | None = None,
+    quiesce: Callable[[], None] = lambda: None,
 ) -> None:
-    """After `failed` did not become ready: `previous` is current again, audited as `action` "returned".
+    """After `failed` did not become ready: `previous` is current again, audited as `action` "returned";
+    `quiesce` runs under the lock before the data is touched.
 
     The registry goes back to `previous`'s snapshot when `restore`; by default when there is one (an
     upgrade's new version migrated the data, and nothing was created under a version that never served).
@@ -388,5 +407,6 @@ def return_to(
         )
         if restore is None:
             restore = prefix.snapshot_of(previous).is_file()
-        _switch_to_older(prefix, state, previous, failed, restore, lambda: None, outcome, report)
+        with prefix.data_locked():
+            _switch_to_older(prefix, state, previous, failed, restore, quiesce, outcome, report)
     report(f"current is now version {previous} again (was {failed})")

@@ -67,9 +67,10 @@ class Endpoint:
         return loopback and not self.mutual_tls
 
 
-def read_endpoint(prefix: Prefix) -> Endpoint:
-    """The [server] settings of the data directory, through the installed version's Python."""
-    python = str(prefix.current_link / "venv" / "bin" / "python")
+def read_endpoint(prefix: Prefix, root: Path | None = None) -> Endpoint:
+    """The [server] settings of the data directory, through the Python of the version in `root` (default:
+    the current one)."""
+    python = str((root or prefix.current_link) / "venv" / "bin" / "python")
     argv = [python, "-I", "-c", _READ_SERVER, str(prefix.data / "settings.toml")]
     try:
         server = json.loads(run_step("read settings.toml", argv, clean_env()))

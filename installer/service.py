@@ -1,11 +1,15 @@
-"""Running the installed version: under systemd when systemd runs this host and the install wrote the unit,
+"""Running the installed version: under systemd when systemd runs this host and the install wrote the units,
 else as a supervised background process that the installer starts, records and stops.
 
-The supervised process runs exactly the unit's ExecStart (`PREFIX/current/venv/bin/appliance serve`), as
-the service user when the data belongs to one, in a session of its own, with its output appended to
-PREFIX/run/appliance.log. PREFIX/run/appliance.json records its pid and the pid's start time (so that a
-recycled pid is never mistaken for it, nor signalled); PREFIX/run/ is root's, outside the data directory the
-service can write, so the service cannot point the pid that root signals at another process.
+Either way the listening socket outlives a restart. systemd holds it in `appliance.socket`; supervised, a
+small holder process (installer/holder.py) binds it once and runs exactly the unit's ExecStart
+(`PREFIX/current/venv/bin/appliance serve`) as its child on it, as the service user when the data belongs
+to one, in a session of its own, with all output appended to PREFIX/run/appliance.log. An upgrade or a
+rollback stops only the appliance (it drains) and starts the next one on the same socket, so connections
+in between wait in the kernel's backlog instead of being refused. PREFIX/run/appliance.json records the
+holder's pid and the pid's start time (so that a recycled pid is never mistaken for it, nor signalled);
+PREFIX/run/ is root's, outside the data directory the service can write, so the service cannot point the
+pid that root signals at another process.
 """
 
 from __future__ import annotations
@@ -19,15 +23,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from installer.admin_key import service_account
 from installer.egress import offline_environment
 from installer.errors import ServiceError
+from installer.holding import (
+    CHILD_FILE,
+    HOLDER_FILE,
+    child_of,
+    launch,
+    pause_child,
+    restart_child,
+    start_ticks,
+    stop_holder,
+    wait_gone,
+)
 from installer.state import Prefix, atomic_write
-from installer.steps import Report, as_user, clean_env, run_step
-from installer.systemd import serve_argv
+from installer.steps import Report, clean_env, run_step
+from installer.systemd import SOCKET_NAME, UNIT_NAME, serve_argv
 
-UNIT_NAME = "appliance.service"
 SYSTEMD_RUNS = Path("/run/systemd/system")  # exists when systemd is PID 1 (sd_booted)
 SYSTEMCTL = (Path("/usr/bin/systemctl"), Path("/bin/systemctl"))
 STOP_TIMEOUT_S = 90.0  # the gateway drains for [server] drain_timeout_s (30 s), then stops its workers
@@ -43,6 +58,7 @@ class Service:
 
     prefix: Prefix
     systemctl: Path | None = None
+    units: tuple[str, ...] = (UNIT_NAME,)  # under systemd: the socket unit too, when the install wrote it
 
     @property
     def log(self) -> str:
@@ -53,16 +69,31 @@ class Service:
 
     @property
     def record(self) -> Path:
-        """The supervised process's pid record."""
+        """The supervised holder's pid record."""
         return self.prefix.run / "appliance.json"
+
+    def recorded(self) -> dict[str, Any] | None:
+        """The record, while the process it names still runs (pid and start time match)."""
+        try:
+            record = json.loads(self.record.read_text(encoding="utf-8"))
+            pid, ticks = int(record["pid"]), str(record["start"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(record, dict) or pid <= 1 or start_ticks(pid) != ticks:
+            return None  # it exited (and its pid may belong to another process by now)
+        return record
 
 
 @dataclass(frozen=True)
 class Running:
-    """A serving process: its pid and the version whose code it runs (None: unknown)."""
+    """A serving process: its pid and the version whose code it runs (None: unknown).
+
+    Supervised, `pid` is the socket holder's and `version` its child's; `serving` is False while the holder
+    keeps the socket with no appliance (an upgrade's data step, or a child that exited)."""
 
     pid: int
     version: int | None
+    serving: bool = True
 
 
 def service_for(prefix: Prefix, unit_dir: Path) -> Service:
@@ -76,19 +107,11 @@ def service_for(prefix: Prefix, unit_dir: Path) -> Service:
         return Service(prefix)
     # Another prefix's unit is not ours to start or stop.
     ours = f"ExecStart={' '.join(serve_argv(prefix.current_link))}\n" in unit
-    return Service(prefix, systemctl if ours else None)
-
-
-def _start_ticks(pid: int) -> str | None:
-    """When `pid` started (clock ticks since boot); None when there is no such live process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may hold anything
-    if len(fields) < 20 or fields[0] in ("Z", "X"):  # a zombie has exited: only its exit status is left
-        return None
-    return fields[19]
+    if not ours:
+        return Service(prefix)
+    # An install from before the socket unit wrote the service alone (the next install adds the socket).
+    socket = (unit_dir / SOCKET_NAME).is_file()
+    return Service(prefix, systemctl, (SOCKET_NAME, UNIT_NAME) if socket else (UNIT_NAME,))
 
 
 def _code_version(prefix: Prefix, pid: int) -> int | None:
@@ -114,18 +137,20 @@ def running(service: Service) -> Running | None:
     prefix = service.prefix
     if service.systemctl is not None:
         main = _systemctl(service.systemctl, "show", "--property", "MainPID", "--value", UNIT_NAME).strip()
-        if not main.isdigit() or int(main) == 0 or _start_ticks(int(main)) is None:
+        if not main.isdigit() or int(main) == 0 or start_ticks(int(main)) is None:
             return None
         return Running(int(main), _code_version(prefix, int(main)))
-    try:
-        record = json.loads(service.record.read_text(encoding="utf-8"))
-        pid, ticks, version = int(record["pid"]), str(record["start"]), record["version"]
-    except (OSError, ValueError, KeyError, TypeError):
+    record = service.recorded()
+    if record is None:
         return None
-    if pid <= 1 or _start_ticks(pid) != ticks:
-        return None  # it exited (and its pid may belong to another process by now)
-    found = _code_version(prefix, pid)
-    return Running(pid, found if found is not None else version if isinstance(version, int) else None)
+    pid, version = int(record["pid"]), record.get("version")
+    if not record.get("holder"):  # recorded by an installer from before the holder: the pid serves itself
+        found = _code_version(prefix, pid)
+        return Running(pid, found if found is not None else version if isinstance(version, int) else None)
+    child = child_of(prefix, pid)
+    if child.pid is None:
+        return Running(pid, None, serving=False)
+    return Running(pid, _code_version(prefix, child.pid))
 
 
 def _environment(prefix: Prefix, account: tuple[int, int] | None) -> dict[str, str]:
@@ -136,26 +161,53 @@ def _environment(prefix: Prefix, account: tuple[int, int] | None) -> dict[str, s
     return offline_environment(env)
 
 
-def start(service: Service, report: Report) -> Ended:
-    """Start serving the current version; returns a check that says why it ended, if it has."""
+def _child_ended(prefix: Prefix, holder: int, ticks: str, generation: int) -> str | None:
+    """Why the holder's child of `generation` is gone, if it is (the holder itself gone included)."""
+    if start_ticks(holder) != ticks:
+        return "exited (and its socket holder with it)"
+    child = child_of(prefix, holder)
+    if child.generation == generation and child.pid is None and child.exit is not None:
+        return f"exited with status {child.exit}"
+    return None
+
+
+def _start_systemd(tool: Path, units: tuple[str, ...], report: Report) -> Ended:
+    _systemctl(tool, "daemon-reload")
+    _systemctl(tool, "enable", "--now", *units)
+    report(f"systemd: {' and '.join(units)} enabled and started")
+
+    def failed() -> str | None:
+        state = subprocess.run(
+            [str(tool), "is-failed", UNIT_NAME], capture_output=True, text=True, check=False
+        )
+        return "failed under systemd" if state.stdout.strip() == "failed" else None
+
+    return failed
+
+
+def start(service: Service, report: Report, listen: tuple[str, int]) -> Ended:
+    """Serve the current version on `listen` (host, port); returns a check that says why it ended, if it has.
+
+    A holder already keeping that address restarts its child there (the socket stays open); otherwise a
+    new holder binds it."""
     if service.systemctl is not None:
-        tool = service.systemctl
-        _systemctl(tool, "daemon-reload")
-        _systemctl(tool, "enable", "--now", UNIT_NAME)
-        report(f"systemd: {UNIT_NAME} enabled and started")
-
-        def failed() -> str | None:
-            state = subprocess.run(
-                [str(tool), "is-failed", UNIT_NAME], capture_output=True, text=True, check=False
-            )
-            return "failed under systemd" if state.stdout.strip() == "failed" else None
-
-        return failed
+        return _start_systemd(service.systemctl, service.units, report)
     prefix, current = service.prefix, service.prefix.current()
-    now = running(service)
-    if now is not None and now.version == current:
-        report(f"already running: version {current}, pid {now.pid}")
-        return lambda: None
+    record, now = service.recorded(), running(service)
+    if (
+        record is not None
+        and now is not None
+        and record.get("holder")
+        and record.get("listen") == list(listen)
+    ):
+        if now.serving and now.version == current:
+            report(f"already running: version {current}, pid {now.pid}")
+            return lambda: None
+        what = f"version {now.version} is running" if now.serving else "no version is running"
+        report(f"{what}, {current} is current: starting it on the socket that pid {now.pid} holds")
+        holder, ticks = now.pid, str(record["start"])
+        generation = restart_child(prefix, holder, ticks, STOP_TIMEOUT_S + KILL_WAIT_S)
+        return lambda: _child_ended(prefix, holder, ticks, generation)
     if now is not None:
         report(f"version {now.version} is running, {current} is current: restarting")
         stop(service, report)
@@ -165,58 +217,76 @@ def start(service: Service, report: Report) -> Ended:
     account = service_account(prefix)
     try:
         os.write(fd, f"--- installer: starting version {current} at {time.ctime()} ---\n".encode())
-        process = subprocess.Popen(
-            serve_argv(prefix.current_link),
-            stdin=subprocess.DEVNULL,
-            stdout=fd,
-            stderr=fd,
-            env=_environment(prefix, account),
-            start_new_session=True,  # no terminal, and it outlives the installer
-            umask=0o077,
-            **{"cwd": "/", **as_user(account)},
-        )
+        process = launch(prefix, listen, _environment(prefix, account), account, fd)
     except OSError as error:
         raise ServiceError(f"cannot start the appliance: {error}") from None
     finally:
         os.close(fd)
-    record = {"pid": process.pid, "start": _start_ticks(process.pid), "version": current}
+    started = str(start_ticks(process.pid))
+    record = {
+        "pid": process.pid,
+        "start": started,
+        "version": current,
+        "holder": True,
+        "listen": list(listen),
+    }
     atomic_write(service.record, json.dumps(record).encode(), mode=0o600)
     report(f"started version {current} in the background: pid {process.pid}, log {log}")
 
     def exited() -> str | None:
         code = process.poll()
-        return None if code is None else f"exited with status {code}"
+        if code is not None:
+            return f"exited with status {code}"
+        return _child_ended(prefix, process.pid, started, 1)
 
     return exited
 
 
-def _wait_gone(pid: int, ticks: str | None, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while _start_ticks(pid) == ticks and ticks is not None:
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def stop(service: Service, report: Report, timeout_s: float = STOP_TIMEOUT_S) -> bool:
-    """Stop serving (SIGTERM, then SIGKILL to its session after `timeout_s`); False if it was not running."""
+def pause(service: Service, report: Report) -> bool:
+    """Stop the appliance but keep its socket open (systemd's socket unit, or the holder); False if it was
+    not running. Connections that arrive meanwhile wait for the next `start`."""
     if service.systemctl is not None:
         was = running(service) is not None
         _systemctl(service.systemctl, "stop", UNIT_NAME)
         return was
-    now = running(service)
-    if now is None:
-        service.record.unlink(missing_ok=True)  # a record of a process that has exited
+    record, now = service.recorded(), running(service)
+    if record is None or now is None:
         return False
-    ticks = _start_ticks(now.pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(now.pid, signal.SIGTERM)  # the gateway drains, then stops its workers
-    if not _wait_gone(now.pid, ticks, timeout_s):
-        report(f"pid {now.pid} did not stop within {timeout_s:.0f}s: killing its session")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(now.pid, signal.SIGKILL)  # its own session (start_new_session): workers too
-        if not _wait_gone(now.pid, ticks, KILL_WAIT_S):
-            raise ServiceError(f"pid {now.pid} survived SIGKILL; see {service.log}")
-    service.record.unlink(missing_ok=True)
+    if not record.get("holder"):
+        return stop(service, report)  # an appliance from before the holder keeps no socket: stop it
+    pause_child(service.prefix, now.pid, str(record["start"]), STOP_TIMEOUT_S + KILL_WAIT_S)
     return True
+
+
+def stop(service: Service, report: Report, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """Stop serving and close the socket (SIGTERM, then SIGKILL to its session after `timeout_s`); False if
+    it was not running."""
+    if service.systemctl is not None:
+        was = running(service) is not None
+        _systemctl(service.systemctl, "stop", *service.units)
+        return was
+    record = service.recorded()
+    if record is None:
+        _forget(service)  # a record of a process that has exited
+        return False
+    pid, ticks = int(record["pid"]), str(record["start"])
+    if record.get("holder"):
+        if not stop_holder(service.prefix, pid, ticks, timeout_s + KILL_WAIT_S):
+            raise ServiceError(f"pid {pid} survived SIGKILL; see {service.log}")
+        _forget(service)
+        return True
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)  # the gateway drains, then stops its workers
+    if not wait_gone(pid, ticks, timeout_s):
+        report(f"pid {pid} did not stop within {timeout_s:.0f}s: killing its session")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # its own session (start_new_session): workers too
+        if not wait_gone(pid, ticks, KILL_WAIT_S):
+            raise ServiceError(f"pid {pid} survived SIGKILL; see {service.log}")
+    _forget(service)
+    return True
+
+
+def _forget(service: Service) -> None:
+    for name in (service.record.name, CHILD_FILE, HOLDER_FILE):
+        (service.prefix.run / name).unlink(missing_ok=True)

@@ -4,8 +4,9 @@ Layout: PREFIX/state.json (this state), PREFIX/versions/<N>/ (one folder per ins
 only), PREFIX/current -> versions/<N> (a relative symlink switched with one rename), PREFIX/models/
 (weights shared by versions), PREFIX/data/ (the one data directory every version serves from: the
 service's only writable folder; data/snapshots/ holds the registry as each upgrade found it,
-data/admin.key the admin key `--start` created), PREFIX/run/ (the supervised service's pid record and
-log, when systemd does not run it), PREFIX/.lock. The `current` link is the authority on which version
+data/admin.key the admin key `--start` created), PREFIX/run/ (the supervised service's pid records, socket
+holder and log, when systemd does not run it; data.lock, held while the data or `current` changes),
+PREFIX/.lock. The `current` link is the authority on which version
 runs; state.json says which version folders are complete. A version folder that state.json does not
 list is debris from an interrupted install and is removed by the next installer run.
 """
@@ -182,6 +183,22 @@ class Prefix:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise StateError(f"another installer is working on {self.root}") from None
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def data_locked(self) -> Iterator[None]:
+        """While the data or `current` changes: hold PREFIX/run/data.lock (when run/ exists), which the
+        systemd unit's ExecStartPre takes shared, so that a start that socket activation triggers meanwhile
+        waits until they agree. Not the prefix's lock: that one is held while the installer starts the
+        service and waits for it, which would then wait forever."""
+        if not self.run.is_dir():
+            yield  # no service was ever started here, nor a unit written: nothing to keep out
+            return
+        fd = os.open(self.run / "data.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # the service holds it shared for an instant only
             yield
         finally:
             os.close(fd)

@@ -1,7 +1,9 @@
-"""A hardened systemd unit for the installed appliance, checked with `systemd-analyze verify` if present."""
+"""Hardened systemd units for the installed appliance (the service and the socket it is handed), checked with
+`systemd-analyze verify` if present."""
 
 from __future__ import annotations
 
+import ipaddress
 import pwd
 import shutil
 import subprocess
@@ -12,6 +14,10 @@ from installer.steps import Report, clean_env, run_step
 
 SERVICE_USER = "appliance"
 USERADD = Path("/usr/sbin/useradd")
+UNIT_NAME = "appliance.service"
+SOCKET_NAME = "appliance.socket"
+FLOCK = "/usr/bin/flock"
+BACKLOG = 4096  # as the gateway listens on an inherited socket (api/listen.py)
 
 
 def serve_argv(root: Path) -> list[str]:
@@ -19,13 +25,54 @@ def serve_argv(root: Path) -> list[str]:
     return [f"{root}/venv/bin/appliance", "serve"]
 
 
+def _allowed(allow_ips: tuple[str, ...]) -> str:
+    # Loopback by address, not `localhost` (all of 127.0.0.0/8): the resolver stubs listen on 127.0.0.53,
+    # 127.0.0.54 or 127.0.1.1, and a DNS query is an exfiltration path the wall must close too.
+    return " ".join(("127.0.0.1", "::1", *allow_ips))
+
+
+def listen_stream(host: str, port: int) -> str:
+    """The [server] address as ListenStream= spells it: an IP address and a port, or a port alone (every
+    address, as host "" binds)."""
+    if host == "":
+        return str(port)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise InstallStepError(
+            f"[server] host {host!r} is not an IP address: the socket unit listens on addresses only"
+        ) from None
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+def socket_text(prefix: Path, listen: str, allow_ips: tuple[str, ...]) -> str:
+    """The socket unit: systemd keeps the gateway's address open while the service restarts."""
+    return f"""[Unit]
+Description=Listening socket of the air-gapped LLM appliance in {prefix}
+Documentation=file://{prefix}/current/bundle/installer
+
+[Socket]
+# The [server] address of {prefix}/data/settings.toml when the installer wrote this unit (install again
+# after changing it). The socket stays open while {UNIT_NAME} stops and starts for an upgrade or a
+# rollback: connections in between wait in the backlog, none is refused.
+ListenStream={listen}
+Backlog={BACKLOG}
+NoDelay=yes
+# The service's IP wall covers the sockets it opens itself; the ones systemd opens for it follow this
+# unit's, so the same wall stands here.
+IPAddressDeny=any
+IPAddressAllow={_allowed(allow_ips)}
+
+[Install]
+WantedBy=sockets.target
+"""
+
+
 def unit_text(
     prefix: Path, root: Path, allow_ips: tuple[str, ...], gpu: bool, user: str = SERVICE_USER
 ) -> str:
     """The unit for the version whose folder is `root` (PREFIX/current in the installed unit)."""
-    # Loopback by address, not `localhost` (all of 127.0.0.0/8): the resolver stubs listen on 127.0.0.53,
-    # 127.0.0.54 or 127.0.1.1, and a DNS query is an exfiltration path the wall must close too.
-    allowed = " ".join(("127.0.0.1", "::1", *allow_ips))
+    allowed = _allowed(allow_ips)
     # A GPU needs its device nodes; a CPU appliance gets a private /dev with none at all.
     devices = "".join(
         f"DeviceAllow=char-{group} rw\n"
@@ -37,7 +84,9 @@ def unit_text(
     return f"""[Unit]
 Description=Air-gapped OpenAI-compatible LLM appliance
 Documentation=file://{root}/bundle/installer
-After=local-fs.target
+# Served on the socket systemd holds ({SOCKET_NAME}, fd 3): it stays open across restarts.
+Requires={SOCKET_NAME}
+After=local-fs.target {SOCKET_NAME}
 
 [Service]
 Type=simple
@@ -50,6 +99,11 @@ Environment=APPLIANCE_HOME={data}
 # Not the data directory: `python -m` puts the working directory first on sys.path, and the service must
 # not be able to plant code that its next start imports.
 WorkingDirectory=/
+# A connection while an upgrade or rollback changes the data or `current` activates the service through
+# the socket: it waits for the installer's run/data.lock (root's, hence `+`), so it never runs an older
+# version on data being migrated, and starts the version that is current once the installer is done.
+ExecStartPre=+/bin/sh -c 'test ! -d {prefix}/run || exec {FLOCK} --shared {prefix}/run/data.lock true'
+TimeoutStartSec=infinity
 ExecStart={" ".join(serve_argv(root))}
 Restart=on-failure
 RestartSec=2
@@ -138,3 +192,16 @@ def check_unit(path: Path) -> str:
     if ours:
         raise InstallStepError(f"systemd-analyze rejects the unit: {ours[0]}")
     return "checked with systemd-analyze verify"
+
+
+def check_units(folder: Path, service: str, socket: str) -> str:
+    """Write the two units into `folder` under their own names (the service requires the socket by name)
+    and check both; the folder is removed after."""
+    folder.mkdir()
+    try:
+        (folder / SOCKET_NAME).write_text(socket)
+        (folder / UNIT_NAME).write_text(service)
+        check_unit(folder / SOCKET_NAME)
+        return check_unit(folder / UNIT_NAME)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

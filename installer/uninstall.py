@@ -24,8 +24,8 @@ from installer import service
 from installer.errors import InstallStepError, StateError, UsageError
 from installer.state import Prefix
 from installer.steps import Report
+from installer.systemd import SOCKET_NAME, UNIT_NAME
 
-UNIT_NAME = "appliance.service"
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 SYSTEMCTL = Path("/usr/bin/systemctl")
 # Where a supervised background process (not systemd) may record its pid; state.json may name another.
@@ -184,14 +184,17 @@ def _stop(prefix: Prefix, unit_dir: Path, removed: list[str], report: Report) ->
     unit = our_unit(prefix, unit_dir)
     if unit is not None:
         managed = systemd_manages(unit)
+        socket = unit.parent / SOCKET_NAME  # written beside it since the socket unit exists
+        names = (SOCKET_NAME, UNIT_NAME) if socket.is_file() else (UNIT_NAME,)
         if managed:
-            done = systemctl("disable", "--now", UNIT_NAME)
+            done = systemctl("disable", "--now", *names)
             if done.returncode != 0:
                 last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-                raise InstallStepError(f"systemctl disable --now {UNIT_NAME} failed: {last}")
-            report(f"stop: {UNIT_NAME} stopped and disabled")
+                raise InstallStepError(f"systemctl disable --now {' '.join(names)} failed: {last}")
+            report(f"stop: {' and '.join(names)} stopped and disabled")
         else:
             report(f"stop: systemd does not run {unit}; nothing to stop")
+        _remove(socket, removed, report)
         _remove(unit, removed, report)
         if managed:
             systemctl("daemon-reload")

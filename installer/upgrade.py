@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from installer.crypto import Verifier
 from installer.data import db_revision
 from installer.errors import InstallerError, NotReadyError, ReturnedError
 from installer.install import Options, install, return_to, rollback
 from installer.manifest import Manifest
-from installer.service import Running, running, service_for, stop
+from installer.service import Running, pause, running, service_for, stop
 from installer.start import Started, start_serving
 from installer.state import Prefix
 from installer.steps import Report
@@ -35,11 +36,12 @@ class Restart:
         return cls(prefix, unit_dir, report, was)
 
     def quiesce(self) -> None:
-        """Stop it (SIGTERM: in-flight requests drain) before the data or `current` changes."""
+        """Stop it (SIGTERM: in-flight requests drain) before the data or `current` changes; its socket
+        stays open, so connections wait for the next version instead of being refused."""
         if self.was is None or self.stopped:
             return
         self.report(f"stopping version {self.was.version} (pid {self.was.pid}) before the switch: it drains")
-        stop(service_for(self.prefix, self.unit_dir), self.report)
+        pause(service_for(self.prefix, self.unit_dir), self.report)
         self.stopped = True
 
     def resume(self, timeout_s: float) -> None:
@@ -67,25 +69,17 @@ def install_serving(
     if not start and not restart.stopped:
         return manifest, None
     had_key = prefix.admin_key.exists()
+    can_return = previous is not None and previous != manifest.version
     try:
-        return manifest, start_serving(prefix, unit_dir, timeout_s, report)
+        # A version that does not come up leaves the socket open for the return to the previous one.
+        keep = restart.stopped and can_return
+        return manifest, start_serving(prefix, unit_dir, timeout_s, report, keep_socket=keep)
     except InstallerError as error:
-        if previous is None or previous == manifest.version:
+        if previous is None or not can_return:
             raise
-        if isinstance(error, NotReadyError):
-            why = f"{error.reason}; see {error.log}"
-        else:
-            why = f"{error.message}; see {service_for(prefix, unit_dir).log}"
         if not had_key:  # made in the registry that the return puts back: the previous version makes its own
             prefix.admin_key.unlink(missing_ok=True)
-        return_to(prefix.root, previous, manifest.version, why, report)
-        line = f"install: version {manifest.version} did not become ready ({why}); "
-        line += f"returned to version {previous}"
-        try:
-            start_serving(prefix, unit_dir, timeout_s, report)
-        except InstallerError as again:
-            raise ReturnedError(f"{line}, which did not start either: {again.message}") from None
-        raise ReturnedError(f"{line}, serving") from None
+        _return_and_serve(prefix, unit_dir, timeout_s, report, error, (manifest.version, previous), "install")
 
 
 def rollback_serving(
@@ -113,24 +107,50 @@ def serve_rolled_back(
     report: Report,
     versions: tuple[int, int],
     restored: bool,
-) -> Started:
+) -> Started:  # versions: (target, came_from)
     """Serve the older version a rollback made current; when it does not become ready, return to the
     version the rollback came from, its registry put back only if the rollback `restored` data or the older
     version migrated it, and serve that again: audited, one ReturnedError line (exit 61)."""
-    target, came_from = versions
     revision = db_revision(prefix.registry_db())
     try:
-        return start_serving(prefix, unit_dir, timeout_s, report)
+        return start_serving(prefix, unit_dir, timeout_s, report, keep_socket=True)
     except InstallerError as error:
-        if isinstance(error, NotReadyError):
-            why = f"{error.reason}; see {error.log}"
-        else:
-            why = f"{error.message}; see {service_for(prefix, unit_dir).log}"
         changed = restored or db_revision(prefix.registry_db()) != revision
-        return_to(prefix.root, came_from, target, why, report, action="rollback", restore=changed)
-        line = f"rollback: version {target} did not become ready ({why}); returned to version {came_from}"
-        try:
-            start_serving(prefix, unit_dir, timeout_s, report)
-        except InstallerError as again:
-            raise ReturnedError(f"{line}, which did not start either: {again.message}") from None
-        raise ReturnedError(f"{line}, serving") from None
+        _return_and_serve(prefix, unit_dir, timeout_s, report, error, versions[::-1], "rollback", changed)
+
+
+def _return_and_serve(
+    prefix: Prefix,
+    unit_dir: Path,
+    timeout_s: float,
+    report: Report,
+    error: InstallerError,
+    versions: tuple[int, int],
+    action: str,
+    restore: bool | None = None,
+) -> NoReturn:
+    """`failed` (of `versions`: failed, previous) did not become ready: make `previous` current again,
+    with the registry as `restore` says (install.return_to), serve it on the socket that stayed open, and
+    end with one ReturnedError line (exit 61)."""
+    failed, previous = versions
+    service = service_for(prefix, unit_dir)
+    if isinstance(error, NotReadyError):
+        why = f"{error.reason}; see {error.log}"
+    else:
+        why = f"{error.message}; see {service.log}"
+
+    def quiesce() -> None:
+        # Again, under the prefix's lock: under systemd a connection could have started it meanwhile.
+        pause(service, report)
+
+    try:
+        return_to(prefix.root, previous, failed, why, report, action=action, restore=restore, quiesce=quiesce)
+    except InstallerError:
+        stop(service, report)  # no return: the socket the appliance kept closes with it
+        raise
+    line = f"{action}: version {failed} did not become ready ({why}); returned to version {previous}"
+    try:
+        start_serving(prefix, unit_dir, timeout_s, report)
+    except InstallerError as again:
+        raise ReturnedError(f"{line}, which did not start either: {again.message}") from None
+    raise ReturnedError(f"{line}, serving") from None

@@ -24,7 +24,7 @@ from appliance.errors import SettingsError
 from appliance.registry.registry import open_registry
 from appliance.settings import load_settings
 from installer.egress import AllowList, check
-from installer.systemd import check_unit, unit_text
+from installer.systemd import check_unit, socket_text, unit_text
 
 APPLIANCE = str(Path(sys.executable).parent / "appliance")
 REPO = Path(__file__).resolve().parents[2]
@@ -295,6 +295,8 @@ def test_the_unit_walls_the_service_and_passes_systemd_analyze(tmp_path: Path) -
     (root / "venv" / "bin" / "appliance").chmod(0o755)
     unit = tmp_path / "appliance.service"
     unit.write_text(unit_text(tmp_path, root, ("192.168.5.0/24", "10.9.0.0/16"), False))
+    # The service requires its socket unit (systemd-analyze looks for it beside the service).
+    (tmp_path / "appliance.socket").write_text(socket_text(tmp_path, "127.0.0.1:8080", ()))
     service = parse_unit(unit.read_text())
     assert service["IPAddressDeny"] == ["any"]
     assert service["IPAddressAllow"] == ["127.0.0.1 ::1 192.168.5.0/24 10.9.0.0/16"]

@@ -1,11 +1,16 @@
-"""Keys generated per session, and a prefix where version 1 is installed (without pip, for speed)."""
+"""Keys generated per session, a prefix where version 1 is installed (without pip, for speed), and the real
+CPU bundle, built once per session for the end-to-end tests that need it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from installer.build import REPO
 from installer.crypto import load_public_key
 from installer.pack import generate_key_pair
 from installer.state import InstalledVersion, InstallState, Prefix
@@ -32,3 +37,29 @@ def installed_prefix(tmp_path: Path, keys: dict[str, tuple[Path, Path]]) -> Path
     prefix.save(state)
     prefix.switch_current(1)
     return prefix.root
+
+
+@dataclass(frozen=True)
+class CpuBundle:
+    """The real CPU bundle (version 7: the project's wheels, the embedded models, installer.pyz inside),
+    the installer.pyz an admin carries beside it, and the key pair that signed it."""
+
+    bundle: Path
+    installer: Path
+    private: Path
+    public: Path
+
+
+@pytest.fixture(scope="session")
+def cpu_bundle(tmp_path_factory: pytest.TempPathFactory) -> CpuBundle:
+    """Built with `installer.build bundle --profile cpu` once: it takes minutes, so every test shares it."""
+    work = tmp_path_factory.mktemp("cpu-bundle")
+    private, public = generate_key_pair(work / "keys", "release")
+    dist = work / "dist"
+    build = [sys.executable, "-m", "installer.build", "bundle", "--profile", "cpu", "--key", str(private)]
+    built = subprocess.run(
+        [*build, "--version", "7", "--out", str(dist)], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "members:" in built.stdout
+    return CpuBundle(dist / "appliance-cpu-7.bundle", dist / "installer.pyz", private, public)

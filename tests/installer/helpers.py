@@ -14,7 +14,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from installer.manifest import Target
+from installer.limits import Limits
+from installer.manifest import MANIFEST_NAME, Target, parse_manifest
 from installer.pack import BundleSpec, Source, describe, write_bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +96,8 @@ def fake_wheel(
     Like the real appliance it keeps a SQLite registry with an Alembic revision (`init` migrates to the last
     of `revisions` and refuses a revision it does not know), keys in that registry, and a `store.key`; it
     ships its revisions where the real one does (appliance/registry/migrations/versions/). With `serves`,
-    `serve` listens where settings.toml's [server] says, like the gateway: /health/ready and
+    `serve` listens where settings.toml's [server] says (or on the inherited socket of LISTEN_FDS), like the
+    gateway: /health/ready and
     /v1/chat/completions for a key it created, until SIGTERM; `serves="broken"`: it exits at once (status
     1); else it prints its version and exits."""
     dist = f"fakeappliance-{version}.0"
@@ -142,10 +144,18 @@ def serve(home):
             message = {{"role": "assistant", "content": "hello from version {version}"}}
             self.reply(200, {{"model": body["model"], "choices": [{{"index": 0, "message": message}}]}})
     address = (server.get("host", "127.0.0.1"), server.get("port", 8080))
-    gateway = http.server.ThreadingHTTPServer(address, Gateway)
+    if os.environ.get("LISTEN_FDS") == "1" and os.environ.get("LISTEN_PID") == str(os.getpid()):
+        import socket  # handed down as fd 3 (socket activation), like the gateway: bind nothing
+        gateway = http.server.ThreadingHTTPServer(address, Gateway, bind_and_activate=False)
+        gateway.socket.close()
+        gateway.socket = socket.socket(fileno=3)
+    else:
+        gateway = http.server.ThreadingHTTPServer(address, Gateway)
+    gateway.daemon_threads = False  # SIGTERM drains: requests in flight finish (server_close joins them)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=gateway.shutdown).start())
     print("serving version {version} on", address, flush=True)
     gateway.serve_forever()
+    gateway.server_close()
 def main():
     home = pathlib.Path(os.environ["APPLIANCE_HOME"])
     args = sys.argv[1:]
@@ -249,6 +259,38 @@ def make_bundle(work: Path, key: Path, recipe: Recipe, name: str = "b") -> Path:
         "appliance", "cpu", recipe.version, created, now + recipe.expires_in, HOST_TARGET, requirements
     )
     out = work / f"{name}.bundle"
+    write_bundle(out, spec, sources, key, describe(sources))
+    return out
+
+
+def resign(bundle: Path, out: Path, key: Path, version: int, work: Path) -> Path:
+    """The same members as `bundle` under another version number, signed again with `key`: the next
+    version of a real bundle without a second build (its code is the same, its number is what an upgrade
+    goes by)."""
+    folder = work / f"resign-{version}"
+    with tarfile.open(bundle) as archive:
+        manifest_file = archive.extractfile(MANIFEST_NAME)
+        assert manifest_file is not None
+        manifest = parse_manifest(manifest_file.read(), Limits())
+        for member in manifest.members:
+            source = archive.extractfile(member.path)
+            assert source is not None
+            target = folder / member.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with source, target.open("wb") as sink:
+                while chunk := source.read(1 << 20):
+                    sink.write(chunk)
+    sources = [Source(m.path, m.role, folder / m.path) for m in manifest.members]
+    now = int(time.time())
+    spec = BundleSpec(
+        manifest.name,
+        manifest.profile,
+        version,
+        now,
+        manifest.expires,
+        manifest.target,
+        manifest.requirements,
+    )
     write_bundle(out, spec, sources, key, describe(sources))
     return out
 

@@ -1,9 +1,9 @@
-"""The one slow test: build the real CPU bundle, install it offline from installer.pyz, start it, chat."""
+"""A slow test: the real CPU bundle (built once per session), installed offline from installer.pyz, started,
+asked for a chat."""
 
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from installer.build import REPO
-from installer.pack import generate_key_pair
+from tests.installer.conftest import CpuBundle
 from tests.installer.helpers import run_installer
 
 READY_TIMEOUT_S = 120.0
@@ -26,45 +25,21 @@ def _port() -> int:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
-    """Build, install offline (openssl path: no cryptography importable), `start`; yield URL, admin key,
-    prefix."""
-    private, public = generate_key_pair(tmp_path / "keys", "release")
-    dist = tmp_path / "dist"
-    built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "installer.build",
-            "bundle",
-            "--profile",
-            "cpu",
-            "--key",
-            str(private),
-            "--version",
-            "7",
-            "--out",
-            str(dist),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert built.returncode == 0, built.stderr[-3000:]
-    assert "members:" in built.stdout
-    bundle, prefix = dist / "appliance-cpu-7.bundle", tmp_path / "prefix"
+def served(tmp_path: Path, cpu_bundle: CpuBundle) -> Iterator[tuple[str, str, Path]]:
+    """Install the session's CPU bundle offline (openssl path: no cryptography importable), `start`; yield
+    URL, admin key, prefix."""
+    prefix = tmp_path / "prefix"
     done = run_installer(
         "install",
-        str(bundle),
+        str(cpu_bundle.bundle),
         "--prefix",
         str(prefix),
         "--trust",
-        str(public),
+        str(cpu_bundle.public),
         "--python",
         sys.executable,
         no_crypto=True,
-        source=dist / "installer.pyz",
+        source=cpu_bundle.installer,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     # Every model the recipe names is carried (the recipe and ./build.sh setup agree on the files).

@@ -162,8 +162,9 @@ def test_key_rotation_and_revocation(v1: Path, tmp_path: Path, keys: Keys) -> No
 
 
 def test_systemd_unit(tmp_path: Path, keys: Keys) -> None:
-    """--systemd writes a hardened unit pointing at `current` and the data directory, checked by
-    systemd-analyze where present; as root, the data goes to the service user and nothing else does."""
+    """--systemd writes a hardened unit pointing at `current` and the data directory, and the socket unit it
+    is served on, both checked by systemd-analyze where present; as root, the data goes to the service user
+    and nothing else does."""
     bundle = make_bundle(tmp_path / "w", keys["a"][0], Recipe(version=1))
     units, prefix = tmp_path / "units", tmp_path / "p"
     units.mkdir()
@@ -180,6 +181,11 @@ def test_systemd_unit(tmp_path: Path, keys: Keys) -> None:
     assert f"ExecStart={prefix / 'current'}/venv/bin/appliance serve" in unit
     assert f"Environment=APPLIANCE_HOME={prefix / 'data'}\n" in unit
     assert f"User={SERVICE}\n" in unit
+    assert "Requires=appliance.socket\n" in unit
+    # Beside it, the socket systemd keeps open across restarts: the [server] address (defaults here).
+    socket = (units / "appliance.socket").read_text()
+    assert "ListenStream=127.0.0.1:8080\n" in socket
+    assert "IPAddressDeny=any\n" in socket
     assert "systemd-analyze" in done.stderr
     if os.geteuid() == 0:
         service = pwd.getpwnam(SERVICE)

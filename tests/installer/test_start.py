@@ -64,11 +64,13 @@ def _curl(stdout: str) -> str:
 
 
 def _stop_leftover(prefix: Path) -> None:
-    """After the tests: nothing they started keeps running, even if `stop` was never reached or failed."""
+    """After the tests: nothing they started keeps running, even if `stop` was never reached or failed
+    (the socket holder and its appliance each have a session of their own)."""
     _installer("stop", "--prefix", str(prefix))
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        pid = json.loads((prefix / "run" / "appliance.json").read_text())["pid"]
-        os.killpg(pid, signal.SIGKILL)
+    for record in ("appliance.json", "child.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            pid = json.loads((prefix / "run" / record).read_text())["pid"]
+            os.killpg(pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True)

@@ -202,8 +202,8 @@ def test_uninstall_and_doctor_refuse_a_folder_that_is_no_prefix(tmp_path: Path) 
 
 
 def test_doctor_and_uninstall_with_a_unit(tmp_path: Path, bundle: Path, keys: Keys) -> None:
-    """With --systemd: doctor finds the installer's unit (and fails an edited one), says systemd's state
-    could not be read where it does not run; uninstall removes the unit."""
+    """With --systemd: doctor finds the installer's units (and fails an edited one), says systemd's state
+    could not be read where it does not run; uninstall removes both units."""
     prefix, units = tmp_path / "p", tmp_path / "units"
     units.mkdir()
     done = run_installer(
@@ -212,8 +212,9 @@ def test_doctor_and_uninstall_with_a_unit(tmp_path: Path, bundle: Path, keys: Ke
     )
     assert done.returncode == 0, done.stderr
     checked = _doctor(prefix, "--unit-dir", str(units))
-    unit = units / "appliance.service"
+    unit, socket = units / "appliance.service", units / "appliance.socket"
     assert f"ok unit: {unit} is the installer's (service user {SERVICE})" in checked.stdout
+    assert f"ok socket unit: {socket} is the installer's (listens on 127.0.0.1:8080)" in checked.stdout
     if os.geteuid() == 0:  # the install gave the data to the service user and kept the code root's
         assert checked.returncode == 0, checked.stdout
         assert f"owned by {SERVICE}" in checked.stdout
@@ -231,7 +232,9 @@ def test_doctor_and_uninstall_with_a_unit(tmp_path: Path, bundle: Path, keys: Ke
     gone = _uninstall(prefix, "--yes", "--unit-dir", str(units))
     assert gone.returncode == 0, gone.stderr
     assert f"removed: {unit}" in gone.stdout
+    assert f"removed: {socket}" in gone.stdout
     assert not unit.exists()
+    assert not socket.exists()
     assert not prefix.exists()
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -35,6 +37,43 @@ def _ready(box: Box) -> int:
         return int(reply.status)
 
 
+class Load(threading.Thread):
+    """Chat requests one after another (a fresh connection each) while the installer works: what each
+    reply said, and every request that failed (a refused connection among them)."""
+
+    def __init__(self, box: Box) -> None:
+        super().__init__(daemon=True)
+        self.box, self.key = box, box.admin_key()
+        self.replies: list[str] = []
+        self.failed: list[str] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        """Until `done`: a chat, then 20 ms."""
+        body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]}).encode()
+        while not self.done.is_set():
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.box.port}/v1/chat/completions",
+                data=body,
+                headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
+            )
+            try:
+                # Long enough for a restart's gap: the connection waits in the held socket's backlog.
+                with urllib.request.urlopen(request, timeout=120) as reply:  # noqa: S310
+                    self.replies.append(json.loads(reply.read())["choices"][0]["message"]["content"])
+            except OSError as error:
+                self.failed.append(repr(error))
+            time.sleep(0.02)
+
+    def __enter__(self) -> Load:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done.set()
+        self.join(timeout=180)
+
+
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Box]:
     """Version 1 installed and serving (`install --start`)."""
@@ -48,12 +87,19 @@ def serving(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Bo
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 def test_upgrade_of_a_running_service_restarts_it_without_start(serving: Box, keys: Keys) -> None:
-    """`install v2` (no --start) while 1 serves: 1 is stopped before the data step, 2 serves, same key."""
+    """`install v2` (no --start) while 1 serves under load: 1 is stopped before the data step, 2 serves,
+    same key; the port stays open throughout (the socket holder keeps it), so no request fails."""
     before = serving.admin_key()
-    done = _installer(
-        "install", str(_bundle(serving.work, keys["a"][0], 2, serving.port)), "--prefix", str(serving.prefix)
-    )
+    bundle = _bundle(serving.work, keys["a"][0], 2, serving.port)
+    with Load(serving) as load:
+        done = _installer("install", str(bundle), "--prefix", str(serving.prefix))
+        time.sleep(0.5)  # a few requests to version 2 as well
     assert done.returncode == 0, done.stderr
+    assert load.failed == []
+    assert load.replies[0] == "hello from version 1"
+    assert load.replies[-1] == "hello from version 2"
+    holder = json.loads((serving.prefix / "run" / "appliance.json").read_text())["pid"]
+    assert f"starting it on the socket that pid {holder} holds" in done.stderr
     assert done.stderr.index("stopping version 1") < done.stderr.index("step: data")
     assert serving.admin_key() == before
     assert _curl(done.stdout) == "hello from version 2"
@@ -62,12 +108,17 @@ def test_upgrade_of_a_running_service_restarts_it_without_start(serving: Box, ke
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 def test_a_version_that_does_not_become_ready_returns_to_the_previous(serving: Box, keys: Keys) -> None:
-    """A broken v3 (migrates the data to 0002, then exits at once): exit 61, one line naming the return,
-    `current` is 2 again with the data as 2 left it, 2 answers ready and a chat, status says so."""
+    """A broken v3 (migrates the data to 0002, then exits at once) under load: exit 61, one line naming the
+    return, `current` is 2 again with the data as 2 left it, 2 answers ready and a chat, status says so;
+    no request failed meanwhile."""
     bundle = _bundle(serving.work, keys["a"][0], 3, serving.port, serves="broken", revisions=("0001", "0002"))
-    done = _installer("install", str(bundle), "--prefix", str(serving.prefix))
+    with Load(serving) as load:
+        done = _installer("install", str(bundle), "--prefix", str(serving.prefix))
     log = serving.prefix / "run" / "appliance.log"
     assert done.returncode == errors.ServiceError.exit_code, done.stderr
+    # The return too happens on the held socket: requests wait for version 2 rather than fail.
+    assert load.failed == []
+    assert set(load.replies) == {"hello from version 2"}
     assert done.stderr.splitlines()[-1] == (
         "install: version 3 did not become ready (exited with status 1 before it was ready; "
         f"see {log}); returned to version 2, serving"

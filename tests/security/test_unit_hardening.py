@@ -9,9 +9,15 @@ from pathlib import Path
 import pytest
 
 from api.doctor import parse_unit
-from installer.systemd import check_unit, unit_text
+from installer.errors import InstallStepError
+from installer.systemd import check_units, listen_stream, socket_text, unit_text
 
 PREFIX = Path("/opt/appliance")
+
+
+def parse_section(text: str, name: str) -> dict[str, list[str]]:
+    """One section of a unit file: each key with its values in order."""
+    return parse_unit(text.replace("[Service]", "[Service-]").replace(f"[{name}]", "[Service]"))
 
 
 @pytest.fixture(params=[False, True], ids=["cpu", "gpu"])
@@ -69,9 +75,36 @@ def test_systemd_analyze_accepts_every_directive(tmp_path: Path, gpu: bool) -> N
     exe = root / "venv" / "bin" / "appliance"
     exe.write_text("#!/bin/sh\n")
     exe.chmod(0o755)
-    unit = tmp_path / "appliance-check.service"
-    unit.write_text(unit_text(tmp_path, root, (), gpu))
-    assert check_unit(unit) == "checked with systemd-analyze verify"
+    service = unit_text(tmp_path, root, (), gpu)
+    socket = socket_text(tmp_path, "127.0.0.1:8080", ("10.0.0.0/8",))
+    assert check_units(tmp_path / "check", service, socket) == "checked with systemd-analyze verify"
+
+
+def test_the_service_is_handed_its_socket_and_waits_for_an_installer(service: dict[str, list[str]]) -> None:
+    """The service requires the socket unit (which keeps the port open across restarts); a start that
+    socket activation triggers mid-upgrade waits for the installer's data lock (it runs no older version
+    on data being migrated)."""
+    unit = unit_text(PREFIX, PREFIX / "current", (), False)
+    assert "Requires=appliance.socket\n" in unit
+    assert "After=local-fs.target appliance.socket\n" in unit
+    lock = f"exec /usr/bin/flock --shared {PREFIX}/run/data.lock true"
+    assert service["ExecStartPre"] == [f"+/bin/sh -c 'test ! -d {PREFIX}/run || {lock}'"]
+    assert service["TimeoutStartSec"] == ["infinity"]
+
+
+def test_the_socket_unit_listens_on_the_settings_address_behind_the_same_wall() -> None:
+    """ListenStream= is the [server] address (IPv6 bracketed, a port alone for every address); the IP
+    wall of the service stands on the socket too, since systemd, not the service, opens it."""
+    assert listen_stream("127.0.0.1", 8080) == "127.0.0.1:8080"
+    assert listen_stream("::", 8443) == "[::]:8443"
+    assert listen_stream("", 8080) == "8080"
+    with pytest.raises(InstallStepError, match="not an IP address"):
+        listen_stream("appliance.example", 8080)
+    socket = parse_section(socket_text(PREFIX, "10.0.0.5:8443", ("10.0.0.0/8",)), "Socket")
+    assert socket["ListenStream"] == ["10.0.0.5:8443"]
+    assert socket["Backlog"] == ["4096"]
+    assert socket["IPAddressDeny"] == ["any"]
+    assert socket["IPAddressAllow"] == ["127.0.0.1 ::1 10.0.0.0/8"]
 
 
 def test_the_service_user_is_created_and_never_root_or_nobody(monkeypatch: pytest.MonkeyPatch) -> None:
