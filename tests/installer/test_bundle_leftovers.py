@@ -10,14 +10,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 from litestar.testing import AsyncTestClient
 
 from appliance.store.staging import FOLDER_PREFIX, staging_folder
 from tests.api.console import APPLIANCE, run_appliance
 from tests.api.test_console_gpu import gateway_app
+from tests.gguf_files import write_tiny_gguf
 from tests.installer.test_model_bundle import build_model_bundle
 
 Keys = dict[str, tuple[Path, Path]]
@@ -26,15 +25,7 @@ WAIT_STEPS = 12_000  # of 5 ms: a bound on waiting for the import to get that fa
 
 def _big_gguf(path: Path) -> Path:
     """A valid GGUF of 128 MB of zeros: unpacking and encrypting it takes long enough to be caught at it."""
-    writer = gguf.GGUFWriter(path, arch="llama")
-    writer.add_context_length(256)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    writer.add_tensor("token_embd.weight", np.zeros((8_000_000, 8), dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_tiny_gguf(path, rows=8_000_000)
 
 
 def _leftovers(home: Path) -> list[Path]:
