@@ -22,6 +22,7 @@ from api.cli_unlock import register_unlock_commands
 from api.cli_versions import register_version_commands
 from api.doctor import doctor
 from appliance.cli.model_bundle import register_model_bundle_commands
+from appliance.cli.model_serving import register_model_serving_commands
 from appliance.cli.model_settings import register_model_settings_commands
 from appliance.default_settings import write_default_settings
 from appliance.egress import GUARDED_LOOP, install_command_guard
@@ -45,6 +46,7 @@ register_unlock_commands(store_app)
 register_version_commands(models_app)
 register_model_settings_commands(models_app)
 register_model_bundle_commands(models_app)
+register_model_serving_commands(models_app)
 app.command()(doctor)
 
 
@@ -113,8 +115,12 @@ def models_add(
         str | None,
         typer.Option(help="register the file as a new version of an existing model (then `models activate`)"),
     ] = None,
+    disabled: Annotated[
+        bool, typer.Option("--disabled", help="register it without serving it (until `models enable`)")
+    ] = False,
 ) -> None:
-    """Read a GGUF file's header and register it (a new model, or a new version of one)."""
+    """Read a GGUF file's header and register it (a new model, or a new version of one); a running gateway
+    serves a new model within a second."""
     settings, registry = _open()
     settings.store.refuse_unsigned(path)
     model_name = name or path.stem.lower()
@@ -132,6 +138,7 @@ def models_add(
         aliases=tuple(alias or ()),
         chat_template_override=template,
         version=version,
+        status="disabled" if disabled else "enabled",
     )
     registry.audit.record(
         "models.add", outcome="success", target=model.name, detail=f"version {model.version}: {model.path}"
@@ -145,6 +152,7 @@ def models_add(
     typer.echo(
         f"registered {model.name} ({info.architecture}, {info.quantization}, context {info.context_length}, "
         f"chat template: {'yes' if info.chat_template or template else 'no'})"
+        + ("; disabled until `appliance models enable`" if model.status == "disabled" else "")
     )
 
 
