@@ -73,10 +73,14 @@ class LiveModels:
     async def follow(self) -> None:
         """Sync whenever the database changed (or a worker finished retiring), until cancelled."""
         while True:
-            now = await asyncio.to_thread(self._registry.changes.current)
-            if now != self._seen or self._dirty:
-                self._seen, self._dirty = now, False
-                self.sync()
+            try:
+                now = await asyncio.to_thread(self._registry.changes.current)
+                if now != self._seen or self._dirty:
+                    self._seen, self._dirty = now, False
+                    self.sync()
+            except Exception:  # a busy or failing database must not end following it for good
+                log.exception("could not follow a change of the registry; trying again")
+                self._dirty = True
             await asyncio.sleep(POLL_S)
 
     def sync(self) -> None:

@@ -45,7 +45,7 @@ class ModelsScreen(ConsoleScreen):
         table.add_columns(*COLUMNS)
         yield table
         yield Static(
-            "Changes apply at once: an enabled model starts, a disabled one stops once idle.", classes="hint"
+            "Changes apply at once: enabled models start, disabled ones stop once idle.", classes="hint"
         )
         yield Static("", id="models-status", classes="hint", markup=False)  # names, the gateway's errors
         yield ProgressBar(id="import-progress", show_eta=False)
