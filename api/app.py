@@ -37,6 +37,7 @@ from api.state import GatewayState
 from appliance.chain import Chains
 from appliance.hardware import detect_hardware, load_nvml
 from appliance.probe import probe_forever
+from appliance.registry.models import ModelInfo
 from appliance.registry.registry import Registry
 from appliance.serving.live import LiveModels
 from appliance.settings import Settings
@@ -67,7 +68,12 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
         on_restart=lambda name: metrics_.worker_restarts.labels(name).inc(),
         model_source=gate.model_source(),
     )
-    live_models = LiveModels(settings, registry, supervisor, hardware, may_start=gate.may_start)
+
+    def admit(model: ModelInfo) -> None:
+        if settings.store.require_encrypted:
+            store.require_encrypted([model])
+
+    live_models = LiveModels(settings, registry, supervisor, hardware, may_start=gate.may_start, admit=admit)
     chains = Chains(settings, registry)
     gateway = GatewayState(settings, registry, supervisor, metrics_, chains, gate, live_models)
     limits = RequestLimits(settings.limits)

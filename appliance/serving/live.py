@@ -9,8 +9,9 @@ simply what the next start reads. On a change, `sync` compares the enabled model
   name never registered; requests in flight finish on its worker, which stops once idle, as a replaced
   version does (bounded by `server.drain_timeout_s`);
 - an enabled model without a worker is planned beside the running ones (the GPUs they hold and the RAM they
-  take are gone first) and started if it fits; else the planner's reason is logged, audited and kept in
-  `not_started`, where a request for it reads it (503), and it is planned again once the workers change;
+  take are gone first) and started if it fits (and, under `[store] require_encrypted`, is encrypted);
+  else the reason is logged, audited and kept in `not_started`, where a request for it reads it (503),
+  and it is planned again once the workers change;
 - a new alias needs no worker: requests resolve their names through the registry, which reads them live.
 Version activation (blue-green) and routes were live before this; they stay the gateway's own business.
 """
@@ -24,6 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 from appliance.engines.vllm.launch import installed_vllm_version, vllm_problem
+from appliance.errors import ApplianceError
 from appliance.hardware import Hardware
 from appliance.planner import plan_beside, spec_from_model
 from appliance.registry.models import ModelInfo
@@ -44,6 +46,10 @@ def _always(_model: ModelInfo) -> bool:
     return True
 
 
+def _allowed(_model: ModelInfo) -> None:
+    return None
+
+
 class LiveModels:
     """Follows the registry while serving: starts, refuses and withdraws workers as models change."""
 
@@ -55,6 +61,7 @@ class LiveModels:
         hardware: Hardware,
         *,
         may_start: Callable[[ModelInfo], bool] = _always,
+        admit: Callable[[ModelInfo], None] = _allowed,
     ) -> None:
         self._settings = settings
         self._registry = registry
@@ -62,6 +69,9 @@ class LiveModels:
         self._hardware = hardware
         self._may_start = may_start
         """Whether a new worker may start now (not while the encrypted store that holds it is locked)."""
+        self._admit = admit
+        """Raises ApplianceError for a model this gateway must not serve at all (a plain model while
+        `[store] require_encrypted` is on), as `serve` refuses it at start."""
         self._vllm_problem: str | None = None
         self._seen: int | None = None
         self._dirty = True
@@ -149,12 +159,17 @@ class LiveModels:
             self._settings,
             vllm_problem=self._vllm_problem,
         )
-        if not entry.fits or entry.engine not in ENGINE_KINDS:
+        refusal = None if entry.fits and entry.engine in ENGINE_KINDS else entry.reason
+        try:
+            self._admit(model)
+        except ApplianceError as error:
+            refusal = error.message
+        if refusal is not None:
             self._refused[model.name] = (model.id, held)
-            self._supervisor.not_started[model.name] = entry.reason
-            log.warning("not serving %s: %s", model.name, entry.reason)
+            self._supervisor.not_started[model.name] = refusal
+            log.warning("not serving %s: %s", model.name, refusal)
             self._registry.audit.record(
-                SERVE, outcome="failure", target=model.name, detail=f"not started: {entry.reason}"
+                SERVE, outcome="failure", target=model.name, detail=f"not started: {refusal}"
             )
             return
         self._refused.pop(model.name, None)

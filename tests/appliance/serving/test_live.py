@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.errors import ApplianceError
 from appliance.gguf_info import GgufInfo
 from appliance.hardware import Hardware
 from appliance.planner import Plan
@@ -116,3 +117,20 @@ async def test_alias_changes_reach_the_worker_and_a_name_registered_again_gets_a
     assert supervisor.workers["a"].model.path == Path("/m/other.gguf")
     assert "removed and registered again" in _audited(registry, WITHDRAW)[0][2]
     await live.close()
+
+
+async def test_a_model_the_gateway_must_not_serve_is_refused_with_its_reason(tmp_path: Path) -> None:
+    """What `admit` refuses (a plain model under require_encrypted) is refused as one that does not fit."""
+    settings = Settings(home=tmp_path)
+    registry = open_registry(settings.database_path)
+    supervisor = Supervisor(settings, [], Plan(Hardware(), ()))
+
+    def admit(model: ModelInfo) -> None:
+        raise ApplianceError(f"model {model.name!r} is not encrypted")
+
+    live = LiveModels(settings, registry, supervisor, Hardware(), may_start=_never, admit=admit)
+    registry.models.add(Path("/m/a.gguf"), FAKE_GGUF, name="plain")
+    live.sync()
+    assert supervisor.workers == {}
+    assert supervisor.not_started == {"plain": "model 'plain' is not encrypted"}
+    assert _audited(registry, SERVE) == [("plain", "failure", "not started: model 'plain' is not encrypted")]
