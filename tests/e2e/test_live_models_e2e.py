@@ -96,12 +96,18 @@ def _alive(pid: int) -> bool:
 
 def test_a_model_added_with_the_cli_while_serving_answers_within_seconds(running: RunningAppliance) -> None:
     """`appliance models add` in another process; the gateway starts its worker (audited) and serves it,
-    listed by /v1/models, without a restart."""
+    listed by /v1/models, without a restart and without going unready meanwhile."""
     pid_before = running.process.pid
     cli(running.home, "models", "add", str(GEMMA), "--name", LIVE)
-    took = _until(
-        "the added model answers", lambda: _complete(running, LIVE).status_code == 200, SERVE_WITHIN_S
-    )
+    readiness: set[int] = set()
+
+    def served() -> bool:
+        ready = httpx.get(f"{running.base_url}/health/ready", headers=running.headers(), timeout=30)
+        readiness.add(ready.status_code)
+        return _complete(running, LIVE).status_code == 200
+
+    took = _until("the added model answers", served, SERVE_WITHIN_S)
+    assert readiness == {200}, "the node stays ready while the added model loads"
     answer = _client(running).completions.create(model=LIVE, prompt="One, two,", max_tokens=4, temperature=0)
     assert answer.choices[0].text
     assert answer.model == LIVE
