@@ -24,9 +24,8 @@ HELP = """\
 Arrows move in tables, Tab between fields; the mouse works too.
 Enter on a table row shows the whole row, every column in full.
 Changes apply at once (an activation once its checks pass): an
-imported or enabled model starts serving within a second, a
-disabled or removed one takes no new request and its worker stops
-once the requests in flight are done."""
+imported or enabled model serves within a second, a disabled or
+removed one takes no new request; its worker stops once idle."""
 
 
 class HelpScreen(ModalScreen[None]):
