@@ -82,7 +82,7 @@ def _until(what: str, check: Any, within_s: float) -> float:
     started = time.monotonic()
     while not check():
         assert time.monotonic() - started < within_s, f"{what} within {within_s:g} s"
-        time.sleep(0.05)
+        time.sleep(0.1)
     return time.monotonic() - started
 
 
