@@ -50,6 +50,11 @@ def _allowed(_model: ModelInfo) -> None:
     return None
 
 
+def _same_row(a: ModelInfo, b: ModelInfo) -> bool:
+    """Whether two entries are one registry row with one file (aliases and status may differ)."""
+    return (a.id, a.path, a.sha256) == (b.id, b.path, b.sha256)
+
+
 class LiveModels:
     """Follows the registry while serving: starts, refuses and withdraws workers as models change."""
 
@@ -101,10 +106,12 @@ class LiveModels:
             model = enabled.get(name)
             if model is None:
                 self._withdraw(worker, self._why_gone(name))
-            elif model.id != worker.model.id:
+            elif not _same_row(model, worker.model):
                 # Another active version: an activation switches workers itself, on this loop. A row that
-                # is gone means the name was removed and registered again: a model of its own.
-                if models.get(worker.model.id) is None:
+                # is gone (or whose id SQLite gave to a new row) means the name was removed and registered
+                # again: a model of its own.
+                row = models.get(worker.model.id)
+                if row is None or not _same_row(row, worker.model):
                     self._withdraw(worker, "removed and registered again")
                     self._serve(model)
             elif model != worker.model:

@@ -175,7 +175,7 @@ def test_a_model_added_while_serving_is_planned_in_what_the_running_ones_leave()
     beside = plan_beside(small_box, [running], [gguf_7b("second")], SETTINGS)
     assert (beside.engine, beside.fits) == ("llamacpp", True)
     assert beside.needed_bytes <= small_box.cpu.ram_available_bytes - running.needed_bytes
-    big = msgspec.structs.replace(gguf_7b("big"), size_bytes=30 * GIB)
+    big = msgspec.structs.replace(gguf_7b("big"), size_bytes=20 * GIB)
     refused = plan_beside(small_box, [running], [big], SETTINGS)
     assert not refused.fits
     left = (small_box.cpu.ram_available_bytes - running.needed_bytes) / GIB

@@ -5,6 +5,7 @@ end-to-end test drives real workers)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,7 @@ async def test_alias_changes_reach_the_worker_and_a_name_registered_again_gets_a
     assert supervisor.workers["a"] is worker
     assert worker.model.aliases == ("fast",)
     registry.models.remove("a")
-    registry.models.add(Path("/m/other.gguf"), FAKE_GGUF, name="a")
+    registry.models.add(Path("/m/other.gguf"), replace(FAKE_GGUF, sha256="cd" * 32), name="a")
     live.sync()
     assert supervisor.workers["a"] is not worker
     assert supervisor.workers["a"].model.path == Path("/m/other.gguf")
