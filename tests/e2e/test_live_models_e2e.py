@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from tests.awq_folders import write_awq_folder
-from tests.e2e.server import RunningAppliance, cli, start_appliance
+from tests.e2e.server import RunningAppliance, cli, free_port, serve
 
 GEMMA = Path(__file__).resolve().parents[2] / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
 LIVE = "gemma"
@@ -28,6 +28,18 @@ LIVE = "gemma"
 SERVE_WITHIN_S = 60.0
 """Bound on a worker's load on a busy 2-core box; the registry change itself is seen within POLL_S."""
 WITHDRAWN_WITHIN_S = 1.5
+SETTINGS = """
+[server]
+host = "127.0.0.1"
+port = {port}
+drain_timeout_s = 120
+[workers]
+threads = 1
+context_length = 2048
+parallel = 4
+"""
+"""One thread per worker: two workers each decoding on every core of a small box wait on each other's
+OpenMP barriers (see appliance/activation.py), and a stream on the disabled model would crawl."""
 """A disabled model answers 404 this soon after the CLI returns (the gateway polls every 0.25 s)."""
 
 
@@ -36,8 +48,14 @@ def running(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Itera
     """One appliance for the module; streams in flight get two minutes to finish on a withdrawn worker."""
     if not GEMMA.is_file():
         pytest.fail(f"{GEMMA} is missing: run ./build.sh test, which fetches it")
-    server = 'host = "127.0.0.1"\ndrain_timeout_s = 120\n'
-    appliance = start_appliance(tmp_path_factory.mktemp("live") / "home", model_path, server=server)
+    home = tmp_path_factory.mktemp("live") / "home"
+    home.mkdir()
+    port = free_port()
+    (home / "settings.toml").write_text(SETTINGS.format(port=port))
+    cli(home, "models", "add", str(model_path), "--name", "smollm2-135m", "--alias", "default")
+    admin = cli(home, "keys", "create", "--name", "admin", "--role", "admin", "--quiet").strip()
+    user = cli(home, "keys", "create", "--name", "user", "--role", "user", "--quiet").strip()
+    appliance = serve(home, port, admin, user)
     yield appliance
     appliance.stop()
     assert "Traceback" not in appliance.log, appliance.log
@@ -163,7 +181,7 @@ class InFlight:
 def _stream_long(client: openai.OpenAI, seen: InFlight) -> None:
     try:
         stream = client.completions.create(
-            model=LIVE, prompt="1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=300, temperature=0, stream=True
+            model=LIVE, prompt="1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=200, temperature=0, stream=True
         )
         for chunk in stream:
             if chunk.choices and chunk.choices[0].text:
@@ -196,6 +214,7 @@ def test_disabling_under_load_drains_the_stream_and_stops_the_worker(running: Ru
         assert not seen.error, seen.error
         cli(running.home, "models", "disable", LIVE)
         took = _until("a disabled model's 404", lambda: _known(running, LIVE) == 404, WITHDRAWN_WITHIN_S)
+        assert seen.finish_reason is None, "the long stream was still in flight when the model went"
         gone = _complete(running, LIVE)
         assert gone.json() == {
             "error": {
