@@ -51,8 +51,9 @@ def _allowed(_model: ModelInfo) -> None:
 
 
 def _same_row(a: ModelInfo, b: ModelInfo) -> bool:
-    """Whether two entries are one registry row with one file (aliases and status may differ)."""
-    return (a.id, a.path, a.sha256) == (b.id, b.path, b.sha256)
+    """Whether two entries are one registry row with the same weights (aliases, status and the path may
+    differ: a re-encryption moves the stored file, and the running worker keeps the copy it loaded)."""
+    return (a.id, a.sha256) == (b.id, b.sha256)
 
 
 class LiveModels:
