@@ -133,9 +133,9 @@ def test_a_model_added_with_the_cli_while_serving_answers_within_seconds(running
     assert running.process.pid == pid_before, "no restart"
     assert running.process.poll() is None
     assert _engines(running)[LIVE]["state"] == "ready"
-    [served] = _audit(running, "models.serve", LIVE)
-    assert served["outcome"] == "success"
-    assert "worker starting" in served["detail"]
+    [record] = _audit(running, "models.serve", LIVE)
+    assert record["outcome"] == "success"
+    assert "worker starting" in record["detail"]
     print(f"added model served {took:.1f} s after `models add` returned")
 
 
