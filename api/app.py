@@ -38,7 +38,9 @@ from api.state import GatewayState
 from appliance.chain import Chains
 from appliance.hardware import detect_hardware, load_nvml
 from appliance.probe import probe_forever
+from appliance.registry.models import ModelInfo
 from appliance.registry.registry import Registry
+from appliance.serving.live import LiveModels
 from appliance.settings import Settings
 from appliance.store.gate import StoreGate
 from appliance.store.staging import remove_abandoned
@@ -68,7 +70,14 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
         on_restart=lambda name: metrics_.worker_restarts.labels(name).inc(),
         model_source=gate.model_source(),
     )
-    gateway = GatewayState(settings, registry, supervisor, metrics_, Chains(settings, registry), gate)
+
+    def admit(model: ModelInfo) -> None:
+        if settings.store.require_encrypted:
+            store.require_encrypted([model])
+
+    live_models = LiveModels(settings, registry, supervisor, hardware, may_start=gate.may_start, admit=admit)
+    chains = Chains(settings, registry)
+    gateway = GatewayState(settings, registry, supervisor, metrics_, chains, gate, live_models)
     limits = RequestLimits(settings.limits)
     jobs = Jobs()
 
@@ -84,12 +93,15 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
             probing = asyncio.create_task(
                 probe_forever(supervisor, gateway.chains, settings.fallback, metrics_.fallback.probe_done)
             )
+            following = asyncio.create_task(live_models.follow())  # registry changes, while serving
             try:
                 yield
             finally:
-                probing.cancel()
-                await asyncio.gather(probing, return_exceptions=True)
+                for task in (following, probing):
+                    task.cancel()
+                await asyncio.gather(following, probing, return_exceptions=True)
                 await supervisor.stop()
+                await live_models.close()
         finally:
             await asyncio.to_thread(registry.audit.close)  # commits what is queued: nothing is lost
 

@@ -21,16 +21,21 @@ def link_serves(gateway: GatewayState, model: str) -> bool:
 def readiness(gateway: GatewayState) -> tuple[dict[str, Any], int]:
     """The /health/ready body and status.
 
-    Without routes: ready when every planned engine is. With routes: `ready` when every route is served by
-    its primary; `degraded` (still 200, the node answers) when some route is not but at least one route is
-    served by a model; `not_ready` (503) when no model serves any route. A route that is canned by design
-    (no links) does not count; a route left with only its canned answer counts as not served.
+    Without routes: ready when every planned engine is, bar one loading for the first time while another
+    serves (a model added while serving does not make the node unready). With routes: `ready` when every
+    route is served by its primary; `degraded` (still 200, the node answers) when some route is not but at
+    least one route is served by a model; `not_ready` (503) when no model serves any route. A route that is
+    canned by design (no links) does not count; a route left with only its canned answer counts as not
+    served.
     """
     workers = gateway.supervisor.workers.values()
     body: dict[str, Any] = {"engines": {w.model.name: w.state.value for w in workers}}
     routes = gateway.chains.routes
     if not routes:
-        ready = bool(body["engines"]) and all(w.state is WorkerState.READY for w in workers)
+        loading = [w for w in workers if w.state is WorkerState.STARTING and w.restarts == 0]
+        ready = any(w.state is WorkerState.READY for w in workers) and all(
+            w.state is WorkerState.READY or w in loading for w in workers
+        )
         body["status"] = "ready" if ready else "not_ready"
     else:
         serving: dict[str, Any] = {}

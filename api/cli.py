@@ -23,6 +23,7 @@ from api.cli_versions import register_version_commands
 from api.doctor import doctor
 from appliance.cli.code_bundle_models import register_code_bundle_commands
 from appliance.cli.model_bundle import register_model_bundle_commands
+from appliance.cli.model_serving import register_model_serving_commands
 from appliance.cli.model_settings import register_model_settings_commands
 from appliance.default_settings import write_default_settings
 from appliance.egress import GUARDED_LOOP, install_command_guard
@@ -47,6 +48,7 @@ register_version_commands(models_app)
 register_model_settings_commands(models_app)
 register_model_bundle_commands(models_app)
 register_code_bundle_commands(models_app)
+register_model_serving_commands(models_app)
 app.command()(doctor)
 
 
@@ -115,8 +117,12 @@ def models_add(
         str | None,
         typer.Option(help="register the file as a new version of an existing model (then `models activate`)"),
     ] = None,
+    disabled: Annotated[
+        bool, typer.Option("--disabled", help="register it without serving it (until `models enable`)")
+    ] = False,
 ) -> None:
-    """Read a GGUF file's header and register it (a new model, or a new version of one)."""
+    """Read a GGUF file's header and register it (a new model, or a new version of one); a running gateway
+    serves a new model within a second."""
     settings, registry = _open()
     settings.store.refuse_unsigned(path)
     model_name = name or path.stem.lower()
@@ -134,6 +140,7 @@ def models_add(
         aliases=tuple(alias or ()),
         chat_template_override=template,
         version=version,
+        status="disabled" if disabled else "enabled",
     )
     registry.audit.record(
         "models.add", outcome="success", target=model.name, detail=f"version {model.version}: {model.path}"
@@ -147,6 +154,7 @@ def models_add(
     typer.echo(
         f"registered {model.name} ({info.architecture}, {info.quantization}, context {info.context_length}, "
         f"chat template: {'yes' if info.chat_template or template else 'no'})"
+        + ("; disabled until `appliance models enable`" if model.status == "disabled" else "")
     )
 
 

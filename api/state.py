@@ -10,6 +10,7 @@ from api.metrics import GatewayMetrics
 from appliance.activation import Activations
 from appliance.chain import Chains
 from appliance.registry.registry import Registry
+from appliance.serving.live import LiveModels
 from appliance.settings import Settings
 from appliance.store.gate import StoreGate
 from appliance.supervisor import Supervisor
@@ -26,6 +27,8 @@ class GatewayState:
     chains: Chains
     store: StoreGate
     """Whether the encrypted store is unlocked (passphrase mode), and unlocking or locking it."""
+    live: LiveModels
+    """The workers following the registry while serving (models added, enabled, disabled, removed)."""
     drain: Drain = field(default_factory=Drain)
     """Set when shutdown begins; streams still running at its deadline are cut with an error event."""
 

@@ -164,7 +164,9 @@ class Activations:
 
     async def _activate(self, current: ModelInfo, target: ModelInfo) -> Activation:
         log.info("activating %s version %s beside version %s", target.name, target.version, current.version)
-        serving = self._supervisor.workers[current.name]
+        serving = self._supervisor.workers.get(current.name)
+        if serving is None:
+            raise WorkerStartError(f"model {current.name!r} is not being served here (enable it first)")
         full = await _share_cores(serving)
         try:
             candidate = await self._supervisor.start_candidate(target)
@@ -180,6 +182,8 @@ class Activations:
                     f"version {target.version} of {target.name} failed {failed[0].name}: {failed[0].detail}",
                     checks,
                 )
+            if self._supervisor.workers.get(target.name) is not serving:
+                raise WorkerStartError(f"{target.name} was disabled or removed while it was being checked")
             activated = self._models.activate(target.name, target.version)
         except BaseException:
             await self._supervisor.retire(candidate, drain_timeout_s=0)

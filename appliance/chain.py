@@ -68,11 +68,12 @@ class Chains:
         return dict(self._routes)
 
     def resolve(self, name: str) -> Route:
-        """The route `name`, else a one-link chain for the model it names, else ModelNotFoundError."""
+        """The route `name`, else a one-link chain for the enabled model it names, else ModelNotFoundError
+        (a disabled model is not found, as a name never registered)."""
         route = self._routes.get(name)
         if route is not None:
             return route
-        model = self._registry.models.resolve(name)
+        model = self._registry.models.serving(name)
         return Route(model.name, (model.name,), None, False)
 
     def set_route(self, name: str, links: list[str], canned: str | None) -> Route:

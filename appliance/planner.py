@@ -368,3 +368,20 @@ def make_plan(
     if vllm_problem and hardware.gpus:
         notes.append(vllm_problem)
     return Plan(hardware=hardware, models=tuple(placed[name] for name in groups), notes=tuple(notes))
+
+
+def plan_beside(
+    hardware: Hardware,
+    serving: Sequence[ModelPlan],
+    variants: Sequence[ModelSpec],
+    settings: Settings,
+    *,
+    vllm_problem: str = "",
+) -> ModelPlan:
+    """Plan one model added while the `serving` plans run: the GPUs they hold and the RAM they take are
+    gone first, so the new model never displaces (or shares a GPU with) a worker that is running."""
+    planner = _Planner(hardware, settings, vllm_problem)
+    held = {device for plan in serving for device in plan.devices}
+    planner.free_targets = [target for target in planner.free_targets if target.label not in held]
+    planner.ram_left -= sum(plan.needed_bytes for plan in serving if plan.engine == "llamacpp")
+    return planner.place(variants)

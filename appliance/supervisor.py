@@ -28,7 +28,7 @@ from appliance.engines.vllm.launch import VLLM, installed_vllm_version, vllm_pro
 from appliance.errors import ApplianceError
 from appliance.hardware import Hardware
 from appliance.inflight import InFlightTransport
-from appliance.planner import Plan, make_plan, spec_from_model
+from appliance.planner import ModelPlan, Plan, make_plan, spec_from_model
 from appliance.registry.models import ModelInfo
 from appliance.settings import Settings
 from appliance.store.loading import ModelSource, plain_model
@@ -126,6 +126,32 @@ class Supervisor:
             )
             self.workers[model.name] = self._new_worker(launch, kind)
 
+    @property
+    def retiring(self) -> tuple[Worker, ...]:
+        """Workers taken out of serving (a replaced version, a disabled model) still finishing requests."""
+        return tuple(self._retiring)
+
+    def add(self, model: ModelInfo, entry: ModelPlan) -> Worker:
+        """Serve `model` from now on with a worker planned as `entry` (not started yet: see `start`)."""
+        kind = ENGINE_KINDS[entry.engine]
+        in_use = {w.socket_path for w in (*self.workers.values(), *self._retiring, *self._tasks)}
+        socket_path = self._settings.run_dir / f"{model.name}.sock"
+        if socket_path in in_use:  # a worker of an earlier life of this name still drains on it
+            socket_path = self._settings.run_dir / f"{model.name}.{next(self._starts)}.sock"
+        launch = Launch(model=model, plan=entry, socket_path=socket_path, settings=self._settings)
+        worker = self._new_worker(launch, kind)
+        self.not_started.pop(model.name, None)
+        self.workers[model.name] = worker
+        return worker
+
+    def withdraw(self, name: str) -> Worker | None:
+        """Stop routing `name` to its worker at once; the caller retires the worker returned (if any)."""
+        self.not_started.pop(name, None)
+        worker = self.workers.pop(name, None)
+        if worker is not None:
+            self._retiring.add(worker)  # from this moment, so that `stop` reaches it whatever happens next
+        return worker
+
     def _new_worker(self, launch: Launch, kind: EngineKind) -> Worker:
         transport = InFlightTransport(httpx.AsyncHTTPTransport(uds=str(launch.socket_path)))
         timeout = httpx.Timeout(self._settings.limits.request_timeout_s, connect=5.0)
@@ -136,7 +162,7 @@ class Supervisor:
         """The Prometheus text of every ready worker whose kind exports metrics (vLLM's own; llama.cpp's
         counters, KV pool and slots, labelled with the model)."""
         texts = []
-        for worker in self.workers.values():
+        for worker in list(self.workers.values()):  # a copy: a model may be added or withdrawn meanwhile
             if worker.kind.metrics_path is None or worker.state is not WorkerState.READY:
                 continue
             with contextlib.suppress(httpx.HTTPError):
@@ -266,7 +292,8 @@ class Supervisor:
         return replaced
 
     async def retire(self, worker: Worker, drain_timeout_s: float) -> None:
-        """Stop a replaced worker once the requests it is answering are done, or the time is up."""
+        """Stop a replaced or withdrawn worker once the requests it is answering are done, or the time is
+        up."""
         self._retiring.add(worker)
         try:
             with contextlib.suppress(TimeoutError):
@@ -332,7 +359,7 @@ class Supervisor:
         self._stopping = True
         every = [*self.workers.values(), *self._retiring]
         await asyncio.gather(*(self._stop(worker) for worker in every))
-        for worker in self.workers.values():
+        for worker in list(self.workers.values()):
             await worker.client.aclose()
 
 

@@ -110,6 +110,7 @@ def _set_status(
 ) -> dict[str, Any]:
     model = gateway.registry.models.set_status(name, status)
     _audit(request, gateway, action, name)
+    gateway.live.sync()  # now rather than at the next poll: the answer says what is already true
     return _model_object(model)
 
 
@@ -148,27 +149,26 @@ class ConsoleController(Controller):
     async def enable_model(
         self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], name: str
     ) -> dict[str, Any]:
-        """Mark a model enabled; the supervisor serves it from its next start."""
+        """Mark a model enabled; its worker starts at once (if the plan fits it beside the others)."""
         return _set_status(request, gateway, name, "enabled", "models.enable")
 
     @post("/models/{name:str}/disable", status_code=200)
     async def disable_model(
         self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], name: str
     ) -> dict[str, Any]:
-        """Mark a model disabled; the supervisor leaves it out from its next start."""
+        """Mark a model disabled; new requests get 404 at once, its worker stops once idle."""
         return _set_status(request, gateway, name, "disabled", "models.disable")
 
     @delete("/models/{name:str}", status_code=200)
     async def remove_model(
         self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], name: str
     ) -> dict[str, Any]:
-        """Remove a disabled model from the registry; an enabled or served one is refused (409)."""
+        """Remove a disabled model from the registry; an enabled one is refused (409): the console asks for
+        the step that stops its traffic first."""
         model = gateway.registry.models.resolve(name)
-        # Removing a model a worker serves would leave the worker running with no registry entry.
-        if model.status == "enabled" or model.name in gateway.supervisor.workers:
-            raise ConflictError(
-                f"model {name!r} is enabled or being served: disable it and restart first", param="name"
-            )
+        if model.status == "enabled":
+            raise ConflictError(f"model {name!r} is enabled: disable it first", param="name")
         removed = gateway.registry.models.remove(model.name)
         _audit(request, gateway, "models.remove", name)
+        gateway.live.sync()
         return _model_object(removed)

@@ -22,7 +22,7 @@ from appliance.registry.keys import KeyInfo
 from appliance.registry.models import ModelInfo
 from appliance.safe_files import folder_files, is_folder, open_source_file, size_of
 
-SERVED_AFTER_RESTART = "the gateway serves it from its next start"
+SERVED_LIVE = "the gateway serves it within a second, if it fits beside the models it serves"
 ACTIVATE_TO_SERVE = "a new version: activate it to serve it"
 
 
@@ -88,7 +88,7 @@ def model_object(model: ModelInfo, encrypted: bool) -> dict[str, Any]:
         "quantization": model.quantization,
         "size_bytes": model.size_bytes,
         "encrypted": encrypted,
-        "note": SERVED_AFTER_RESTART if model.active else ACTIVATE_TO_SERVE,
+        "note": SERVED_LIVE if model.active else ACTIVATE_TO_SERVE,
     }
 
 

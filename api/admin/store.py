@@ -156,6 +156,8 @@ class StoreController(Controller):
     async def remove_model(
         self, request: Request[KeyInfo, Any, Any], gateway: NamedDependency[GatewayState], name: str
     ) -> dict[str, Any]:
-        """Unregister the model; an encrypted one loses its file and key (a running worker keeps serving)."""
+        """Unregister the model; an encrypted one loses its file and key. New requests get 404 at once; its
+        worker finishes the requests in flight (from the copy it loaded), then stops."""
         model = await _audited(request, gateway, "models.remove", name, lambda: _store(gateway).remove(name))
+        gateway.live.sync()
         return {"name": model.name, "removed": True}

@@ -1,7 +1,8 @@
 """Failover along a route's chain: which link serves a generation, and what happens when one fails.
 
 The rules (docs: README "Fallback chain"):
-- a link whose circuit is open, whose engine is not ready, or (for chat) whose model has no chat template,
+- a link whose model is disabled or removed (`not_serving`), whose circuit is open, whose engine is not
+  ready, or (for chat) whose model has no chat template,
   or a vLLM link without a tool parser for a request that lets the model choose a tool, is skipped;
 - a connection error, a worker crash, a timeout before the first streamed event (while the engine does not
   decode: queued behind others it waits, up to the request timeout), a 5xx or a 429 → the
@@ -33,7 +34,7 @@ from api.openai.relay import SSE_HEADERS, json_response, relay
 from api.state import GatewayState
 from appliance.chain import Route
 from appliance.engines.canned import CANNED_MODEL, canned_body, canned_events
-from appliance.errors import EngineUnavailableError
+from appliance.errors import EngineUnavailableError, ModelNotFoundError
 from appliance.planner import ModelPlan
 from appliance.probe import worker_decode_steps
 from appliance.protocol import ChatCompletionRequest, SamplingRequest
@@ -78,6 +79,8 @@ class _Call:
     path: str
     payload: bytes
     headers: dict[str, str]
+    worker: Worker
+    """Taken when the link is tried: a model withdrawn meanwhile still answers what it was sent."""
 
 
 async def serve_generation(
@@ -89,7 +92,14 @@ async def serve_generation(
     chat = path == "/v1/chat/completions"
     skipped: list[str] = []
     for name in route.links:
-        model = gateway.registry.models.resolve(name)
+        try:
+            model = gateway.registry.models.serving(name)
+        except ModelNotFoundError:  # a link disabled or removed while the route stays
+            if not route.is_route:
+                raise
+            skipped.append(f"{name}=not_serving")
+            gateway.metrics.fallback.failovers.labels(route.name, name, "not_serving").inc()
+            continue
         reason = _skip_reason(gateway, model, body) if route.is_route else None
         if reason is None:
             try:
@@ -154,11 +164,14 @@ async def _try_link(
     skipped: list[str],
 ) -> Response[bytes] | Stream:
     """One attempt on one link; LinkFailed when the next link should be tried."""
+    worker = gateway.supervisor.workers.get(model.name)
+    if worker is None:  # withdrawn (disabled, removed) since the route was resolved
+        raise LinkFailed("not_loaded", counts=False)
     breaker = gateway.chains.breaker(model.name)
     breaker.acquire()  # claims the half-open trial; a plain model name is tried whatever its breaker says
     payload = msgspec.json.encode(body.for_engine(model.name))
     headers = {SERVED_MODEL: model.name, **skip_headers(skipped)}
-    call = _Call(request, gateway, model, path, payload, headers)
+    call = _Call(request, gateway, model, path, payload, headers, worker)
     try:
         served = await (_stream(call) if body.stream else _plain(call))
     except LinkFailed as failed:
@@ -208,7 +221,7 @@ async def _until_opened(call: _Call, work: Awaitable[T]) -> T:
 
 async def _plain(call: _Call) -> Response[bytes]:
     """A non-streamed attempt; it has no first token to time, so it gives up only when the circuit opens."""
-    worker = call.gateway.supervisor.workers[call.model.name]
+    worker = call.worker
     call.headers[SERVED_VERSION] = worker.model.version
     try:
         sent = worker.client.post(call.path, content=call.payload, headers=worker_headers(call.request))
@@ -262,7 +275,7 @@ async def _while_progressing(call: _Call, worker: Worker, work: Awaitable[T]) ->
 async def _open_stream(call: _Call) -> tuple[httpx.Response, AsyncIterator[bytes], bytes] | Response[bytes]:
     """Send the request and read up to the first whole event: (upstream, the rest, the first events), or
     the engine's non-200 answer to return as is. Closes the upstream on any way out but success."""
-    worker = call.gateway.supervisor.workers[call.model.name]
+    worker = call.worker
     call.headers[SERVED_VERSION] = worker.model.version
     sent: list[httpx.Response] = []
 

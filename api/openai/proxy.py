@@ -23,20 +23,20 @@ ModelRequest = TypeVar("ModelRequest", SamplingRequest, EmbeddingRequest)
 
 
 def ready_worker(gateway: GatewayState, model: ModelInfo) -> Worker:
-    """The worker serving `model`, or 503 if it is not running or not ready."""
+    """The worker serving `model`, or 503 if it is not running (with the planner's reason) or not ready."""
     worker = gateway.supervisor.workers.get(model.name)
     if worker is None:
-        raise EngineUnavailableError(
-            f"The model `{model.name}` is registered but not loaded; restart serving."
-        )
+        why = gateway.supervisor.not_started.get(model.name, "it is being started")
+        raise EngineUnavailableError(f"The model `{model.name}` is registered but not loaded: {why}.")
     if worker.state is not WorkerState.READY:
         raise EngineUnavailableError(f"The engine for `{model.name}` is {worker.state.value}; retry shortly.")
     return worker
 
 
 def encode_for_worker(gateway: GatewayState, body: ModelRequest) -> tuple[ModelInfo, bytes]:
-    """Resolve the request's model (404 if unknown) and re-encode the body naming it canonically."""
-    model = gateway.registry.models.resolve(body.model)
+    """Resolve the request's model (404 if unknown or disabled) and re-encode the body naming it
+    canonically."""
+    model = gateway.registry.models.serving(body.model)
     return model, msgspec.json.encode(msgspec.structs.replace(body, model=model.name))
 
 
@@ -47,7 +47,7 @@ async def forward_generation(
     gateway.store.refuse_if_locked()
     route = gateway.chains.resolve(body.model)
     if not route.is_route:
-        ready_worker(gateway, gateway.registry.models.resolve(route.links[0]))
+        ready_worker(gateway, gateway.registry.models.serving(route.links[0]))
     return await serve_generation(request, gateway, body, path)
 
 

@@ -9,11 +9,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.errors import ConflictError, ModelNotFoundError
+from appliance.errors import ConflictError, InvalidRequestError, ModelNotFoundError
 from appliance.gguf_info import GgufInfo
 from appliance.registry.changes import DataVersion, ReadCache
 from appliance.registry.names import check_model_name, check_version
 from appliance.registry.schema import ModelRow, utc_now
+
+MAX_ALIAS_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -92,11 +94,12 @@ class ModelRegistry:
         version: str | None = None,
         model_format: str = "gguf",
         tool_parser: str | None = None,
+        status: str = "enabled",
     ) -> ModelInfo:
         """Register a GGUF file under `name` and `aliases`; a taken name raises ConflictError.
 
         With `version`, a file for a name that exists becomes a new, inactive version of it (it keeps the
-        name's aliases); activating it is a separate step.
+        name's aliases and status); activating it is a separate step. `status` is a new model's.
         """
         wanted = {name, *aliases}
         if len(wanted) != 1 + len(aliases):
@@ -142,7 +145,7 @@ class ModelRegistry:
                 chat_template_override=(
                     chat_template_override if active is None else active.chat_template_override
                 ),
-                status="enabled" if active is None else active.status,
+                status=status if active is None else active.status,
                 tool_parser=tool_parser if tool_parser is not None or active is None else active.tool_parser,
             )
             session.add(row)
@@ -226,13 +229,35 @@ class ModelRegistry:
         return [model for model in self.list() if model.status == "enabled"]
 
     def set_status(self, name: str, status: str) -> ModelInfo:
-        """Mark a model `enabled` or `disabled`; the supervisor reads the status at its next start."""
+        """Mark a model `enabled` or `disabled`; a serving gateway follows within a second (serving/live)."""
         with self._sessions.begin() as session:
             rows = list(session.scalars(select(ModelRow).where(ModelRow.name == name)))
             if not rows:
                 raise ModelNotFoundError(f"The model `{name}` does not exist.", param="name")
             for row in rows:  # every version: an activation carries the status over anyway
                 row.status = status
+            session.flush()
+            return _info(next(row for row in rows if row.active))
+
+    def set_aliases(self, name: str, aliases: tuple[str, ...]) -> ModelInfo:
+        """Give every version of `name` exactly `aliases`; one another model uses raises ConflictError."""
+        if name in aliases or len(set(aliases)) != len(aliases):
+            raise ConflictError("a model's name and aliases must all differ", param="alias")
+        for alias in aliases:
+            if not 0 < len(alias) <= MAX_ALIAS_CHARS or alias != alias.strip():
+                raise InvalidRequestError(f"an alias has 1 to {MAX_ALIAS_CHARS} characters", param="alias")
+        with self._sessions.begin() as session:
+            rows = list(session.scalars(select(ModelRow).where(ModelRow.name == name)))
+            if not rows:
+                raise ModelNotFoundError(f"The model `{name}` does not exist.", param="name")
+            for existing in session.scalars(select(ModelRow).where(ModelRow.name != name)):
+                taken = set(aliases) & {existing.name, *existing.aliases}
+                if taken:
+                    raise ConflictError(
+                        f"name {sorted(taken)[0]!r} is already used by model {existing.name!r}", param="alias"
+                    )
+            for row in rows:
+                row.aliases = list(aliases)
             session.flush()
             return _info(next(row for row in rows if row.active))
 
@@ -281,6 +306,14 @@ class ModelRegistry:
     def resolve(self, name: str) -> ModelInfo:
         """The model a request's `model` names, by name or alias, or ModelNotFoundError."""
         for model in self.list():
+            if name in model.public_names:
+                return model
+        raise ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
+
+    def serving(self, name: str) -> ModelInfo:
+        """The enabled model a request's `model` names; a disabled or removed one is not found, exactly as
+        a name that was never registered (a request cannot tell them apart)."""
+        for model in self.enabled():
             if name in model.public_names:
                 return model
         raise ModelNotFoundError(f"The model `{name}` does not exist.", param="model")

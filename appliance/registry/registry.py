@@ -23,6 +23,8 @@ class Registry:
     audit: AuditLog
     routes: RouteStore
     store_keys: StoreKeys
+    changes: DataVersion
+    """Changes whenever any process commits to the database: what a serving gateway polls to follow it."""
 
 
 def open_registry(database_path: Path) -> Registry:
@@ -35,4 +37,5 @@ def open_registry(database_path: Path) -> Registry:
         AuditLog(sessions),
         RouteStore(sessions),
         StoreKeys(sessions),
+        changes,
     )

@@ -17,6 +17,7 @@ from typing import Literal
 
 from appliance.engines.kind import Launch
 from appliance.errors import ConflictError, InvalidRequestError
+from appliance.registry.models import ModelInfo
 from appliance.registry.registry import Registry
 from appliance.store.keys import Kek, make_non_dumpable, passphrase_kek, scrypt_cost
 from appliance.store.loading import ModelSource, sealed_model_source
@@ -83,6 +84,10 @@ class StoreGate:
         """The workers `serve` may start now: all of them, or while locked only those of plain models."""
         encrypted = set(self.encrypted_workers(supervisor)) if self.locked else set()
         return [name for name in supervisor.workers if name not in encrypted]
+
+    def may_start(self, model: ModelInfo) -> bool:
+        """Whether a worker of `model` may start now: not while the store that holds it is locked."""
+        return not (self.locked and self.store().is_encrypted(model))
 
     def refuse_if_locked(self) -> None:
         """Raise 503 `store_locked` while the store is locked (every model request checks this first)."""

@@ -144,3 +144,29 @@ def test_models_add_real_model_then_list_and_clashes(model_path: Path, tmp_path:
     assert "chat template: yes" in with_template.stdout
     names = [row.split()[0] for row in run_appliance("models", "list").stdout.splitlines()[1:]]
     assert names == ["m", "t"]
+
+
+def test_models_enable_disable_and_alias(tmp_path: Path) -> None:
+    """`models add --disabled`, `enable`, `disable` and `alias --add/--remove` change the registry (what a
+    running gateway follows) and say so; a wrong alias or nothing to change is one error line."""
+    tiny = write_tiny_gguf(tmp_path / "tiny.gguf")
+    added = run_appliance("models", "add", str(tiny), "--name", "t", "--disabled")
+    assert "disabled until `appliance models enable`" in added.stdout, added.stderr
+
+    def row() -> list[str]:
+        return run_appliance("models", "list").stdout.splitlines()[1].split()
+
+    assert row()[-1] == "disabled"
+    assert "enabled t" in run_appliance("models", "enable", "t").stdout
+    assert row()[-1] == "enabled"
+    aliased = run_appliance("models", "alias", "t", "--add", "x", "--add", "y")
+    assert "t: aliases x, y" in aliased.stdout, aliased.stderr
+    assert row()[2] == "x,y"
+    assert "t: aliases y" in run_appliance("models", "alias", "x", "--remove", "x").stdout
+    assert "has no alias 'z'" in _assert_one_error_line(
+        run_appliance("models", "alias", "t", "--remove", "z")
+    )
+    assert "nothing to change" in _assert_one_error_line(run_appliance("models", "alias", "t"))
+    assert "disabled t" in run_appliance("models", "disable", "t").stdout
+    assert row()[-1] == "disabled"
+    assert "does not exist" in _assert_one_error_line(run_appliance("models", "enable", "nope"))

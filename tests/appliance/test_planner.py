@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from appliance.hardware import Gpu, Hardware
-from appliance.planner import GIB, ModelSpec, Plan, estimate_parameters, make_plan
+from appliance.planner import GIB, ModelSpec, Plan, estimate_parameters, make_plan, plan_beside
 from appliance.settings import GpuSettings, Settings, WorkerSettings
 from tests.appliance.model_specs import awq_7b, awq_70b, gguf_7b, machine
 
@@ -164,6 +164,34 @@ def test_gguf_larger_than_ram_does_not_fit() -> None:
     (model,) = plan_one(small_box, huge).models
     assert not model.fits
     assert "of RAM; 32.0 GiB is left for models" in model.reason
+
+
+def test_a_model_added_while_serving_is_planned_in_what_the_running_ones_leave() -> None:
+    """Beside a running GGUF the RAM it takes is gone: a second 7B fits a 32 GiB box only if both do, and
+    the refusal says what is left."""
+    small_box = Hardware(cpu=msgspec.structs.replace(machine("cpu_only").cpu, ram_total_mib=32768))
+    (running,) = plan_one(small_box, gguf_7b("first")).models
+    assert running.fits
+    beside = plan_beside(small_box, [running], [gguf_7b("second")], SETTINGS)
+    assert (beside.engine, beside.fits) == ("llamacpp", True)
+    assert beside.needed_bytes <= small_box.cpu.ram_available_bytes - running.needed_bytes
+    big = msgspec.structs.replace(gguf_7b("big"), size_bytes=20 * GIB)
+    refused = plan_beside(small_box, [running], [big], SETTINGS)
+    assert not refused.fits
+    left = (small_box.cpu.ram_available_bytes - running.needed_bytes) / GIB
+    assert f"of RAM; {left:.1f} GiB is left for models" in refused.reason
+    assert plan_beside(small_box, [], [big], SETTINGS).fits, "alone it would fit"
+
+
+def test_a_model_added_while_serving_never_takes_a_gpu_a_worker_holds() -> None:
+    """On two A100s with one serving a 7B, a new 7B gets the other GPU; with both held it fits nowhere."""
+    two = machine("a100_40gb_x2")
+    (first,) = make_plan(two, [awq_7b("first")], SETTINGS).models
+    second = plan_beside(two, [first], [awq_7b("second")], SETTINGS)
+    assert second.fits
+    assert set(second.devices).isdisjoint(first.devices)
+    third = plan_beside(two, [first, second], [awq_7b("third"), gguf_7b("third")], SETTINGS)
+    assert (third.engine, third.devices) == ("llamacpp", ("CPU",)), "the GGUF variant on the CPU instead"
 
 
 def test_settings_shape_the_budget() -> None:

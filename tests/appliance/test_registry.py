@@ -294,3 +294,48 @@ def test_a_cached_key_still_checks_its_secret_and_records_use(registry: Registry
     unknown = f"{KEY_PREFIX}-000000000000-{created.secret.rsplit('-', 1)[1]}"
     with pytest.raises(AuthenticationError, match="Incorrect"):
         registry.keys.authenticate(unknown)
+
+
+def test_a_disabled_model_is_not_found_for_requests_exactly_as_an_unknown_one(registry: Registry) -> None:
+    """`serving` finds only enabled models; a disabled one raises the very error of a name never
+    registered, while `resolve` (the admin's) still finds it."""
+    registry.models.add(Path("/m/first.gguf"), FAKE_GGUF, name="first", aliases=("alias",))
+    assert registry.models.serving("alias").name == "first"
+    registry.models.set_status("first", "disabled")
+    for name in ("first", "alias"):
+        with pytest.raises(ModelNotFoundError) as disabled:
+            registry.models.serving(name)
+        with pytest.raises(ModelNotFoundError) as unknown:
+            registry.models.serving("never")
+        assert disabled.value.message == unknown.value.message.replace("never", name)
+        assert (disabled.value.param, disabled.value.code) == (unknown.value.param, unknown.value.code)
+    assert registry.models.resolve("first").status == "disabled"
+
+
+def test_a_model_added_disabled_is_listed_but_not_enabled(registry: Registry) -> None:
+    """`status="disabled"` registers a model no gateway serves until it is enabled."""
+    added = registry.models.add(Path("/m/a.gguf"), FAKE_GGUF, name="a", status="disabled")
+    assert added.status == "disabled"
+    assert registry.models.enabled() == []
+    assert registry.models.set_status("a", "enabled").status == "enabled"
+    assert [m.name for m in registry.models.enabled()] == ["a"]
+
+
+def test_aliases_are_set_on_every_version_and_stay_unique(registry: Registry) -> None:
+    """set_aliases replaces a model's aliases (every version's); one another model uses is refused."""
+    registry.models.add(Path("/m/a.gguf"), FAKE_GGUF, name="a", aliases=("old",))
+    registry.models.add(Path("/m/a2.gguf"), FAKE_GGUF, name="a", version="2")
+    registry.models.add(Path("/m/b.gguf"), FAKE_GGUF, name="b", aliases=("bee",))
+    assert registry.models.set_aliases("a", ("new", "other")).aliases == ("new", "other")
+    assert [v.aliases for v in registry.models.versions("a")] == [("new", "other"), ("new", "other")]
+    assert registry.models.resolve("new").name == "a"
+    with pytest.raises(ModelNotFoundError):
+        registry.models.resolve("old")
+    for taken in ("b", "bee"):
+        with pytest.raises(ConflictError, match="already used by model 'b'"):
+            registry.models.set_aliases("a", (taken,))
+    with pytest.raises(ConflictError, match="must all differ"):
+        registry.models.set_aliases("a", ("a",))
+    with pytest.raises(ModelNotFoundError):
+        registry.models.set_aliases("missing", ("x",))
+    assert registry.models.set_aliases("a", ()).aliases == ()

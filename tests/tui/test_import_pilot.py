@@ -45,7 +45,7 @@ async def test_import_encrypts_the_file_and_lists_the_model(
 
         status = app.screen.query_one("#models-status", Static)
         await until(pilot, lambda: "imported-smol imported" in str(status.render()), "the finished import")
-        assert "next start" in str(status.render())
+        assert "the gateway serves it now" in str(status.render())
         assert not app.screen.query_one("#import-progress", ProgressBar).display
         await until(pilot, lambda: any(r[0] == "imported-smol" for r in rows(table)), "the new row")
         row = next(r for r in rows(table) if r[0] == "imported-smol")

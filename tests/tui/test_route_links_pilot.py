@@ -68,10 +68,10 @@ def console(gateway: RunningAppliance) -> ConsoleApp:
 async def test_an_added_link_serves_when_the_first_link_has_no_worker(
     gateway: RunningAppliance, model_path: Path
 ) -> None:
-    """Route `grow` starts with a registered model no worker serves, so the canned answer replies;
+    """Route `grow` starts with a registered (disabled) model no worker serves, so the canned answer replies;
     a adds the served model below it, and after the save that model answers."""
-    # Registered after the gateway started: listed, but served only after the next start.
-    cli(gateway.home, "models", "add", str(model_path), "--name", "idle-link")
+    # Registered disabled: listed and linkable, but no worker serves it.
+    cli(gateway.home, "models", "add", str(model_path), "--name", "idle-link", "--disabled")
     put_route(gateway, "grow", ["idle-link"])
     assert served_by(gateway, "grow") == CANNED
 

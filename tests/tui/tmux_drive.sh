@@ -36,7 +36,7 @@ tmux new-session -d -s "$session" -x 120 -y 40 \
 wait_for "engines ready"
 wait_for "smollm2-135m"
 tmux send-keys -t "$session" 2
-wait_for "Enabling and disabling"
+wait_for "Changes apply at once"
 tmux send-keys -t "$session" 4
 wait_for "events"
 tmux send-keys -t "$session" "?"

@@ -23,9 +23,9 @@ HELP = """\
 
 Arrows move in tables, Tab between fields; the mouse works too.
 Enter on a table row shows the whole row, every column in full.
-Changes apply at once (an activation once its checks pass),
-except imported, enabled and disabled models: the gateway serves
-those from its next start."""
+Changes apply at once (an activation once its checks pass): an
+imported or enabled model serves within a second, a disabled or
+removed one takes no new request; its worker stops once idle."""
 
 
 class HelpScreen(ModalScreen[None]):

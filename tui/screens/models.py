@@ -30,8 +30,8 @@ class ModelsScreen(ConsoleScreen):
     # Short words, so that every hint fits in 80 columns; the tooltips and the help say them in full.
     BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
         Binding("i", "import", "Import", tooltip="Import a model file or folder"),
-        Binding("e", "enable", "On", tooltip="Enable the model (from the next start)"),
-        Binding("d", "disable", "Off", tooltip="Disable the model (from the next start)"),
+        Binding("e", "enable", "On", tooltip="Enable the model: served at once"),
+        Binding("d", "disable", "Off", tooltip="Disable the model: no new requests"),
         Binding("v", "verify", "Verify", tooltip="Decrypt and hash the model end to end"),
         Binding("a", "versions", "Versions", tooltip="Activate another version, or roll back"),
         Binding("x", "remove", "Del", tooltip="Remove the model from the registry (asks first)"),
@@ -44,7 +44,9 @@ class ModelsScreen(ConsoleScreen):
         table: DataTable[Text] = DataTable(id="models", cursor_type="row", zebra_stripes=True)
         table.add_columns(*COLUMNS)
         yield table
-        yield Static("Enabling and disabling apply at the gateway's next start.", classes="hint")
+        yield Static(
+            "Changes apply at once: enabled models start, disabled ones stop once idle.", classes="hint"
+        )
         yield Static("", id="models-status", classes="hint", markup=False)  # names, the gateway's errors
         yield ProgressBar(id="import-progress", show_eta=False)
         # No total: an activation reports no progress, the moving bar only says it is still working.
@@ -105,7 +107,8 @@ class ModelsScreen(ConsoleScreen):
             return
         if not await self.act(self.source.set_model_enabled(name, enabled), "models"):
             return
-        self.notify(f"{name} {'enabled' if enabled else 'disabled'} (applies at the next start)")
+        done = "enabled: its worker starts now" if enabled else "disabled: its worker stops once idle"
+        self.notify(f"{name} {done}")
         self.reload()
 
     def action_enable(self) -> None:
@@ -229,8 +232,8 @@ class ModelsScreen(ConsoleScreen):
         if choice.bundle:
             names = [str(model["name"]) for model in (job.result or {}).get("models", [])]
             what, how = ", ".join(names) or choice.name, "from the signed bundle, encrypted into the store"
-        status.update(f"{what} imported ({how}); the gateway serves it from its next start.")
-        self.notify(f"{what} imported; served after the next start", title="import")
+        status.update(f"{what} imported ({how}); the gateway serves it now (see Engines).")
+        self.notify(f"{what} imported; served now", title="import")
         self.reload()
 
     async def _import_step(self, call: Awaitable[Job], choice: ImportChoice) -> Job | None:

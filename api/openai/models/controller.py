@@ -26,5 +26,5 @@ async def list_models(gateway: NamedDependency[GatewayState]) -> dict[str, Any]:
 
 @get("/v1/models/{model_id:str}")
 async def retrieve_model(model_id: str, gateway: NamedDependency[GatewayState]) -> dict[str, Any]:
-    """One model by name or alias; an unknown id is 404 model_not_found."""
-    return _model_object(model_id, gateway.registry.models.resolve(model_id))
+    """One enabled model by name or alias; an unknown (or disabled) id is 404 model_not_found."""
+    return _model_object(model_id, gateway.registry.models.serving(model_id))

@@ -22,7 +22,10 @@ def _serving_model(gateway: GatewayState, name: str) -> ModelInfo:
     """The model that would answer `name` now: a route's first link whose engine is ready (its tokenizer is
     the one a completion would use), else its first link, whose worker then says why it cannot."""
     route = gateway.chains.resolve(name)
-    models = [gateway.registry.models.resolve(link) for link in route.links]
+    enabled = {model.name: model for model in gateway.registry.models.enabled()}
+    models = [enabled[link] for link in route.links if link in enabled]
+    if not models:  # no link serves (disabled or removed): the first one's 404
+        return gateway.registry.models.serving(route.links[0])
     for model in models:
         worker = gateway.supervisor.workers.get(model.name)
         if worker is not None and worker.state is WorkerState.READY:
