@@ -116,7 +116,7 @@ def serve_rolled_back(
         return start_serving(prefix, unit_dir, timeout_s, report, keep_socket=True)
     except InstallerError as error:
         changed = restored or db_revision(prefix.registry_db()) != revision
-        _return_and_serve(prefix, unit_dir, timeout_s, report, error, versions[::-1], "rollback", changed)
+        _return_and_serve(prefix, unit_dir, timeout_s, report, error, versions, "rollback", changed)
 
 
 def _return_and_serve(

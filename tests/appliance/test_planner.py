@@ -208,8 +208,8 @@ def test_settings_shape_the_budget() -> None:
         0.8,
     )
     (cpu_model,) = plan_one(machine("cpu_only"), gguf_7b(), settings=settings).models
-    assert (cpu_model.threads, cpu_model.context_length, cpu_model.concurrency) == (3, 2048, 12)
-    assert cpu_model.kv_pool_tokens == 12 * 2048  # room for every slot's whole context
+    assert (cpu_model.threads, cpu_model.context_length, cpu_model.concurrency) == (3, 2048, 16)
+    assert cpu_model.kv_pool_tokens == 16 * 2048  # room for every slot's whole context
 
 
 def test_each_request_gets_the_trained_context_and_the_slots_share_a_pool() -> None:

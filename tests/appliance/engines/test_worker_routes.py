@@ -28,8 +28,8 @@ def test_health_reports_the_model_and_its_context(model: LoadedModel) -> None:
     with TestClient(create_worker_app(model)) as client:
         health = client.get("/health").json()
     assert health == {
-        "status": "ok", "model": "smollm2-135m", "context_length": 512, "slots": 8,
-        "kv_pool_tokens": 8 * 512, "kv_pool_used": 0, "kv_layout": "own_streams",
+        "status": "ok", "model": "smollm2-135m", "context_length": 512, "slots": 16,
+        "kv_pool_tokens": 16 * 512, "kv_pool_used": 0, "kv_layout": "own_streams",
     }  # fmt: skip
 
 
