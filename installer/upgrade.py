@@ -107,10 +107,11 @@ def serve_rolled_back(
     report: Report,
     versions: tuple[int, int],
     restored: bool,
-) -> Started:  # versions: (target, came_from)
-    """Serve the older version a rollback made current; when it does not become ready, return to the
-    version the rollback came from, its registry put back only if the rollback `restored` data or the older
-    version migrated it, and serve that again: audited, one ReturnedError line (exit 61)."""
+) -> Started:
+    """Serve the older version a rollback made current (`versions`: it, and the one the rollback came
+    from); when it does not become ready, return to the version the rollback came from, its registry put
+    back only if the rollback `restored` data or the older version migrated it, and serve that again:
+    audited, one ReturnedError line (exit 61)."""
     revision = db_revision(prefix.registry_db())
     try:
         return start_serving(prefix, unit_dir, timeout_s, report, keep_socket=True)

@@ -18,6 +18,15 @@ APPLIANCE = str(Path(sys.executable).parent / "appliance")
 READY_TIMEOUT_S = 120.0
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with `pid` still exists (a worker the test watches stop)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
     with socket.socket() as probe:

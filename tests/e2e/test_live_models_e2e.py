@@ -7,7 +7,6 @@ a model that cannot fit is refused with the planner's reason, audited, and a cle
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import openai
 import pytest
 
 from tests.awq_folders import write_awq_folder
-from tests.e2e.server import RunningAppliance, cli, free_port, serve
+from tests.e2e.server import RunningAppliance, cli, free_port, process_alive, serve
 
 GEMMA = Path(__file__).resolve().parents[2] / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
 LIVE = "gemma"
@@ -102,14 +101,6 @@ def _until(what: str, check: Any, within_s: float) -> float:
         assert time.monotonic() - started < within_s, f"{what} within {within_s:g} s"
         time.sleep(0.1)
     return time.monotonic() - started
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_model_added_with_the_cli_while_serving_answers_within_seconds(running: RunningAppliance) -> None:
@@ -224,12 +215,12 @@ def test_disabling_under_load_drains_the_stream_and_stops_the_worker(running: Ru
         }
         assert gone.json()["error"]["code"] == "model_not_found"
         assert LIVE not in [m.id for m in _client(running).models.list()]
-        assert _alive(pid), "the worker still answers the stream in flight"
+        assert process_alive(pid), "the worker still answers the stream in flight"
         long.join(timeout=180)
         assert not long.is_alive()
         assert seen.error == "", "the stream in flight finished"
         assert seen.finish_reason in {"stop", "length"}
-        _until("the disabled model's worker exits", lambda: not _alive(pid), 30)
+        _until("the disabled model's worker exits", lambda: not process_alive(pid), 30)
         done_while_disabled = load.done
         _until("more chats on the other model", lambda: load.done > done_while_disabled + 2, 60)
     finally:
@@ -279,7 +270,7 @@ def test_removing_a_served_model_stops_its_worker(running: RunningAppliance) -> 
     cli(running.home, "models", "remove", LIVE)
     _until("a removed model's 404", lambda: _known(running, LIVE) == 404, WITHDRAWN_WITHIN_S)
     assert _complete(running, LIVE).status_code == 404
-    _until("the removed model's worker exits", lambda: not _alive(pid), 30)
+    _until("the removed model's worker exits", lambda: not process_alive(pid), 30)
     assert LIVE not in _engines(running)
     assert "removed" in _audit(running, "models.withdraw", LIVE)[0]["detail"]
 

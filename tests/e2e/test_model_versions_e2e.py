@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import openai
 
-from tests.e2e.server import APPLIANCE, RunningAppliance, cli, start_appliance
+from tests.e2e.server import APPLIANCE, RunningAppliance, cli, process_alive, start_appliance
 
 SERVED_VERSION = "x-served-model-version"
 
@@ -46,14 +46,6 @@ def _audit(running: RunningAppliance, action: str) -> list[dict[str, object]]:
         f"{running.base_url}/admin/audit", params={"limit": 50}, headers=running.headers(running.admin_key)
     )
     return [event for event in answer.json()["data"] if event["action"] == action]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _add_version(running: RunningAppliance, model_path: Path, version: str) -> Path:
@@ -202,9 +194,9 @@ def test_activating_a_good_version_under_load_then_rolling_back(tmp_path: Path, 
         assert (engine["version"], engine["state"]) == ("2", "ready")
         assert engine["pid"] != old_pid
         deadline = time.monotonic() + 30
-        while _alive(old_pid) and time.monotonic() < deadline:
+        while process_alive(old_pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _alive(old_pid), "the replaced worker stops once its requests are done"
+        assert not process_alive(old_pid), "the replaced worker stops once its requests are done"
 
         back = _models_command(running, "rollback", "smollm2-135m")
         assert back.returncode == 0, back.stderr
