@@ -16,6 +16,7 @@ from api.admin.bundle_import import BundleImportController
 from api.admin.console import ConsoleController
 from api.admin.controller import AdminController
 from api.admin.egress import egress_report
+from api.admin.events import admin_events
 from api.admin.imports import ImportController
 from api.admin.jobs import Jobs, JobsController
 from api.admin.lifecycle import ModelVersionsController
@@ -40,6 +41,7 @@ from appliance.hardware import detect_hardware, load_nvml
 from appliance.probe import probe_forever
 from appliance.registry.models import ModelInfo
 from appliance.registry.registry import Registry
+from appliance.serving.events import Events
 from appliance.serving.live import LiveModels
 from appliance.settings import Settings
 from appliance.store.gate import StoreGate
@@ -75,9 +77,16 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
         if settings.store.require_encrypted:
             store.require_encrypted([model])
 
-    live_models = LiveModels(settings, registry, supervisor, hardware, may_start=gate.may_start, admit=admit)
-    chains = Chains(settings, registry)
-    gateway = GatewayState(settings, registry, supervisor, metrics_, chains, gate, live_models)
+    events = Events()
+    live_models = LiveModels(
+        settings, registry, supervisor, hardware, may_start=gate.may_start, admit=admit, events=events
+    )
+    chains = Chains(
+        settings,
+        registry,
+        on_circuit=lambda link, state: events.publish("circuit.changed", link=link, state=state.value),
+    )
+    gateway = GatewayState(settings, registry, supervisor, metrics_, chains, gate, live_models, events=events)
     limits = RequestLimits(settings.limits)
     jobs = Jobs()
 
@@ -135,6 +144,7 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
             ImportController,
             BundleImportController,
             JobsController,
+            admin_events,
             egress_report,
         ],
         state=State({"gateway": gateway}),

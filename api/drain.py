@@ -39,6 +39,7 @@ class Drain:
 
     def __init__(self) -> None:
         self.draining = False
+        self._begun = asyncio.Event()
         self._expired = asyncio.Event()
 
     def begin(self, timeout_s: float) -> None:
@@ -46,7 +47,12 @@ class Drain:
         if self.draining:
             return
         self.draining = True
+        self._begun.set()
         asyncio.get_running_loop().call_later(timeout_s, self._expired.set)
+
+    async def begun(self) -> None:
+        """Return once draining begins: an endless stream (admin events) ends then, not at the deadline."""
+        await self._begun.wait()
 
     @property
     def expired(self) -> bool:

@@ -27,6 +27,9 @@ KNOWN_ROUTES = (
     "/metrics",
     "/admin",
 )
+SUBSCRIPTIONS = ("/admin/events",)
+"""Streams a client holds open for as long as it runs (the console's event stream): not requests in
+flight, which the overview would otherwise show as one busy request for every console open."""
 
 
 def route_label(path: str) -> str:
@@ -70,7 +73,7 @@ def in_flight_middleware(metrics: GatewayMetrics) -> type:
             self.app = app
 
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != ScopeType.HTTP:
+            if scope["type"] != ScopeType.HTTP or scope["path"] in SUBSCRIPTIONS:
                 await self.app(scope, receive, send)
                 return
             in_flight = metrics.in_flight.labels(route_label(scope["path"]))

@@ -10,6 +10,7 @@ from api.metrics import GatewayMetrics
 from appliance.activation import Activations
 from appliance.chain import Chains
 from appliance.registry.registry import Registry
+from appliance.serving.events import Events
 from appliance.serving.live import LiveModels
 from appliance.settings import Settings
 from appliance.store.gate import StoreGate
@@ -31,8 +32,12 @@ class GatewayState:
     """The workers following the registry while serving (models added, enabled, disabled, removed)."""
     drain: Drain = field(default_factory=Drain)
     """Set when shutdown begins; streams still running at its deadline are cut with an error event."""
+    events: Events = field(default_factory=Events)
+    """What happened to the served models, for `GET /admin/events`."""
 
     @cached_property
     def activations(self) -> Activations:
         """Activating and rolling back model versions (blue-green) in this gateway."""
-        return Activations(self.settings, self.registry.models, self.supervisor, self.chains)
+        return Activations(
+            self.settings, self.registry.models, self.supervisor, self.chains, events=self.events
+        )

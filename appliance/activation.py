@@ -18,6 +18,7 @@ from appliance.chain import Chains
 from appliance.errors import ConflictError
 from appliance.probe import probe_worker
 from appliance.registry.models import ModelInfo, ModelRegistry
+from appliance.serving.events import Events
 from appliance.settings import ActivationCheck, Settings
 from appliance.supervisor import Supervisor, Worker, WorkerStartError, WorkerState
 
@@ -129,9 +130,16 @@ class Activations:
     """Activating and rolling back model versions in a running gateway, one activation per model at a time."""
 
     def __init__(
-        self, settings: Settings, models: ModelRegistry, supervisor: Supervisor, chains: Chains
+        self,
+        settings: Settings,
+        models: ModelRegistry,
+        supervisor: Supervisor,
+        chains: Chains,
+        *,
+        events: Events | None = None,
     ) -> None:
         self._settings = settings
+        self._events = events if events is not None else Events()
         self._models = models
         self._supervisor = supervisor
         self._chains = chains
@@ -140,6 +148,21 @@ class Activations:
 
     async def activate(self, name: str, version: str) -> Activation:
         """Serve `version` of `name` if it loads and passes every check; else raise and change nothing."""
+        return self._announce("model.activated", await self._switch(name, version))
+
+    async def rollback(self, name: str) -> Activation:
+        """Go back to the version that served before the current one, with the same checks."""
+        current = self._models.resolve(name)
+        previous = self._models.previous(current.name).version
+        return self._announce("model.rolled_back", await self._switch(current.name, previous))
+
+    def _announce(self, kind: str, done: Activation) -> Activation:
+        self._events.publish(
+            kind, model=done.model.name, version=done.model.version, replaced_version=done.replaced_version
+        )
+        return done
+
+    async def _switch(self, name: str, version: str) -> Activation:
         current = self._models.resolve(name)
         target = self._models.version(current.name, version)
         if target.active:
@@ -156,11 +179,6 @@ class Activations:
             return await self._activate(current, target)
         finally:
             self._busy.discard(current.name)
-
-    async def rollback(self, name: str) -> Activation:
-        """Go back to the version that served before the current one, with the same checks."""
-        current = self._models.resolve(name)
-        return await self.activate(current.name, self._models.previous(current.name).version)
 
     async def _activate(self, current: ModelInfo, target: ModelInfo) -> Activation:
         log.info("activating %s version %s beside version %s", target.name, target.version, current.version)

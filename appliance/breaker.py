@@ -7,6 +7,8 @@ Invariants:
   opens it again for a full cooldown.
 - A failed deep probe opens the circuit at once, whatever its state; a passed probe closes it, because a
   probe is a real inference and so as good a trial as any request.
+- `on_change` hears each state a caller can see, once, in order. OPEN turns HALF_OPEN by the clock alone,
+  so that one is told when it is first seen (the next request, probe or `state` read), not at the instant.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ class BreakerState(StrEnum):
 class CircuitBreaker:
     """Counts consecutive failures of one link and decides whether it may take a request."""
 
-    def __init__(self, failure_threshold: int, cooldown_s: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        failure_threshold: int,
+        cooldown_s: float,
+        clock: Callable[[], float],
+        on_change: Callable[[BreakerState], None] | None = None,
+    ) -> None:
+        self._on_change = on_change
+        self._told = BreakerState.CLOSED
         self._threshold = max(1, failure_threshold)
         self._cooldown_s = cooldown_s
         self._clock = clock
@@ -40,6 +50,18 @@ class CircuitBreaker:
     @property
     def state(self) -> BreakerState:
         """The state now, the cooldown taken into account."""
+        return self._tell()
+
+    def _tell(self) -> BreakerState:
+        """The state now, told to `on_change` if the last one told differs."""
+        state = self._state_now()
+        if state is not self._told:
+            self._told = state
+            if self._on_change is not None:
+                self._on_change(state)
+        return state
+
+    def _state_now(self) -> BreakerState:
         if not self._open:
             return BreakerState.CLOSED
         if self._clock() - self._opened_at >= self._cooldown_s:
@@ -66,6 +88,7 @@ class CircuitBreaker:
         self._open = False
         self._failures = 0
         self._trial_running = False
+        self._tell()
 
     def record_failure(self) -> None:
         """A request failed for a reason that is the link's fault; enough of them in a row open it."""
@@ -92,3 +115,4 @@ class CircuitBreaker:
         self._open = True
         self._opened_at = self._clock()
         self._trial_running = False
+        self._tell()

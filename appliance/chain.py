@@ -47,8 +47,15 @@ class Chains:
     """The routes of one gateway, the circuit breaker of every link, and the deep probes' last results."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: Settings,
+        registry: Registry,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        on_circuit: Callable[[str, BreakerState], None] | None = None,
     ) -> None:
+        self._on_circuit = on_circuit
+        """Told each link's circuit state as it changes (the gateway publishes `circuit.changed`)."""
         self._fallback = settings.fallback
         self._registry = registry
         self._clock = clock
@@ -104,9 +111,20 @@ class Chains:
         """The circuit breaker of one link, created closed on first use."""
         found = self._breakers.get(model)
         if found is None:
-            found = CircuitBreaker(self._fallback.failure_threshold, self._fallback.cooldown_s, self._clock)
+            found = CircuitBreaker(
+                self._fallback.failure_threshold,
+                self._fallback.cooldown_s,
+                self._clock,
+                on_change=self._teller(model),
+            )
             self._breakers[model] = found
         return found
+
+    def _teller(self, model: str) -> Callable[[BreakerState], None] | None:
+        on_circuit = self._on_circuit
+        if on_circuit is None:
+            return None
+        return lambda state: on_circuit(model, state)
 
     def breaker_states(self) -> dict[str, BreakerState]:
         """The state of every breaker used so far."""

@@ -30,7 +30,7 @@ from litestar import Request, Response
 from litestar.response import Stream
 
 from api.admission import settle_usage, worker_headers
-from api.openai.relay import SSE_HEADERS, json_response, relay
+from api.openai.relay import json_response, relay
 from api.state import GatewayState
 from appliance.chain import Route
 from appliance.engines.canned import CANNED_MODEL, canned_body, canned_events
@@ -40,6 +40,7 @@ from appliance.probe import worker_decode_steps
 from appliance.protocol import ChatCompletionRequest, SamplingRequest
 from appliance.registry.models import ModelInfo
 from appliance.supervisor import Worker, WorkerState
+from appliance.wire.sse import SSE_HEADERS
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from appliance.errors import EngineUnavailableError, appliance_error_body
 from appliance.protocol import Usage
 from appliance.registry.models import ModelInfo
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 USAGE_COMMENT = b": usage "
 """The worker ends each stream with this SSE comment carrying usage; it is read here and not forwarded."""
 

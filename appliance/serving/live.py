@@ -30,6 +30,8 @@ from appliance.hardware import Hardware
 from appliance.planner import plan_beside, spec_from_model
 from appliance.registry.models import ModelInfo
 from appliance.registry.registry import Registry
+from appliance.serving.events import Events
+from appliance.serving.model_changes import RegistryWatch
 from appliance.settings import Settings
 from appliance.supervisor import ENGINE_KINDS, Supervisor, Worker
 
@@ -68,8 +70,10 @@ class LiveModels:
         *,
         may_start: Callable[[ModelInfo], bool] = _always,
         admit: Callable[[ModelInfo], None] = _allowed,
+        events: Events | None = None,
     ) -> None:
         self._settings = settings
+        self._watch = RegistryWatch(events if events is not None else Events())
         self._registry = registry
         self._supervisor = supervisor
         self._hardware = hardware
@@ -102,6 +106,7 @@ class LiveModels:
     def sync(self) -> None:
         """Bring the workers in line with the enabled models now (no await: one consistent step)."""
         models = self._registry.models
+        self._watch.look(models.list())  # model.added|removed|enabled|disabled for the console
         enabled = {model.name: model for model in models.enabled()}
         for name, worker in list(self._supervisor.workers.items()):
             model = enabled.get(name)

@@ -36,9 +36,7 @@ from appliance.protocol import (
     usage,
 )
 from appliance.wire.disconnect import unless_disconnected
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
+from appliance.wire.sse import SSE_HEADERS
 
 MAX_THREADS = 1024
 
