@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -11,6 +12,7 @@ from textual.binding import Binding
 from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 
+from appliance.wire.sse import SseEvent
 from tui.client import AdminApiError, AdminSource, ConnectionLost
 from tui.history import MetricsHistory
 from tui.schemas import Overview
@@ -21,6 +23,11 @@ from tui.screens.models import ModelsScreen
 from tui.screens.overview import OverviewScreen
 from tui.screens.routes import RoutesScreen
 from tui.screens.store import StoreScreen
+
+RECONNECT_S = 1.0
+"""Wait before opening the event stream again after it dropped (the poll raises the banner meanwhile)."""
+REFRESHING_EVENTS = ("model.", "circuit.")
+"""Events after which the overview is fetched at once rather than at the next poll."""
 
 
 class ConsoleApp(App[None]):
@@ -52,6 +59,8 @@ class ConsoleApp(App[None]):
 
     connected: reactive[bool] = reactive(True)
     latest: reactive[Overview | None] = reactive(None, always_update=True)
+    last_event: reactive[SseEvent | None] = reactive(None, always_update=True)
+    """The latest event of the gateway's stream; screens watch it to refresh what it changed."""
 
     def __init__(
         self,
@@ -61,9 +70,12 @@ class ConsoleApp(App[None]):
         history: MetricsHistory | None = None,
         clock: Callable[[], float] = time.monotonic,
         where: str = "",
+        follow_events: bool | None = None,
     ) -> None:
         super().__init__()
         self.source = source
+        self.follow_events = poll_s is not None if follow_events is None else follow_events
+        """Whether to subscribe to the gateway's events (not over fixed data: snapshots stay still)."""
         self.history = history if history is not None else MetricsHistory()
         self.poll_s = poll_s
         self.clock = clock
@@ -74,6 +86,29 @@ class ConsoleApp(App[None]):
         self.poll()
         if self.poll_s is not None:
             self.set_interval(self.poll_s, self.poll)
+        if self.follow_events:
+            self.follow()
+
+    @work(exclusive=True, group="events")
+    async def follow(self) -> None:
+        """Follow the gateway's event stream for as long as the console runs, reconnecting when it drops;
+        a gateway without one (404) leaves the console on its polls."""
+        while True:
+            try:
+                async for event in self.source.events():
+                    self.on_gateway_event(event)
+            except ConnectionLost:
+                pass
+            except AdminApiError as error:
+                if error.status == 404:
+                    return
+            await asyncio.sleep(RECONNECT_S)
+
+    def on_gateway_event(self, event: SseEvent) -> None:
+        """Tell the screens, and fetch the overview now if the event changes what it shows."""
+        self.last_event = event
+        if event.kind.startswith(REFRESHING_EVENTS):
+            self.poll()
 
     @work(exclusive=True, group="poll")
     async def poll(self) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import httpx
 import msgspec
 
+from appliance.wire.residency import KeepAliveSet, ModelLoaded, ModelUnloaded, ResidencyReport
+from appliance.wire.sse import SseEvent, SseReader
 from tui.schemas import (
     Activated,
     AuditEvent,
@@ -27,6 +30,12 @@ from tui.schemas import (
 VERIFY_TIMEOUT_S = 1800.0
 # Activating loads a worker and runs the checks before the answer comes: minutes for a big model.
 ACTIVATION_TIMEOUT_S = 1800.0
+# Loading a model answers once its worker is up (after evicting others): minutes for a big one.
+LOAD_TIMEOUT_S = 1800.0
+# The event stream sends a comment every 15 s: three missed in a row mean the connection is dead.
+EVENTS_READ_TIMEOUT_S = 45.0
+STREAM_OPENED = "stream.opened"
+"""Given by `events()` first on every connection: events may have been missed before it, so re-read."""
 
 
 class ConnectionLost(Exception):
@@ -127,6 +136,26 @@ class AdminSource(Protocol):
 
     async def lock_store(self) -> dict[str, Any]:
         """Lock the store again (running workers keep what they loaded)."""
+        ...
+
+    async def residency(self) -> ResidencyReport:
+        """The memory budget and every enabled model's residency (loaded, idle, cold, ...)."""
+        ...
+
+    async def load_model(self, name: str) -> ModelLoaded:
+        """Load a model now; answers once it is loaded (AdminApiError with the reason if it cannot)."""
+        ...
+
+    async def unload_model(self, name: str) -> ModelUnloaded:
+        """Unload a model now; AdminApiError (409) while it has requests in flight."""
+        ...
+
+    async def set_pinned(self, name: str, pinned: bool) -> KeepAliveSet:
+        """Pin a model (never unloaded while serving) or unpin it (the default keep-alive)."""
+        ...
+
+    def events(self) -> AsyncIterator[SseEvent]:
+        """The gateway's events as they happen, STREAM_OPENED first; ConnectionLost when the stream drops."""
         ...
 
 
@@ -268,3 +297,39 @@ class AdminClient:
         """Lock the store again (running workers keep what they loaded)."""
         body: dict[str, Any] = await self._call("POST", "/admin/store/lock")
         return body
+
+    async def residency(self) -> ResidencyReport:
+        """The memory budget and every enabled model's residency (loaded, idle, cold, ...)."""
+        return msgspec.convert(await self._call("GET", "/admin/residency"), ResidencyReport)
+
+    async def load_model(self, name: str) -> ModelLoaded:
+        """Load a model now; answers once it is loaded (a long call for a big model)."""
+        body = await self._call("POST", f"/admin/models/{name}/load", timeout=LOAD_TIMEOUT_S)
+        return msgspec.convert(body, ModelLoaded)
+
+    async def unload_model(self, name: str) -> ModelUnloaded:
+        """Unload a model now; AdminApiError (409) while it has requests in flight."""
+        return msgspec.convert(await self._call("POST", f"/admin/models/{name}/unload"), ModelUnloaded)
+
+    async def set_pinned(self, name: str, pinned: bool) -> KeepAliveSet:
+        """Pin a model (never unloaded while serving) or unpin it (the default keep-alive)."""
+        body = await self._call("POST", f"/admin/models/{name}/{'pin' if pinned else 'unpin'}")
+        return msgspec.convert(body, KeepAliveSet)
+
+    async def events(self) -> AsyncIterator[SseEvent]:
+        """The gateway's events as they happen, STREAM_OPENED first; ConnectionLost when the stream drops."""
+        timeout = httpx.Timeout(10.0, read=EVENTS_READ_TIMEOUT_S)
+        try:
+            async with self._http.stream("GET", "/admin/events", timeout=timeout) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise AdminApiError(response.status_code, _error_message(response))
+                yield SseEvent(STREAM_OPENED, "", "")
+                reader = SseReader()
+                async for line in response.aiter_lines():
+                    if (event := reader.feed(line.rstrip("\r\n"))) is not None:
+                        yield event
+        except httpx.TransportError as error:
+            lost = f"{self._http.base_url} event stream lost ({type(error).__name__})"
+            raise ConnectionLost(lost) from error
+        raise ConnectionLost(f"{self._http.base_url} ended the event stream")

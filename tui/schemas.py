@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 
+from appliance.wire.residency import ResidencyBudget
+
 
 class Cpu(msgspec.Struct, frozen=True):
     """The host's CPU and memory."""
@@ -97,6 +99,8 @@ class Overview(msgspec.Struct, frozen=True):
     errors: tuple[ErrorEvent, ...] = ()
     routes: tuple[RouteInfo, ...] = ()
     breakers: dict[str, str] = {}
+    residency: ResidencyBudget | None = None
+    """RAM of the budget used and models loaded (None from a gateway without residency)."""
 
 
 class Routes(msgspec.Struct, frozen=True):

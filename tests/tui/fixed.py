@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+from appliance.wire.residency import (
+    GIB,
+    KeepAliveSet,
+    ModelLoaded,
+    ModelUnloaded,
+    ResidencyBudget,
+    ResidencyReport,
+    ResidentModel,
+)
+from appliance.wire.sse import SseEvent
 from tui.app import ConsoleApp
 from tui.history import MetricsHistory
 from tui.schemas import (
@@ -35,6 +46,27 @@ ROUTES = Routes(
         RouteInfo("small", ("smollm2-135m",), None),
     ),
     breakers={"qwen2.5-7b": "open", "smollm2-135m": "closed"},
+)
+BUDGET = ResidencyBudget(
+    ram_budget_bytes=4 * GIB, ram_used_bytes=644_245_094, max_loaded=2, loaded=1, gpus=()
+)
+RESIDENCY = ResidencyReport(
+    budget=BUDGET,
+    data=(
+        ResidentModel(
+            name="smollm2-135m",
+            version="2",
+            state="loaded",
+            engine="llamacpp",
+            devices=("CPU",),
+            memory_bytes=644_245_094,
+            idle_s=42.0,
+            expires_in_s=258.0,
+            keep_alive_s=300.0,
+            loads=3,
+            last_used_at=1769853600.0,
+        ),
+    ),
 )
 OVERVIEW = Overview(
     hardware=Hardware(
@@ -73,6 +105,7 @@ OVERVIEW = Overview(
     ),
     routes=ROUTES.data,
     breakers=ROUTES.breakers,
+    residency=BUDGET,
 )
 MODELS = [
     Model("smollm2-135m", "gguf", "Q4_1", 98_000_000, "enabled", ("default",), "llama", 2048, "2"),
@@ -198,6 +231,27 @@ class FixedSource:
     async def lock_store(self) -> dict[str, Any]:
         """Accept and forget."""
         return STORE_STATUS
+
+    async def residency(self) -> ResidencyReport:
+        """One model loaded and idle, within a 4 GiB budget."""
+        return RESIDENCY
+
+    async def load_model(self, name: str) -> ModelLoaded:
+        """Every load takes 1.5 s."""
+        return ModelLoaded(name=name, load_ms=1500.0, memory_bytes=644_245_094)
+
+    async def unload_model(self, name: str) -> ModelUnloaded:
+        """Accept and forget."""
+        return ModelUnloaded(name=name, state="cold")
+
+    async def set_pinned(self, name: str, pinned: bool) -> KeepAliveSet:
+        """Accept and echo."""
+        return KeepAliveSet(name=name, keep_alive_s=-1.0 if pinned else None, pinned=pinned)
+
+    async def events(self) -> AsyncIterator[SseEvent]:
+        """No events: fixed data never changes."""
+        for event in ():
+            yield event
 
 
 def fixed_app() -> ConsoleApp:

@@ -14,6 +14,7 @@ SIZES = [(80, 24), (120, 40)]
 SCREENS = {
     "overview": ["_"],
     "models": ["2", "_"],
+    "model_unload_confirm": ["2", "_", "u", "_"],
     "model_import": ["2", "_", "i", *"/srv/models/qwen.gguf"],
     "model_versions": ["2", "_", "a", "_"],
     "version_confirm": ["2", "_", "a", "_", "enter", "_"],

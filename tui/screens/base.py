@@ -11,7 +11,8 @@ from textual.binding import ActiveBinding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from tui.client import AdminApiError, AdminSource, ConnectionLost
+from appliance.wire.sse import SseEvent
+from tui.client import STREAM_OPENED, AdminApiError, AdminSource, ConnectionLost
 from tui.screens.row import RowScreen, row_fields
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ class ConnectionBanner(Static):
 
 class ConsoleScreen(Screen[None]):
     """A screen with the common frame; subclasses compose their body and implement `reload`."""
+
+    REFRESH_ON: tuple[str, ...] = ()
+    """Kinds (or prefixes) of the gateway's events after which the screen, while shown, re-reads its data;
+    it also does whenever the event stream (re)opens, since events may have been missed meanwhile."""
 
     def compose(self) -> ComposeResult:
         """Header, banner, the screen's body, footer."""
@@ -74,7 +79,15 @@ class ConsoleScreen(Screen[None]):
     def on_mount(self) -> None:
         """Load once, and again whenever the connection comes back."""
         self.watch(self.app, "connected", self._reconnected, init=False)
+        if self.REFRESH_ON:
+            self.watch(self.app, "last_event", self._event_seen, init=False)
         self.reload()
+
+    def _event_seen(self, event: SseEvent | None) -> None:
+        if event is None or not self.is_current:
+            return  # a screen not shown reads its data when it comes back
+        if event.kind == STREAM_OPENED or event.kind.startswith(self.REFRESH_ON):
+            self.reload()
 
     def on_screen_resume(self) -> None:
         """Coming back to a screen shows fresh data."""

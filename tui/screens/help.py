@@ -12,6 +12,7 @@ HELP = """\
 [b]Screens[/b]  1 overview  2 models  3 keys  4 audit  5 routes
          6 store  ? help  q quit
 [b]Models[/b]   i import a file  e enable  d disable  v verify
+         l load now  u unload (asks first)  p pin or unpin
          a versions: Enter activates one, b rolls back (both ask)
          x remove (asks first)  r refresh
 [b]Keys[/b]     n new key (shown once)  x revoke (asks first)  r refresh

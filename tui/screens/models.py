@@ -11,8 +11,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, ProgressBar, Static
 
+from appliance.wire.residency import ResidencyReport, ResidentModel, budget_line, gib
 from tui.client import AdminApiError, ConnectionLost
 from tui.literal import literal_row
+from tui.residency import residency_cells, unload_question
 from tui.schemas import Activated, Job, Model, StoredModel
 from tui.screens.base import ConsoleScreen
 from tui.screens.confirm import ConfirmScreen
@@ -20,23 +22,35 @@ from tui.screens.import_model import ImportChoice, ImportModelScreen
 from tui.screens.versions import VersionChoice, VersionsScreen
 
 JOB_POLL_S = 0.25
+RESIDENCY_POLL_S = 5.0
+"""A slow re-read of idle times and expiries; loads and unloads arrive as events at once."""
 
-COLUMNS = ("name", "ver", "aliases", "format", "quant", "size MB", "encrypted", "ctx", "status")
+COLUMNS = (
+    "name", "ver", "status", "state", "GiB", "idle", "until",
+    "aliases", "format", "quant", "size MB", "encrypted", "ctx",
+)  # fmt: skip
+"""Residency first after the name: at 80 columns the registry's details are what scrolls off."""
 
 
 class ModelsScreen(ConsoleScreen):
     """The registry as a table; actions apply to the row under the cursor."""
 
     # Short words, so that every hint fits in 80 columns; the tooltips and the help say them in full.
+    # Verify, remove and reload are the rare ones: their keys work and the help lists them, but the
+    # footer has no room left for them beside load, unload and pin.
     BINDINGS = [  # noqa: RUF012 - Textual reads this class attribute as configuration
         Binding("i", "import", "Import", tooltip="Import a model file or folder"),
         Binding("e", "enable", "On", tooltip="Enable the model: served at once"),
         Binding("d", "disable", "Off", tooltip="Disable the model: no new requests"),
-        Binding("v", "verify", "Verify", tooltip="Decrypt and hash the model end to end"),
+        Binding("l", "load", "Load", tooltip="Load the model into memory now"),
+        Binding("u", "unload", "Unload", tooltip="Unload the model now (asks first)"),
+        Binding("p", "pin", "Pin", tooltip="Pin the model (never unloaded), or unpin it"),
+        Binding("v", "verify", "Verify", show=False, tooltip="Decrypt and hash the model end to end"),
         Binding("a", "versions", "Versions", tooltip="Activate another version, or roll back"),
-        Binding("x", "remove", "Del", tooltip="Remove the model from the registry (asks first)"),
-        Binding("r", "reload", "Reload"),
+        Binding("x", "remove", "Del", show=False, tooltip="Remove the model from the registry (asks first)"),
+        Binding("r", "reload", "Reload", show=False),
     ]
+    REFRESH_ON = ("model.",)
 
     def body(self) -> ComposeResult:
         """The registry table and a status line."""
@@ -48,12 +62,26 @@ class ModelsScreen(ConsoleScreen):
             "Changes apply at once: enabled models start, disabled ones stop once idle.", classes="hint"
         )
         yield Static("", id="models-status", classes="hint", markup=False)  # names, the gateway's errors
+        yield Static("", id="models-budget", classes="hint", markup=False)
         yield ProgressBar(id="import-progress", show_eta=False)
         # No total: an activation reports no progress, the moving bar only says it is still working.
         yield ProgressBar(id="activation-progress", total=None, show_eta=False, show_percentage=False)
 
     activating: str | None = None
     """The model whose activation is running, if one is: one at a time from this console."""
+    resident: dict[str, ResidentModel]
+    """The last residency read, by model name (empty when the gateway did not answer it)."""
+
+    def on_mount(self) -> None:
+        """Re-read the residency now and then, a fallback for lost events (Textual runs ConsoleScreen's
+        on_mount after this one: it loads and follows the events)."""
+        self.resident = {}
+        if self.console.poll_s is not None:
+            self.set_interval(RESIDENCY_POLL_S, self._poll_residency)
+
+    def _poll_residency(self) -> None:
+        if self.is_current:
+            self.reload()
 
     def _selected(self) -> str | None:
         table: DataTable[Text] = self.query_one("#models", DataTable)
@@ -61,12 +89,19 @@ class ModelsScreen(ConsoleScreen):
             return None
         return str(table.get_row_at(table.cursor_row)[0])
 
-    def show(self, models: list[Model], stored: list[StoredModel] | None = None) -> None:
-        """Fill the table (size and encryption from the store when it answered), keeping the cursor."""
+    def show(
+        self,
+        models: list[Model],
+        stored: list[StoredModel] | None = None,
+        residency: ResidencyReport | None = None,
+    ) -> None:
+        """Fill the table (size and encryption from the store, state, memory, idle time and expiry from the
+        residency, when they answered), keeping the cursor."""
         table: DataTable[Text] = self.query_one("#models", DataTable)
         row = table.cursor_row
         table.clear()
         in_store = {s.name: s for s in stored or []}
+        self.resident = {r.name: r for r in residency.data} if residency else {}
         for m in models:
             entry = in_store.get(m.name)
             size = entry.size_bytes if entry else m.size_bytes
@@ -75,13 +110,14 @@ class ModelsScreen(ConsoleScreen):
                 *literal_row(
                     m.name,
                     m.version,
+                    m.status,
+                    *residency_cells(self.resident.get(m.name)),
                     ",".join(m.aliases) or "-",
                     m.format,
                     m.quantization,
                     f"{size / 1e6:.1f}",
                     encrypted,
                     m.context_length,
-                    m.status,
                 ),
                 key=m.name,
             )
@@ -94,7 +130,10 @@ class ModelsScreen(ConsoleScreen):
         if models is None:
             return
         stored = await self.call(self.source.stored_models(), "store")
-        self.show(models, stored)
+        residency = await self.call(self.source.residency(), "residency")
+        self.show(models, stored, residency)
+        if residency is not None:
+            self.query_one("#models-budget", Static).update(budget_line(residency.budget))
 
     def action_reload(self) -> None:
         """Refresh from the gateway."""
@@ -118,6 +157,51 @@ class ModelsScreen(ConsoleScreen):
     def action_disable(self) -> None:
         """Disable the selected model."""
         self._set_enabled(False)
+
+    @work(group="models-load")  # not exclusive: loading one model must not cancel loading another
+    async def action_load(self) -> None:
+        """Load the selected model now; the answer comes once it is loaded (others may be evicted)."""
+        name = self._selected()
+        if name is None:
+            return
+        status = self.query_one("#models-status", Static)
+        status.update(f"loading {name}...")
+        done = await self.call(self.source.load_model(name), f"load {name}")
+        if done is None:
+            status.update(f"load {name}: refused (see the message)")
+            return
+        took = "already loaded" if done.load_ms == 0 else f"loaded in {done.load_ms / 1000:.1f} s"
+        status.update(f"{done.name} {took}, {gib(done.memory_bytes)} GiB")
+        self.notify(f"{done.name} {took}", title="load")
+        self.reload()
+
+    @work(exclusive=True, group="models-change")
+    async def action_unload(self) -> None:
+        """Ask, then unload the selected model (refused by the gateway while it has requests in flight)."""
+        name = self._selected()
+        if name is None:
+            return
+        if not await self.app.push_screen_wait(ConfirmScreen(unload_question(name))):
+            return
+        if await self.call(self.source.unload_model(name), f"unload {name}") is None:
+            return
+        self.notify(f"{name} unloaded", title="unload")
+        self.reload()
+
+    @work(exclusive=True, group="models-change")
+    async def action_pin(self) -> None:
+        """Pin the selected model (never unloaded while serving), or unpin it if it is pinned."""
+        name = self._selected()
+        if name is None:
+            return
+        current = self.resident.get(name)
+        pin = current is None or not current.pinned
+        done = await self.call(self.source.set_pinned(name, pin), f"{'pin' if pin else 'unpin'} {name}")
+        if done is None:
+            return
+        said = "pinned: never unloaded while serving" if done.pinned else "unpinned: unloads when idle"
+        self.notify(f"{done.name} {said}", title="pin")
+        self.reload()
 
     @work(exclusive=True, group="models-change")
     async def action_remove(self) -> None:

@@ -8,6 +8,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.widgets import DataTable, Sparkline, Static
 
+from appliance.wire.residency import budget_short
 from tui.chains import chain_content
 from tui.literal import literal_row
 from tui.schemas import Gpu, GpuUsage, Hardware, Overview
@@ -89,8 +90,9 @@ class OverviewScreen(ConsoleScreen):
             self.query_one(f"#{name}-label", Static).update(f"{titles[name]}  {now}")
             self.query_one(f"#{name}-spark", Sparkline).data = list(points)
         ready = sum(1 for e in overview.engines if e.state == "ready")
+        budget = f"   {budget_short(overview.residency)}" if overview.residency is not None else ""
         self.query_one("#queue", Static).update(
-            f"in flight: {overview.in_flight:.0f}   engines ready: {ready}/{len(overview.engines)}"
+            f"in flight: {overview.in_flight:.0f}   engines ready: {ready}/{len(overview.engines)}{budget}"
         )
         table: DataTable[Text] = self.query_one("#engines", DataTable)
         table.clear()
