@@ -12,6 +12,7 @@ from appliance.chain import Chains
 from appliance.registry.registry import Registry
 from appliance.serving.events import Events
 from appliance.serving.live import LiveModels
+from appliance.serving.residency import Residency
 from appliance.settings import Settings
 from appliance.store.gate import StoreGate
 from appliance.supervisor import Supervisor
@@ -30,14 +31,21 @@ class GatewayState:
     """Whether the encrypted store is unlocked (passphrase mode), and unlocking or locking it."""
     live: LiveModels
     """The workers following the registry while serving (models added, enabled, disabled, removed)."""
+    residency: Residency
+    """Which enabled models are loaded, within the memory budget: requests load theirs through it."""
+    events: Events
+    """What happened to the served models (loads, unloads, ...), for `GET /admin/events`."""
     drain: Drain = field(default_factory=Drain)
     """Set when shutdown begins; streams still running at its deadline are cut with an error event."""
-    events: Events = field(default_factory=Events)
-    """What happened to the served models, for `GET /admin/events`."""
 
     @cached_property
     def activations(self) -> Activations:
         """Activating and rolling back model versions (blue-green) in this gateway."""
         return Activations(
-            self.settings, self.registry.models, self.supervisor, self.chains, events=self.events
+            self.settings,
+            self.registry.models,
+            self.supervisor,
+            self.chains,
+            load=self.residency.load,
+            events=self.events,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -136,9 +137,12 @@ class Activations:
         supervisor: Supervisor,
         chains: Chains,
         *,
+        load: Callable[[str], Awaitable[float]] | None = None,
         events: Events | None = None,
     ) -> None:
         self._settings = settings
+        self._load = load
+        """Loads a cold model (residency), so that its new version is checked beside a loaded one."""
         self._events = events if events is not None else Events()
         self._models = models
         self._supervisor = supervisor
@@ -182,6 +186,8 @@ class Activations:
 
     async def _activate(self, current: ModelInfo, target: ModelInfo) -> Activation:
         log.info("activating %s version %s beside version %s", target.name, target.version, current.version)
+        if self._load is not None and current.name not in self._supervisor.workers:
+            await self._load(current.name)  # cold: load the serving version, then switch as for any
         serving = self._supervisor.workers.get(current.name)
         if serving is None:
             raise WorkerStartError(f"model {current.name!r} is not being served here (enable it first)")
