@@ -20,6 +20,7 @@ from api.admin.events import admin_events
 from api.admin.imports import ImportController
 from api.admin.jobs import Jobs, JobsController
 from api.admin.lifecycle import ModelVersionsController
+from api.admin.residency import ResidencyController
 from api.admin.routes import RoutesController
 from api.admin.store import StoreController
 from api.auth import PUBLIC_PATHS, ApiKeyAuthentication
@@ -36,6 +37,7 @@ from api.openai.responses.controller import create_response
 from api.openai.tokenize.controller import detokenize, tokenize
 from api.openapi import document_on_startup, openapi_config
 from api.state import GatewayState
+from appliance.breaker import BreakerState
 from appliance.chain import Chains
 from appliance.hardware import detect_hardware, load_nvml
 from appliance.planner import Plan
@@ -92,11 +94,11 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
     )
     metrics_.residency.watch(residency)
     live_models = LiveModels(settings, registry, supervisor, hardware, residency=residency, events=events)
-    chains = Chains(
-        settings,
-        registry,
-        on_circuit=lambda link, state: events.publish("circuit.changed", link=link, state=state.value),
-    )
+
+    def circuit_changed(link: str, state: BreakerState) -> None:
+        events.publish("circuit.changed", link=link, state=state.value)
+
+    chains = Chains(settings, registry, on_circuit=circuit_changed)
     gateway = GatewayState(
         settings, registry, supervisor, metrics_, chains, gate, live_models, residency, events
     )
@@ -159,6 +161,7 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
             ImportController,
             BundleImportController,
             JobsController,
+            ResidencyController,
             admin_events,
             egress_report,
         ],

@@ -17,6 +17,7 @@ from api.cli_admin import (
     TLS_CLIENT_KEY_VARIABLE,
     gateway_tls,
 )
+from api.cli_residency import pinned_names, register_residency_commands, residency_text
 from api.cli_store import register_store_commands, store_app
 from api.cli_unlock import register_unlock_commands
 from api.cli_versions import register_version_commands
@@ -49,6 +50,7 @@ register_model_settings_commands(models_app)
 register_model_bundle_commands(models_app)
 register_code_bundle_commands(models_app)
 register_model_serving_commands(models_app)
+register_residency_commands(models_app)
 app.command()(doctor)
 
 
@@ -248,15 +250,19 @@ def plan(
         specs: list[ModelSpec] = _read_json(models, list[ModelSpec], "model list")
     else:
         specs = [spec_from_model(m) for m in registry.models.enabled()]
+    problem = ""  # sizing a machine to buy (--hardware): assume the GPU bundle (vLLM) will be on it
     if hardware is not None:
-        # Sizing a machine to buy: assume the GPU bundle (vLLM) will be installed on it.
         made = make_plan(_read_json(hardware, Hardware, "hardware description"), specs, settings)
     else:
         from appliance.engines.vllm.launch import installed_vllm_version, vllm_problem
 
         problem = vllm_problem(installed_vllm_version())
         made = make_plan(detect_hardware(load_nvml()), specs, settings, vllm_problem=problem)
-    typer.echo(msgspec.json.format(msgspec.json.encode(made)).decode() if as_json else _plan_table(made))
+    if as_json:
+        typer.echo(msgspec.json.format(msgspec.json.encode(made)).decode())
+        return
+    pinned = pinned_names(settings, registry.models.enabled()) if models is None else ()
+    typer.echo(_plan_table(made) + "\n\n" + residency_text(made.hardware, specs, settings, pinned, problem))
 
 
 def _print_examples(settings: Settings, key: str) -> None:

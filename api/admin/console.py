@@ -13,6 +13,7 @@ from litestar.di import NamedDependency
 from prometheus_client.core import Metric
 
 from api.admin.controller import engine_objects
+from api.admin.residency import residency_budget
 from api.admin.routes import route_object
 from api.auth import admin_only
 from api.metrics import GatewayMetrics
@@ -143,6 +144,7 @@ class ConsoleController(Controller):
             "errors": errors,
             "routes": [route_object(r) for r in sorted(gateway.chains.routes.values(), key=lambda r: r.name)],
             "breakers": {name: state.value for name, state in gateway.chains.breaker_states().items()},
+            "residency": msgspec.to_builtins(residency_budget(gateway.residency.budget())),
         }
 
     @post("/models/{name:str}/enable", status_code=200)

@@ -10,7 +10,7 @@ the gateway begins to shut down (it must not hold the drain open until its deadl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import msgspec
 from litestar import get
@@ -36,7 +36,7 @@ def event_bytes(event: Event) -> bytes:
 
 async def event_stream(
     events: Events, drain: Drain, keep_alive_s: float = KEEP_ALIVE_S
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Every event published from the first yield on, a keep-alive comment when quiet, until drain begins."""
     subscription = events.subscribe()
     # The next event is awaited in a task of its own, so that waiting for it can time out (a keep-alive)
@@ -59,7 +59,8 @@ async def event_stream(
         for task in (following, ending):
             task.cancel()
         await asyncio.gather(following, ending, return_exceptions=True)
-        await subscription.aclose()
+        if isinstance(subscription, AsyncGenerator):  # one paused at a yield runs its clean-up now
+            await subscription.aclose()
 
 
 @get(EVENTS_PATH, guards=[admin_only])

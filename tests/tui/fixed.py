@@ -250,7 +250,8 @@ class FixedSource:
 
     async def events(self) -> AsyncIterator[SseEvent]:
         """No events: fixed data never changes."""
-        for event in ():
+        nothing: tuple[SseEvent, ...] = ()
+        for event in nothing:
             yield event
 
 

@@ -37,7 +37,7 @@ def test_status_changes_names_each_added_removed_enabled_and_disabled_model() ->
 
 async def _drain(queue: asyncio.Queue[Event]) -> list[tuple[str, object]]:
     await asyncio.sleep(0)
-    seen = []
+    seen: list[tuple[str, object]] = []
     while not queue.empty():
         event = queue.get_nowait()
         seen.append((event.kind, event.fields["model"]))

@@ -57,12 +57,13 @@ def test_budget_lines() -> None:
 
 
 def test_sse_written_then_read_back() -> None:
-    """What the gateway writes, a reader gives back; comments are skipped, multi-line data joined."""
+    """What the gateway writes, a reader gives back; comments are skipped, multi-line data joined, and
+    the last id stays the stream's last event id (as the SSE spec keeps it) until another comes."""
     written = sse_comment("subscribed") + sse_event("model.loaded", 7, b'{"model":"a"}')
     written += b"data: one\ndata: two\n\n"
     reader = SseReader()
     events = [e for line in written.decode().split("\n") if (e := reader.feed(line)) is not None]
-    assert events == [SseEvent("model.loaded", "7", '{"model":"a"}'), SseEvent("message", "", "one\ntwo")]
+    assert events == [SseEvent("model.loaded", "7", '{"model":"a"}'), SseEvent("message", "7", "one\ntwo")]
 
 
 def test_no_max_loaded_reads_as_no_limit() -> None:
