@@ -172,9 +172,8 @@ def explanation_lines(explained: ResidencyExplanation) -> list[str]:
             f"{c.name} ({_gib(c.needed_bytes)}{', pinned' if c.pinned else ''})" for c in explained.together
         )
         count = f"{len(explained.together)} of max {most}" if most else f"{len(explained.together)}"
-        lines.append(
-            f"  fit together: {names}; {explained.ram_used_bytes / GIB:.1f} of {_gib(budget)} RAM, {count} loaded"
-        )
+        used = f"{explained.ram_used_bytes / GIB:.1f} of {_gib(budget)} RAM"
+        lines.append(f"  fit together: {names}; {used}, {count} loaded")
     else:
         lines.append("  fit together: none")
     for outsider in explained.outsiders:

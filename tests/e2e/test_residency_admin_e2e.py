@@ -80,10 +80,16 @@ def _appliance(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_admin_api_load_and_unload_are_told_on_the_event_stream(running: RunningAppliance) -> None:
-    """Loading answers with the load's time and memory once loaded; the stream tells model.loading and
-    model.loaded, then model.unloaded (reason admin) for the unload; residency reads cold again."""
+    """Both models fit, so the gateway loaded both at start: unloading tells model.unloaded (reason
+    admin) and leaves it cold; loading answers with the load's time and memory once loaded, the stream
+    telling model.loading and model.loaded; a second load waits for nothing."""
     with EventTail(running.base_url, running.admin_key) as tail:
         assert tail.headers["content-type"].startswith("text/event-stream")
+        assert _residency(running)["gemma"]["state"] == "loaded"
+        first = _admin(running, "POST", "/admin/models/gemma/unload")
+        assert first.status_code == 200, first.text
+        assert first.json() == {"name": "gemma", "state": "cold"}
+        tail.wait_for("model.unloaded", model="gemma", reason="admin")
         loaded = _admin(running, "POST", "/admin/models/gemma/load")
         assert loaded.status_code == 200, loaded.text
         body = loaded.json()
@@ -190,12 +196,15 @@ def _residency_within(running: RunningAppliance, name: str, **wanted: Any) -> bo
 
 
 def test_cli_refusals_are_one_line_and_fail(running: RunningAppliance, tmp_path: Path) -> None:
-    """A bad name, and a home whose gateway is not running: one line on stderr, exit status 1."""
+    """A bad name, and a home whose gateway is not running: the reason on one line of stderr (after
+    `load`'s progress line), exit status 1, nothing on stdout."""
     for command in ("load", "unload", "pin"):
         refused = _appliance(running.home, "models", command, "nope")
         assert refused.returncode == 1, refused
-        assert len(refused.stderr.strip().splitlines()) == 1
-        assert "nope" in refused.stderr
+        assert refused.stdout == ""
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+        assert errors == [refused.stderr.strip().splitlines()[-1]]
+        assert "`nope` does not exist" in errors[0]
     stopped = tmp_path / "stopped"
     stopped.mkdir()
     (stopped / "settings.toml").write_text(f'[server]\nhost = "127.0.0.1"\nport = {free_port()}\n')
