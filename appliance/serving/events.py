@@ -2,8 +2,8 @@
 
 A gateway publishes an event when a model starts loading, has loaded, failed to load, or was unloaded (and
 why), when a version is activated or rolled back, and when a link's circuit changes state. Subscribers get
-them in order from the moment they subscribe; a subscriber that does not keep up loses the oldest events, never
-slows the publisher: publishing is a few dict operations on the event loop and never awaits.
+them in order from the moment they subscribe; a subscriber that does not keep up loses the oldest events and
+never slows the publisher: publishing is a few dict operations on the event loop and never awaits.
 """
 
 from __future__ import annotations
