@@ -118,7 +118,7 @@ class EngineUnavailableError(ApplianceError):
     status_code = 503
     error_type = "server_error"
     code = "engine_unavailable"
-    retry_after_s = 1
+    retry_after_s: int | None = 1  # children that no retry would help say None
 
 
 class QueueFullError(ApplianceError):

@@ -193,7 +193,8 @@ async def _try_link(
     try:
         worker, waited_ms = await gateway.residency.ensure(model)
     except ApplianceError as error:  # refused, failed to load, no room: no fault of a running engine
-        reason = {ModelLoadError: "load_failed", NoRoomError: "no_room"}.get(type(error), "not_loaded")
+        reasons: dict[type[ApplianceError], str] = {ModelLoadError: "load_failed", NoRoomError: "no_room"}
+        reason = reasons.get(type(error), "not_loaded")
         raise LinkFailed(reason, counts=False, error=error) from error
     release = _once(lambda: gateway.residency.release(model.name))
     breaker = gateway.chains.breaker(model.name)

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +135,7 @@ def _metric(running: RunningAppliance, line_start: str) -> float:
     return float(found[0].rsplit(" ", 1)[1]) if found else 0.0
 
 
-def _complete(running: RunningAppliance, model: str) -> tuple[str, str, httpx.Headers]:
+def _complete(running: RunningAppliance, model: str) -> tuple[str, str, Mapping[str, str]]:
     """A completion through the `openai` client: its text, the model that answered, the headers."""
     raw = _client(running).completions.with_raw_response.create(
         model=model, prompt="The capital of France is", max_tokens=3, temperature=0

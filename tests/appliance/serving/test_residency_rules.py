@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from appliance.errors import InvalidRequestError, SettingsError
 from appliance.hardware import MIB
-from appliance.planner import GIB, ModelPlan
+from appliance.planner import GIB, ModelPlan, make_plan, ram_for_models
 from appliance.registry.models import ModelInfo
 from appliance.serving.residency_rules import (
     Candidate,
@@ -19,13 +20,14 @@ from appliance.serving.residency_rules import (
     expired,
     keep_alive_of,
 )
-from appliance.settings import load_settings
+from appliance.settings import Settings, WorkerSettings, load_settings
 from appliance.settings_residency import (
     PINNED,
     ResidencySettings,
     describe_keep_alive,
     parse_keep_alive,
 )
+from tests.appliance.model_specs import gguf_7b, machine
 from tests.appliance.serving.test_live import FAKE_GGUF
 
 
@@ -126,3 +128,17 @@ def test_residency_settings_are_read_from_the_file(appliance_home: Path) -> None
     (home / "settings.toml").write_text("[residency]\nkeep_alive_s = -3\n")
     with pytest.raises(SettingsError, match="keep_alive"):
         load_settings(home)
+
+
+def test_the_planner_leaves_models_the_ram_budget_not_all_that_is_free() -> None:
+    """A 7B GGUF fits the CPU-only machine's RAM, but not a 4 GiB budget: refused with the budget's figure;
+    a budget above the RAM available changes nothing."""
+    cpu_only = machine("cpu_only")
+    wide = Settings(home=Path("/"), workers=WorkerSettings(kv_pool_tokens=4096))
+    assert make_plan(cpu_only, [gguf_7b()], wide).models[0].fits
+    tight = msgspec.structs.replace(wide, residency=ResidencySettings(ram_budget_gib=4))
+    refused = make_plan(cpu_only, [gguf_7b()], tight).models[0]
+    assert not refused.fits
+    assert "4.0 GiB is left for models" in refused.reason
+    roomy = msgspec.structs.replace(wide, residency=ResidencySettings(ram_budget_gib=10_000))
+    assert ram_for_models(cpu_only, roomy) == cpu_only.cpu.ram_available_bytes
