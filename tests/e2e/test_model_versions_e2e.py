@@ -1,6 +1,7 @@
 """Blue-green model versions on a real appliance: a broken version is refused and the old one keeps serving;
 a good one takes over under load with no failed request, requests in flight finish on the version they
-started on, and rollback goes back. Both versions are real SmolLM2 files (copies under other paths)."""
+started on, and rollback goes back; the admin event stream tells each switch. Both versions are real
+SmolLM2 files (copies under other paths)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import openai
 
+from tests.e2e.event_tail import EventTail
 from tests.e2e.server import APPLIANCE, RunningAppliance, cli, process_alive, start_appliance
 
 SERVED_VERSION = "x-served-model-version"
@@ -181,7 +183,10 @@ def test_activating_a_good_version_under_load_then_rolling_back(tmp_path: Path, 
             await load
             return done, switched
 
-        done, switched = asyncio.run(activate_under_load())
+        with EventTail(running.base_url, running.admin_key) as tail:
+            done, switched = asyncio.run(activate_under_load())
+            told = tail.wait_for("model.activated", model="smollm2-135m")
+        assert (told["version"], told["replaced_version"]) == ("2", "1")
         assert done.returncode == 0, done.stderr
         assert "smollm2-135m now serves version 2 (was 1)" in done.stdout
         assert "ok   deep probe" in done.stdout
@@ -198,7 +203,10 @@ def test_activating_a_good_version_under_load_then_rolling_back(tmp_path: Path, 
             time.sleep(0.2)
         assert not process_alive(old_pid), "the replaced worker stops once its requests are done"
 
-        back = _models_command(running, "rollback", "smollm2-135m")
+        with EventTail(running.base_url, running.admin_key) as tail:
+            back = _models_command(running, "rollback", "smollm2-135m")
+            told = tail.wait_for("model.rolled_back", model="smollm2-135m")
+        assert (told["version"], told["replaced_version"]) == ("1", "2")
         assert back.returncode == 0, back.stderr
         assert "now serves version 1 (was 2)" in back.stdout
         assert _engine(running)["version"] == "1"
