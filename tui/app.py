@@ -108,7 +108,17 @@ class ConsoleApp(App[None]):
         """Tell the screens, and fetch the overview now if the event changes what it shows."""
         self.last_event = event
         if event.kind.startswith(REFRESHING_EVENTS):
-            self.poll()
+            self.refresh_overview()
+
+    @work(exclusive=True, group="refresh")
+    async def refresh_overview(self) -> None:
+        """Fetch the overview for an event, apart from `poll`: it must neither cancel a poll under way nor
+        add a sample to the history (whose rates and medians need polls evenly spaced)."""
+        try:
+            overview = await self.source.overview()
+        except (ConnectionLost, AdminApiError):
+            return  # the next poll shows the banner or the error
+        self.latest = overview
 
     @work(exclusive=True, group="poll")
     async def poll(self) -> None:

@@ -18,6 +18,7 @@ from tests.tui.helpers import rows, until
 from tui.app import ConsoleApp
 from tui.client import ConnectionLost
 from tui.history import MetricsHistory
+from tui.schemas import Overview
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.models import COLUMNS
 
@@ -163,3 +164,28 @@ async def test_the_console_reconnects_when_the_stream_drops() -> None:
         await until(pilot, lambda: source.subscriptions >= 3, "a third subscription", steps=200)
         assert isinstance(app.last_event, SseEvent)
         assert app.last_event.kind == "stream.opened"
+
+
+class OverviewCounting(RecordingSource):
+    """Counts the overview's reads."""
+
+    overview_reads = 0
+
+    async def overview(self) -> Overview:
+        """The fixed overview, counted."""
+        self.overview_reads += 1
+        return await super().overview()
+
+
+async def test_an_event_fetches_the_overview_but_adds_no_sample_to_the_history() -> None:
+    """A model event reads the overview at once, yet the history gets no point from it: rates and medians
+    need samples a poll apart (extra close ones kept the TTFT median from moving under load)."""
+    source = OverviewCounting()
+    app = ConsoleApp(source, poll_s=3600, history=MetricsHistory(), follow_events=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: source.overview_reads == 1 and source.subscriptions == 1, "the first poll")
+        source.queue.put_nowait(SseEvent("model.loaded", "10", '{"model": "smollm2-135m"}'))
+        await until(pilot, lambda: source.overview_reads == 2, "a read after the event")
+        await pilot.pause(0.1)
+        assert list(app.history.tokens_per_s) == []
+        assert list(app.history.ttft_p50_ms) == []
