@@ -262,7 +262,7 @@ def test_prefer_warm_skips_a_cold_first_link_and_a_plain_route_waits(running: Ru
     waited = _client(running).completions.with_raw_response.create(model="wait", prompt="Hi", max_tokens=2)
     assert waited.headers["x-served-model"] == "gemma"
     assert int(waited.headers[LOAD_MS]) > 0
-    failovers = 'appliance_failovers_total{route="warm",model="gemma",reason="cold"}'
+    failovers = 'appliance_failovers_total{model="gemma",reason="cold",route="warm"}'  # labels sorted
     assert _metric(running, failovers) == 1
 
 
