@@ -204,9 +204,15 @@ def _error_of(status: int, body: str) -> tuple[str, str]:
 
 
 async def stream_one(
-    client: httpx.AsyncClient, target: Target, content: str, max_tokens: int, seed: int
+    client: httpx.AsyncClient,
+    target: Target,
+    content: str,
+    max_tokens: int,
+    seed: int,
+    opened: Callable[[httpx.Response], None] | None = None,
 ) -> Sample:
-    """Send one streaming chat completion, time its first content and read its usage; errors are kept."""
+    """Send one streaming chat completion, time its first content and read its usage; errors are kept.
+    `opened` sees the response as soon as its headers arrive (the residency bench reads one of them)."""
     body = {
         "model": target.model,
         "messages": [{"role": "user", "content": content}],
@@ -222,6 +228,8 @@ async def stream_one(
     try:
         url = f"{target.base_url}/v1/chat/completions"
         async with client.stream("POST", url, json=body, headers=target.headers) as resp:
+            if opened is not None:
+                opened(resp)
             if resp.status_code != 200:
                 text = (await resp.aread()).decode(errors="replace")
                 return Sample(None, 0, None, None, *_error_of(resp.status_code, text))
