@@ -37,16 +37,19 @@ from api.openapi import document_on_startup, openapi_config
 from api.state import GatewayState
 from appliance.chain import Chains
 from appliance.hardware import detect_hardware, load_nvml
+from appliance.planner import Plan
 from appliance.probe import probe_forever
 from appliance.registry.models import ModelInfo
 from appliance.registry.registry import Registry
+from appliance.serving.events import Events
 from appliance.serving.live import LiveModels
+from appliance.serving.residency import Residency
 from appliance.settings import Settings
 from appliance.store.gate import StoreGate
 from appliance.store.staging import remove_abandoned
 from appliance.store.store import ModelStore
 from appliance.store.tmpfs import sweep_stale_folders
-from appliance.supervisor import Supervisor, serving_plan
+from appliance.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +66,10 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
     gate = StoreGate(
         settings.home, registry, settings.store.import_roots
     )  # passphrase mode: locked until an admin unlocks it
-    supervisor = Supervisor(
+    supervisor = Supervisor(  # no worker yet: Residency adds those that fit, at start and on demand
         settings,
-        models,
-        serving_plan(settings, models, hardware),
+        [],
+        Plan(hardware, ()),
         on_restart=lambda name: metrics_.worker_restarts.labels(name).inc(),
         model_source=gate.model_source(),
     )
@@ -75,9 +78,23 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
         if settings.store.require_encrypted:
             store.require_encrypted([model])
 
-    live_models = LiveModels(settings, registry, supervisor, hardware, may_start=gate.may_start, admit=admit)
+    events = Events()
+    residency = Residency(
+        settings,
+        registry,
+        supervisor,
+        hardware,
+        events,
+        may_start=gate.may_start,
+        admit=admit,
+        recorder=metrics_.residency,
+    )
+    metrics_.residency.watch(residency)
+    live_models = LiveModels(settings, registry, supervisor, hardware, residency=residency)
     chains = Chains(settings, registry)
-    gateway = GatewayState(settings, registry, supervisor, metrics_, chains, gate, live_models)
+    gateway = GatewayState(
+        settings, registry, supervisor, metrics_, chains, gate, live_models, residency, events
+    )
     limits = RequestLimits(settings.limits)
     jobs = Jobs()
 
@@ -89,19 +106,21 @@ def create_app(settings: Settings, registry: Registry) -> Litestar:
             log.warning("removed %s: an unpacked model bundle left by an import that was killed", folder)
         registry.audit.start(settings.audit)  # from here on no request waits for an audit row's commit
         try:
-            await supervisor.start(gate.startable_workers(supervisor))
+            await residency.start()  # the enabled models that fit together; the others load on demand
             probing = asyncio.create_task(
                 probe_forever(supervisor, gateway.chains, settings.fallback, metrics_.fallback.probe_done)
             )
             following = asyncio.create_task(live_models.follow())  # registry changes, while serving
+            expiring = asyncio.create_task(residency.keep_alive())  # idle models unloaded
             try:
                 yield
             finally:
-                for task in (following, probing):
+                for task in (following, probing, expiring):
                     task.cancel()
-                await asyncio.gather(following, probing, return_exceptions=True)
+                await asyncio.gather(following, probing, expiring, return_exceptions=True)
                 await supervisor.stop()
                 await live_models.close()
+                await residency.close()
         finally:
             await asyncio.to_thread(registry.audit.close)  # commits what is queued: nothing is lost
 

@@ -11,9 +11,11 @@ from appliance.supervisor import WorkerState
 
 
 def link_serves(gateway: GatewayState, model: str) -> bool:
-    """Whether a link could take a request now: its engine is ready and its circuit not open."""
+    """Whether a link could take a request now: its engine is ready, or its model cold (a request loads
+    it), and its circuit not open."""
     worker = gateway.supervisor.workers.get(model)
-    if worker is None or worker.state is not WorkerState.READY:
+    ready = worker is not None and worker.state is WorkerState.READY
+    if not (ready or gateway.residency.cold_servable(model)):
         return False
     return gateway.chains.breaker(model).state is not BreakerState.OPEN
 
@@ -21,8 +23,9 @@ def link_serves(gateway: GatewayState, model: str) -> bool:
 def readiness(gateway: GatewayState) -> tuple[dict[str, Any], int]:
     """The /health/ready body and status.
 
-    Without routes: ready when every planned engine is, bar one loading for the first time while another
-    serves (a model added while serving does not make the node unready). With routes: `ready` when every
+    Without routes: ready when every engine is, bar one loading for the first time while another serves
+    (a model added while serving does not make the node unready), and at least one model is loaded or cold
+    (servable: its first request loads it). With routes: `ready` when every
     route is served by its primary; `degraded` (still 200, the node answers) when some route is not but at
     least one route is served by a model; `not_ready` (503) when no model serves any route. A route that is
     canned by design (no links) does not count; a route left with only its canned answer counts as not
@@ -33,7 +36,8 @@ def readiness(gateway: GatewayState) -> tuple[dict[str, Any], int]:
     routes = gateway.chains.routes
     if not routes:
         loading = [w for w in workers if w.state is WorkerState.STARTING and w.restarts == 0]
-        ready = any(w.state is WorkerState.READY for w in workers) and all(
+        cold = any(map(gateway.residency.cold_servable, gateway.residency.names()))
+        ready = (cold or any(w.state is WorkerState.READY for w in workers)) and all(
             w.state is WorkerState.READY or w in loading for w in workers
         )
         body["status"] = "ready" if ready else "not_ready"

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from api.fallback_metrics import FallbackMetrics
+from api.residency_metrics import ResidencyMetrics
 from appliance.hardware import read_gpu_telemetry
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -114,6 +115,8 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.fallback = FallbackMetrics(self.registry)
+        self.residency = ResidencyMetrics(self.registry)
+        """Loads and unloads of models, and the budget's use (`watch` the gateway's Residency)."""
         self.streaming_tokens = 0
         """Content events of streams still going, an estimate of their tokens: a stream's exact count
         comes with its usage at the end, when the relay moves it into `completion_tokens`."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -129,9 +130,17 @@ class Activations:
     """Activating and rolling back model versions in a running gateway, one activation per model at a time."""
 
     def __init__(
-        self, settings: Settings, models: ModelRegistry, supervisor: Supervisor, chains: Chains
+        self,
+        settings: Settings,
+        models: ModelRegistry,
+        supervisor: Supervisor,
+        chains: Chains,
+        *,
+        load: Callable[[str], Awaitable[float]] | None = None,
     ) -> None:
         self._settings = settings
+        self._load = load
+        """Loads a cold model (residency), so that its new version is checked beside a loaded one."""
         self._models = models
         self._supervisor = supervisor
         self._chains = chains
@@ -164,6 +173,8 @@ class Activations:
 
     async def _activate(self, current: ModelInfo, target: ModelInfo) -> Activation:
         log.info("activating %s version %s beside version %s", target.name, target.version, current.version)
+        if self._load is not None and current.name not in self._supervisor.workers:
+            await self._load(current.name)  # cold: load the serving version, then switch as for any
         serving = self._supervisor.workers.get(current.name)
         if serving is None:
             raise WorkerStartError(f"model {current.name!r} is not being served here (enable it first)")

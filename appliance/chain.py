@@ -31,6 +31,8 @@ class Route:
     canned: str | None
     is_route: bool
     """False for a plain model name: no failover, the engine's own errors come back as they are."""
+    prefer_warm: bool = False
+    """Skip a cold link (reason `cold`) when a later link is loaded, rather than wait for its load."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Chains:
         self._registry = registry
         self._clock = clock
         self._routes = {
-            name: Route(name, tuple(route.links), route.canned, True)
+            name: Route(name, tuple(route.links), route.canned, True, route.prefer_warm)
             for name, route in settings.routes.items()
         }
         for stored in registry.routes.list():

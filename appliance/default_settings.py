@@ -59,6 +59,13 @@ memory_utilization = 0.90     # share of each GPU a vLLM worker may take
 max_num_seqs = 16             # sequences per vLLM worker; KV cache is planned for this many contexts
 enable_prefix_caching = true
 
+[residency]                   # models load on first request, unload when idle (least recently used first)
+ram_budget_gib = 0.0          # RAM llama.cpp workers may take together; 0 = what is available at start
+gpu_budget_share = 0.0        # share of a GPU a vLLM worker may take; 0 = [gpu] memory_utilization
+max_loaded = 0                # most models loaded at once; 0 = as many as memory holds
+load_timeout_s = 120.0        # a request waits this long for its model to load, then 503 + Retry-After
+keep_alive_s = 300.0          # idle seconds before unloading; -1 = pinned, 0 = after each request
+
 [store]
 require_encrypted = false     # true: serve only models imported into the encrypted store
 require_signed = false        # true: models enter only by `appliance models import-bundle` (signed bundles)

@@ -195,6 +195,15 @@ def _targets(gpus: Iterable[Gpu]) -> list[_Target]:
     return targets
 
 
+def ram_for_models(hardware: Hardware, settings: Settings) -> int:
+    """RAM the llama.cpp models may take together: what is available, within `[residency] ram_budget_gib`."""
+    available = hardware.cpu.ram_available_bytes
+    budget = settings.residency.ram_budget_bytes
+    if not budget:
+        return available
+    return min(available, budget) if hardware.cpu.ram_total_mib else budget
+
+
 class _Planner:
     """Places models one by one, remembering which GPUs and how much RAM earlier models took."""
 
@@ -203,7 +212,10 @@ class _Planner:
         self.settings = settings
         self.vllm_problem = vllm_problem
         self.free_targets = _targets(hardware.gpus)
-        self.ram_left = hardware.cpu.ram_available_bytes
+        budget = settings.residency.ram_budget_bytes
+        self.ram_limited = bool(hardware.cpu.ram_total_mib or budget)
+        """Whether RAM bounds the llama.cpp models: known RAM, or a `[residency]` budget."""
+        self.ram_left = ram_for_models(hardware, settings)
 
     def context(self, spec: ModelSpec, default: int) -> int:
         """Tokens per request: the setting (0: `default`, or the trained context when that is 0), never
@@ -253,7 +265,7 @@ class _Planner:
             return msgspec.structs.replace(
                 base, reason=f"vLLM's AWQ needs compute capability >= 7.5; found {found}"
             )
-        utilization = self.settings.gpu.memory_utilization
+        utilization = self.settings.residency.gpu_budget_share or self.settings.gpu.memory_utilization
         best_offer = 0
         for size in (1, *TENSOR_PARALLEL_SIZES):
             pool = capable if size == 1 else [t for t in capable if t.whole_gpu]
@@ -332,7 +344,7 @@ class _Planner:
             weights_bytes=spec.size_bytes, kv_cache_bytes=spec.kv_bytes_per_token() * pool,
             overhead_bytes=LLAMACPP_OVERHEAD_BYTES, available_bytes=self.ram_left, kv_pool_tokens=pool,
         )  # fmt: skip
-        if self.hardware.cpu.ram_total_mib and plan.needed_bytes > self.ram_left:
+        if self.ram_limited and plan.needed_bytes > self.ram_left:
             return msgspec.structs.replace(
                 plan,
                 reason=f"needs {_gib(plan.needed_bytes)} of RAM; {_gib(self.ram_left)} is left for models",

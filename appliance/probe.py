@@ -85,6 +85,8 @@ async def probe_all(
     workers = list(supervisor.workers.values())
     outcomes = await asyncio.gather(*(probe_worker(w, settings) for w in workers))
     for worker, (ok, detail) in zip(workers, outcomes, strict=True):
+        if supervisor.workers.get(worker.model.name) is not worker:
+            continue  # unloaded or replaced meanwhile: its probe says nothing of the link now
         before = chains.probes.get(worker.model.name)
         if not ok and (before is None or before.ok):
             log.warning("deep probe of %s failed: %s", worker.model.name, detail)

@@ -10,6 +10,7 @@ from typing import Literal
 import msgspec
 
 from appliance.errors import SettingsError, SignedBundleRequiredError
+from appliance.settings_residency import ResidencySettings
 
 SETTINGS_FILE = "settings.toml"
 DEFAULT_HOME = Path("/var/lib/appliance")
@@ -250,6 +251,8 @@ class RouteSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Registered model names, tried in this order."""
     canned: str | None = None
     """Text answered when every link failed; unset means an exhausted chain answers 503."""
+    prefer_warm: bool = False
+    """A cold first link is skipped (reason `cold`) when a later link is loaded; false: wait for its load."""
 
 
 class FallbackSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -338,6 +341,7 @@ class SettingsFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     egress: EgressSettings = EgressSettings()
     activation: ActivationSettings = ActivationSettings()
     audit: AuditSettings = AuditSettings()
+    residency: ResidencySettings = ResidencySettings()
 
 
 class Settings(SettingsFile, frozen=True, kw_only=True):
@@ -399,5 +403,6 @@ def load_settings(home: Path) -> Settings:
         egress=found.egress,
         activation=found.activation,
         audit=found.audit,
+        residency=found.residency,
         home=home,
     )

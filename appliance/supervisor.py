@@ -54,6 +54,8 @@ class WorkerState(StrEnum):
     READY = "ready"
     RESTARTING = "restarting"
     STOPPED = "stopped"
+    FAILED = "failed"
+    """Its first start never became ready (a corrupt file, a crash while loading): not retried."""
 
 
 class WorkerStartError(ApplianceError):
@@ -182,11 +184,21 @@ class Supervisor:
         ]
         for worker in starting:
             self._tasks[worker] = asyncio.create_task(self._keep_running(worker))
-        deadline = self._settings.workers.startup_timeout_s
-        waits = [asyncio.wait_for(w.ready_event.wait(), deadline) for w in starting]
-        for outcome in await asyncio.gather(*waits, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                log.warning("a worker was not ready within %.0f s; it keeps retrying", deadline)
+        await asyncio.gather(*(self.until_started(w) for w in starting))
+
+    async def until_started(self, worker: Worker) -> bool:
+        """Wait until the worker is ready (True) or its first start failed (False, why in last_exit)."""
+        task = self._tasks.get(worker)
+        if task is None:
+            return worker.state is WorkerState.READY
+        ready = asyncio.ensure_future(worker.ready_event.wait())
+        try:
+            # The start-up bound is `_wait_ready`'s; this one only keeps a wedged spawn from hanging here.
+            limit = self._settings.workers.startup_timeout_s + self._settings.workers.stop_timeout_s + 5
+            await asyncio.wait({ready, task}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        return worker.state is WorkerState.READY
 
     async def _spawn(self, worker: Worker) -> asyncio.subprocess.Process | None:
         """Start the worker's process from its model source; None (reason in last_exit) if it cannot."""
@@ -216,10 +228,16 @@ class Supervisor:
         `running`: a process already started and ready (an activated version), watched from here on.
         """
         backoff = self._settings.workers.restart_backoff_s
+        served = running is not None
+        """Whether it was ever ready: a first start that fails is a failed load, reported and not retried
+        (a corrupt file would fail forever); a worker that served and then died is restarted."""
         while not self._stopping:
             started = time.monotonic()
             if running is None:
                 process = await self._spawn(worker)
+                if process is None and not served:
+                    worker.state = WorkerState.FAILED
+                    return
                 if process is None:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self._settings.workers.restart_backoff_max_s)
@@ -228,6 +246,20 @@ class Supervisor:
                 if await self._wait_ready(worker, waiter):
                     worker.state = WorkerState.READY
                     worker.ready_event.set()
+                    served = True
+                elif not served:
+                    code = await waiter
+                    self._processes.pop(worker, None)
+                    worker.socket_path.unlink(missing_ok=True)
+                    worker.state, worker.pid = WorkerState.FAILED, None
+                    limit = self._settings.workers.startup_timeout_s
+                    worker.last_exit = (
+                        f"its worker was not ready within {limit:g} s"
+                        if time.monotonic() - started >= limit
+                        else f"its worker exited before it was ready ({_describe_exit(code)})"
+                    )
+                    log.error("worker %s failed to load: %s", worker.model.name, worker.last_exit)
+                    return
             else:
                 (process, waiter), running = running, None
             code = await waiter

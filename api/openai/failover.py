@@ -1,8 +1,8 @@
 """Failover along a route's chain: which link serves a generation, and what happens when one fails.
 
 The rules (docs: README "Fallback chain"):
-- a link whose model is disabled or removed (`not_serving`), whose circuit is open, whose engine is not
-  ready, or (for chat) whose model has no chat template,
+- a link whose model is disabled or removed (`not_serving`), can never be loaded here (`not_loaded`), whose
+  circuit is open, whose engine is restarting (`not_ready`), or (for chat) whose model has no chat template,
   or a vLLM link without a tool parser for a request that lets the model choose a tool, is skipped;
 - a connection error, a worker crash, a timeout before the first streamed event (while the engine does not
   decode: queued behind others it waits, up to the request timeout), a 5xx or a 429 → the
@@ -11,6 +11,9 @@ The rules (docs: README "Fallback chain"):
 - a stream whose first event is an error: the request's own (`invalid_request_error`) → that error as a 400,
   no failover, not counted; overload → the next link, not counted; anything else → the next link, counted;
 - once an event has been streamed to the client, an error becomes an error event on that stream;
+- a cold link is loaded and waited for (`[residency] load_timeout_s`), unless the route says `prefer_warm`
+  and a later link is loaded: then it is skipped (`cold`); a load that fails or finds no room → the next
+  link (`load_failed`, `no_room`);
 - every link failed → the route's canned answer, or 503 with Retry-After when it has none.
 A plain model name is a chain of one link: its engine's own answer (a 429 say) comes back as it is.
 """
@@ -20,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,11 +38,12 @@ from api.openai.relay import SSE_HEADERS, json_response, relay
 from api.state import GatewayState
 from appliance.chain import Route
 from appliance.engines.canned import CANNED_MODEL, canned_body, canned_events
-from appliance.errors import EngineUnavailableError, ModelNotFoundError
+from appliance.errors import ApplianceError, EngineUnavailableError, ModelNotFoundError
 from appliance.planner import ModelPlan
 from appliance.probe import worker_decode_steps
 from appliance.protocol import ChatCompletionRequest, SamplingRequest
 from appliance.registry.models import ModelInfo
+from appliance.serving.residency_rules import LOAD_MS_HEADER, ModelLoadError, NoRoomError
 from appliance.supervisor import Worker, WorkerState
 
 log = logging.getLogger(__name__)
@@ -62,13 +67,22 @@ T = TypeVar("T")
 class LinkFailed(Exception):
     """One link could not serve the request; the chain moves on."""
 
-    def __init__(self, reason: str, *, counts: bool, response: Response[bytes] | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        counts: bool,
+        response: Response[bytes] | None = None,
+        error: ApplianceError | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.counts = counts
         """Whether the failure is the link's fault and so counts against its breaker."""
         self.response = response
         """The engine's own error answer, if it gave one."""
+        self.error = error
+        """Why its model could not be loaded: a plain model name answers exactly this."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,8 @@ class _Call:
     headers: dict[str, str]
     worker: Worker
     """Taken when the link is tried: a model withdrawn meanwhile still answers what it was sent."""
+    release: Callable[[], None]
+    """Gives back the claim on the model (once): when a plain answer is read, or a stream ends."""
 
 
 async def serve_generation(
@@ -91,7 +107,7 @@ async def serve_generation(
     request.state.model = route.name
     chat = path == "/v1/chat/completions"
     skipped: list[str] = []
-    for name in route.links:
+    for at, name in enumerate(route.links):
         try:
             model = gateway.registry.models.serving(name)
         except ModelNotFoundError:  # a link disabled or removed while the route stays
@@ -100,12 +116,15 @@ async def serve_generation(
             skipped.append(f"{name}=not_serving")
             gateway.metrics.fallback.failovers.labels(route.name, name, "not_serving").inc()
             continue
-        reason = _skip_reason(gateway, model, body) if route.is_route else None
+        warm_later = route.prefer_warm and any(map(gateway.residency.loaded, route.links[at + 1 :]))
+        reason = _skip_reason(gateway, model, body, warm_later) if route.is_route else None
         if reason is None:
             try:
                 return await _try_link(request, gateway, body, path, model, skipped)
             except LinkFailed as failed:
                 if not route.is_route:
+                    if failed.error is not None:
+                        raise failed.error from failed
                     if failed.response is not None:
                         return failed.response
                     raise EngineUnavailableError(
@@ -126,18 +145,23 @@ def skip_headers(skipped: list[str]) -> dict[str, str]:
     return headers
 
 
-def _skip_reason(gateway: GatewayState, model: ModelInfo, body: SamplingRequest) -> str | None:
-    """Why a link must not even be tried, or None."""
+def _skip_reason(
+    gateway: GatewayState, model: ModelInfo, body: SamplingRequest, warm_later: bool
+) -> str | None:
+    """Why a link must not even be tried, or None (a cold link is tried: it loads, unless `warm_later`)."""
     worker = gateway.supervisor.workers.get(model.name)
-    if worker is None:
+    if worker is not None and worker.state is not WorkerState.READY and worker.restarts:
+        return "not_ready"  # it served and died: restarting, the next link answers meanwhile
+    if not gateway.residency.servable(model.name):
         return "not_loaded"
-    if worker.state is not WorkerState.READY:
-        return "not_ready"
+    if not gateway.residency.loaded(model.name) and warm_later:
+        return "cold"
     chat = isinstance(body, ChatCompletionRequest)
     if chat and not (model.has_chat_template or model.chat_template_override is not None):
         # A base model without a template would answer 400, which is no fault of the request: skip it.
         return "no_chat_template"
-    if (reason := feature_skip_reason(worker.launch.plan, body)) is not None:
+    plan = gateway.residency.plan(model.name)
+    if plan is not None and (reason := feature_skip_reason(plan, body)) is not None:
         return reason
     if not gateway.chains.breaker(model.name).would_allow():
         return "circuit_open"
@@ -163,27 +187,35 @@ async def _try_link(
     model: ModelInfo,
     skipped: list[str],
 ) -> Response[bytes] | Stream:
-    """One attempt on one link; LinkFailed when the next link should be tried."""
-    worker = gateway.supervisor.workers.get(model.name)
-    if worker is None:  # withdrawn (disabled, removed) since the route was resolved
-        raise LinkFailed("not_loaded", counts=False)
+    """One attempt on one link, its model loaded first if it is cold; LinkFailed when the next link
+    should be tried."""
+    try:
+        worker, waited_ms = await gateway.residency.ensure(model)
+    except ApplianceError as error:  # refused, failed to load, no room: no fault of a running engine
+        reason = {ModelLoadError: "load_failed", NoRoomError: "no_room"}.get(type(error), "not_loaded")
+        raise LinkFailed(reason, counts=False, error=error) from error
+    release = _once(lambda: gateway.residency.release(model.name))
     breaker = gateway.chains.breaker(model.name)
     breaker.acquire()  # claims the half-open trial; a plain model name is tried whatever its breaker says
     payload = msgspec.json.encode(body.for_engine(model.name))
-    headers = {SERVED_MODEL: model.name, **skip_headers(skipped)}
-    call = _Call(request, gateway, model, path, payload, headers, worker)
+    headers = {SERVED_MODEL: model.name, **skip_headers(skipped), **load_headers(waited_ms)}
+    call = _Call(request, gateway, model, path, payload, headers, worker, release)
     try:
         served = await (_stream(call) if body.stream else _plain(call))
     except LinkFailed as failed:
+        release()
         if failed.counts:
             gateway.chains.link_failed(model.name)
         else:
             breaker.release()
         gateway.metrics.fallback.set_breaker(model.name, breaker.state.value)
         raise
-    except asyncio.CancelledError:
+    except BaseException:
+        release()
         breaker.release()  # the client left: no verdict on the link
         raise
+    if not isinstance(served, Stream):
+        release()  # a plain answer is read whole; a stream gives the claim back when it ends
     request.state.model = model.name
     if served.status_code == 200:
         breaker.record_success()
@@ -191,6 +223,24 @@ async def _try_link(
         breaker.release()
     gateway.metrics.fallback.set_breaker(model.name, breaker.state.value)
     return served
+
+
+def load_headers(waited_ms: float) -> dict[str, str]:
+    """`X-Model-Load-Ms` for a request that waited for its model to load; nothing for a warm one."""
+    return {LOAD_MS_HEADER: str(round(waited_ms))} if waited_ms > 0 else {}
+
+
+def _once(work: Callable[[], None]) -> Callable[[], None]:
+    """`work` to be done at most once, however many ways out call it."""
+    done = False
+
+    def call() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            work()
+
+    return call
 
 
 def _failed_status(upstream: httpx.Response, headers: dict[str, str]) -> LinkFailed | None:
@@ -360,7 +410,10 @@ async def _stream(call: _Call) -> Response[bytes] | Stream:
         started,
         _on_mid_stream_error(call),
         on_usage=lambda totals: settle_usage(call.request, totals.prompt_tokens, totals.completion_tokens),
+        on_end=call.release,
     )
+    # A stream never iterated (the client left first) runs no `finally`: its claim goes when it is dropped.
+    weakref.finalize(events, call.release)
     return Stream(events, media_type="text/event-stream", headers={**SSE_HEADERS, **call.headers})
 
 

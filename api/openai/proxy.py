@@ -10,27 +10,23 @@ from litestar import Request, Response
 from litestar.response import Stream
 
 from api.admission import settle_usage
-from api.openai.failover import serve_generation
+from api.openai.failover import load_headers, serve_generation
 from api.openai.relay import json_response, unavailable
 from api.state import GatewayState
-from appliance.errors import EngineUnavailableError
 from appliance.protocol import EmbeddingRequest, SamplingRequest
 from appliance.registry.models import ModelInfo
-from appliance.supervisor import Worker, WorkerState
+from appliance.supervisor import Worker
 from appliance.wire.disconnect import unless_disconnected
 
 ModelRequest = TypeVar("ModelRequest", SamplingRequest, EmbeddingRequest)
 
 
-def ready_worker(gateway: GatewayState, model: ModelInfo) -> Worker:
-    """The worker serving `model`, or 503 if it is not running (with the planner's reason) or not ready."""
-    worker = gateway.supervisor.workers.get(model.name)
-    if worker is None:
-        why = gateway.supervisor.not_started.get(model.name, "it is being started")
-        raise EngineUnavailableError(f"The model `{model.name}` is registered but not loaded: {why}.")
-    if worker.state is not WorkerState.READY:
-        raise EngineUnavailableError(f"The engine for `{model.name}` is {worker.state.value}; retry shortly.")
-    return worker
+async def ready_worker(gateway: GatewayState, model: ModelInfo) -> tuple[Worker, dict[str, str]]:
+    """The worker serving `model`, loaded on demand (Residency.ensure), and the headers that say how long
+    the request waited for the load (none when it was loaded). The caller holds a claim on the model until
+    it calls `gateway.residency.release(model.name)`; a 503 says why it cannot be loaded."""
+    worker, waited_ms = await gateway.residency.ensure(model)
+    return worker, load_headers(waited_ms)
 
 
 def encode_for_worker(gateway: GatewayState, body: ModelRequest) -> tuple[ModelInfo, bytes]:
@@ -45,9 +41,6 @@ async def forward_generation(
 ) -> Response[bytes] | Stream:
     """Send a chat or text completion along its route's chain (a plain model: its worker), streamed or not."""
     gateway.store.refuse_if_locked()
-    route = gateway.chains.resolve(body.model)
-    if not route.is_route:
-        ready_worker(gateway, gateway.registry.models.serving(route.links[0]))
     return await serve_generation(request, gateway, body, path)
 
 
@@ -62,15 +55,17 @@ async def forward(
     that hangs up cancels it (499)."""
     request.state.model = model.name
     gateway.store.refuse_if_locked()
-    worker = ready_worker(gateway, model)
+    worker, headers = await ready_worker(gateway, model)
     try:
         # A client that hangs up cancels the call, which closes the worker's connection: it stops too.
         upstream = await unless_disconnected(request, worker.client.post(path, content=payload))
     except httpx.HTTPError as error:
         raise unavailable(model, error) from error
+    finally:
+        gateway.residency.release(model.name)  # the answer is read whole: the worker is done with it
     if upstream.status_code == 200:
         found = msgspec.json.decode(upstream.content, type=dict[str, Any]).get("usage") or {}
         prompt, completion = found.get("prompt_tokens", 0), found.get("completion_tokens", 0)
         gateway.metrics.record_usage(model.name, prompt, completion)
         settle_usage(request, prompt, completion)
-    return json_response(upstream)
+    return json_response(upstream, headers)

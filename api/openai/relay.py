@@ -71,11 +71,13 @@ async def relay(
     started: float,
     on_error: Callable[[], None] | None = None,
     on_usage: Callable[[Usage], None] | None = None,
+    on_end: Callable[[], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """Pass the worker's events through as they arrive (`first` already read), whole events only, without
     parsing them; closing this (client gone) closes the worker stream, which cancels the generation there.
     An engine failure now becomes an error event: tokens were sent, so no other link may take over; so does
-    the shutdown's drain deadline, so a stream outliving it ends cleanly instead of being truncated."""
+    the shutdown's drain deadline, so a stream outliving it ends cleanly instead of being truncated.
+    `on_end` runs once it is over, however it ended."""
     metrics = gateway.metrics
     first_token_at: float | None = None
     streamed = 0  # content events so far, in `metrics.streaming_tokens` until the usage says the truth
@@ -128,4 +130,8 @@ async def relay(
         if streamed:  # cut before its usage: the tokens sent are all that is known, and they were made
             metrics.streaming_tokens -= streamed
             metrics.completion_tokens.labels(model.name).inc(streamed)
-        await upstream.aclose()
+        try:
+            await upstream.aclose()
+        finally:
+            if on_end is not None:
+                on_end()  # the stream is over: its model may go idle

@@ -14,6 +14,7 @@ from appliance.gguf_info import GgufInfo
 from appliance.registry.changes import DataVersion, ReadCache
 from appliance.registry.names import check_model_name, check_version
 from appliance.registry.schema import ModelRow, utc_now
+from appliance.settings_residency import check_keep_alive
 
 MAX_ALIAS_CHARS = 128
 
@@ -42,6 +43,8 @@ class ModelInfo:
     """Whether this version is the one its name serves."""
     tool_parser: str | None = None
     """vLLM's tool-call parser as set for this model (None: follow the architecture)."""
+    keep_alive_s: float | None = None
+    """Idle seconds before it is unloaded (-1 pinned, 0 after each request); None: `[residency]`'s."""
 
     @property
     def public_names(self) -> tuple[str, ...]:
@@ -68,6 +71,7 @@ def _info(row: ModelRow) -> ModelInfo:
         version=row.version,
         active=row.active,
         tool_parser=row.tool_parser,
+        keep_alive_s=row.keep_alive_s,
     )
 
 
@@ -147,6 +151,7 @@ class ModelRegistry:
                 ),
                 status=status if active is None else active.status,
                 tool_parser=tool_parser if tool_parser is not None or active is None else active.tool_parser,
+                keep_alive_s=None if active is None else active.keep_alive_s,
             )
             session.add(row)
             session.flush()
@@ -269,6 +274,22 @@ class ModelRegistry:
                 raise ModelNotFoundError(f"The model `{name}` does not exist.", param="name")
             for row in rows:
                 row.tool_parser = None if tool_parser == "auto" else tool_parser
+            session.flush()
+            return _info(next(row for row in rows if row.active))
+
+    def set_keep_alive(self, name: str, seconds: float | None) -> ModelInfo:
+        """Set how long every version of `name` stays loaded when idle (-1 pinned; None: the setting's)."""
+        if seconds is not None:
+            try:
+                check_keep_alive(seconds)
+            except ValueError as error:
+                raise InvalidRequestError(str(error), param="keep_alive") from error
+        with self._sessions.begin() as session:
+            rows = list(session.scalars(select(ModelRow).where(ModelRow.name == name)))
+            if not rows:
+                raise ModelNotFoundError(f"The model `{name}` does not exist.", param="name")
+            for row in rows:
+                row.keep_alive_s = seconds
             session.flush()
             return _info(next(row for row in rows if row.active))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -45,6 +45,8 @@ class ModelRow(Base):
     chat_template_override: Mapped[str | None] = mapped_column(Text, default=None)
     tool_parser: Mapped[str | None] = mapped_column(String(32), default=None)
     """vLLM's tool-call parser for this model: NULL or `auto` follows the architecture, `none` offers none."""
+    keep_alive_s: Mapped[float | None] = mapped_column(Float, default=None)
+    """Idle seconds before the gateway unloads it: NULL follows `[residency] keep_alive_s`, -1 = pinned."""
     status: Mapped[str] = mapped_column(String(16), default="enabled")
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 

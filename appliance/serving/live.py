@@ -8,10 +8,10 @@ simply what the next start reads. On a change, `sync` compares the enabled model
 - a model no longer enabled (disabled, removed) is withdrawn at once: new requests for it get the 404 of a
   name never registered; requests in flight finish on its worker, which stops once idle, as a replaced
   version does (bounded by `server.drain_timeout_s`);
-- an enabled model without a worker is planned beside the running ones (the GPUs they hold and the RAM they
-  take are gone first) and started if it fits (and, under `[store] require_encrypted`, is encrypted);
-  else the reason is logged, audited and kept in `not_started`, where a request for it reads it (503),
-  and it is planned again once the workers change;
+- a newly enabled model goes to Residency (serving/residency.py): loaded at once if it fits beside the loaded
+  ones without unloading any (and, under `[store] require_encrypted`, is encrypted), else cold until its
+  first request; one that can never fit is refused, audited and kept in `not_started`, where a request for
+  it reads it (503);
 - a new alias needs no worker: requests resolve their names through the registry, which reads them live.
 Version activation (blue-green) and routes were live before this; they stay the gateway's own business.
 """
@@ -24,22 +24,21 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
-from appliance.engines.vllm.launch import installed_vllm_version, vllm_problem
-from appliance.errors import ApplianceError
 from appliance.hardware import Hardware
-from appliance.planner import plan_beside, spec_from_model
 from appliance.registry.models import ModelInfo
 from appliance.registry.registry import Registry
+from appliance.serving.events import Events
+from appliance.serving.residency import SERVE, Residency
 from appliance.settings import Settings
-from appliance.supervisor import ENGINE_KINDS, Supervisor, Worker
+from appliance.supervisor import Supervisor, Worker
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25
 """How often the registry's change counter is read: a change takes effect within this (and a sync)."""
-SERVE = "models.serve"
 WITHDRAW = "models.withdraw"
-"""Audit actions of the gateway itself: it started serving a model (or refused to), or stopped."""
+"""Audit actions of the gateway itself: it started serving a model (SERVE, or refused to), or stopped."""
+__all__ = ["SERVE", "WITHDRAW", "LiveModels"]
 
 
 def _always(_model: ModelInfo) -> bool:
@@ -68,22 +67,17 @@ class LiveModels:
         *,
         may_start: Callable[[ModelInfo], bool] = _always,
         admit: Callable[[ModelInfo], None] = _allowed,
+        residency: Residency | None = None,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._supervisor = supervisor
-        self._hardware = hardware
-        self._may_start = may_start
-        """Whether a new worker may start now (not while the encrypted store that holds it is locked)."""
-        self._admit = admit
-        """Raises ApplianceError for a model this gateway must not serve at all (a plain model while
-        `[store] require_encrypted` is on), as `serve` refuses it at start."""
-        self._vllm_problem: str | None = None
+        self.residency = residency or Residency(
+            settings, registry, supervisor, hardware, Events(), may_start=may_start, admit=admit
+        )
+        """Which enabled models are loaded: it takes in the models enabled while serving."""
         self._seen: int | None = None
         self._dirty = True
-        self._refused: dict[str, tuple[int, frozenset[str]]] = {}
-        """Models that did not fit: their row id and the workers there were, so as not to plan (and audit)
-        the same refusal again on every change of the database."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def follow(self) -> None:
@@ -113,19 +107,10 @@ class LiveModels:
                 # again: a model of its own.
                 row = models.get(worker.model.id)
                 if row is None or not _same_row(row, worker.model):
-                    self._withdraw(worker, "removed and registered again")
-                    self._serve(model)
+                    self._withdraw(worker, "removed and registered again")  # Residency takes in the new
             elif model != worker.model:
                 worker.launch = replace(worker.launch, model=model)  # aliases: what the engine list shows
-        for name in list(self._supervisor.not_started):
-            if name not in enabled:
-                del self._supervisor.not_started[name]
-        for name in list(self._refused):
-            if name not in enabled:
-                del self._refused[name]
-        for name, model in enabled.items():
-            if name not in self._supervisor.workers:
-                self._serve(model)
+        self.residency.sync(list(enabled.values()))
 
     def _why_gone(self, name: str) -> str:
         listed = any(model.name == name for model in self._registry.models.list())
@@ -136,6 +121,7 @@ class LiveModels:
         name = worker.model.name
         self._supervisor.withdraw(name)
         busy = worker.transport.in_flight
+        self.residency.withdrawn(name, why)
         log.info("%s %s: no new requests; its worker stops once its %d request(s) finish", name, why, busy)
         self._registry.audit.record(
             WITHDRAW,
@@ -150,50 +136,7 @@ class LiveModels:
             await self._supervisor.retire(worker, self._settings.server.drain_timeout_s)
             log.info("the worker of %s stopped", worker.model.name)
         finally:
-            self._dirty = True  # its memory is free: a model that did not fit may fit now
-
-    def _serve(self, model: ModelInfo) -> None:
-        """Plan `model` beside the workers there are; start it if it fits, else record why not."""
-        running = [*self._supervisor.workers.values(), *self._supervisor.retiring]
-        held = frozenset(f"{w.model.name}@{id(w)}" for w in running)
-        if self._refused.get(model.name) == (model.id, held):
-            return
-        if self._vllm_problem is None:
-            self._vllm_problem = vllm_problem(installed_vllm_version())
-        entry = plan_beside(
-            self._hardware,
-            [worker.launch.plan for worker in running],
-            [spec_from_model(model)],
-            self._settings,
-            vllm_problem=self._vllm_problem,
-        )
-        refusal = None if entry.fits and entry.engine in ENGINE_KINDS else entry.reason
-        try:
-            self._admit(model)
-        except ApplianceError as error:
-            refusal = error.message
-        if refusal is not None:
-            self._refused[model.name] = (model.id, held)
-            self._supervisor.not_started[model.name] = refusal
-            log.warning("not serving %s: %s", model.name, refusal)
-            self._registry.audit.record(
-                SERVE, outcome="failure", target=model.name, detail=f"not started: {refusal}"
-            )
-            return
-        self._refused.pop(model.name, None)
-        self._supervisor.add(model, entry)
-        starts = self._may_start(model)
-        log.info("serving %s version %s: %s", model.name, model.version, entry.reason)
-        self._registry.audit.record(
-            SERVE,
-            outcome="success",
-            target=model.name,
-            detail=f"version {model.version}: "
-            + ("worker starting" if starts else "waits for the store to be unlocked")
-            + f" ({entry.reason})",
-        )
-        if starts:
-            self._spawn(self._supervisor.start([model.name]))
+            self._dirty = True  # what it held is free: the next sync sees the registry anew
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

@@ -153,7 +153,7 @@ def test_route_edits_persist_and_override_settings(
     assert restarted.resolve("default").links == ("backup", "primary")
     assert restarted.resolve("default").canned is None
     with sqlite3.connect(tmp_path / "registry.db") as connection:
-        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007",)]
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0008",)]
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ def test_migration_creates_tables_and_stamps_version(registry: Registry, db_path
     assert {"models", "api_keys", "audit_events", "alembic_version"} <= tables
     with sqlite3.connect(db_path) as connection:
         versions = connection.execute("SELECT version_num FROM alembic_version").fetchall()
-    assert versions == [("0007",)]
+    assert versions == [("0008",)]
 
 
 def test_migrated_columns_match_schema(registry: Registry, db_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_opening_twice_is_idempotent_and_keeps_data(db_path: Path) -> None:
     assert [event.action for event in second.audit.recent()] == ["keys.create"]
     with sqlite3.connect(db_path) as connection:
         versions = connection.execute("SELECT version_num FROM alembic_version").fetchall()
-    assert versions == [("0007",)]
+    assert versions == [("0008",)]
 
 
 def test_created_key_has_documented_shape(registry: Registry) -> None:

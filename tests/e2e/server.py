@@ -16,6 +16,9 @@ import httpx
 
 APPLIANCE = str(Path(sys.executable).parent / "appliance")
 READY_TIMEOUT_S = 120.0
+PINNED = "[residency]\nkeep_alive_s = -1\n"
+"""The harness's appliances keep their models loaded however long a test leaves them idle (a session's
+shared appliance waits while other modules run): the tests of residency set their own keep-alive."""
 
 
 def process_alive(pid: int) -> bool:
@@ -116,7 +119,9 @@ def start_appliance(
     port = free_port()
     home.mkdir(parents=True, exist_ok=True)
     (home / "settings.toml").write_text(
-        f"[server]\n{server}port = {port}\n[workers]\nthreads = 2\ncontext_length = 2048\n" + settings
+        PINNED
+        + f"[server]\n{server}port = {port}\n[workers]\nthreads = 2\ncontext_length = 2048\n"
+        + settings
     )
     cli(home, "models", "add", str(model), "--name", "smollm2-135m", "--alias", "default")
     admin_key = cli(home, "keys", "create", "--name", "admin", "--role", "admin", "--quiet").strip()

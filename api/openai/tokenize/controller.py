@@ -14,23 +14,21 @@ from api.openai.proxy import forward
 from api.state import GatewayState
 from appliance.protocol import decode_request
 from appliance.registry.models import ModelInfo
-from appliance.supervisor import WorkerState
 from appliance.wire.tokenize import DetokenizeRequest, TokenizeRequest
 
 
 def _serving_model(gateway: GatewayState, name: str) -> ModelInfo:
-    """The model that would answer `name` now: a route's first link whose engine is ready (its tokenizer is
-    the one a completion would use), else its first link, whose worker then says why it cannot."""
+    """The model that would answer `name` now: a route's first link whose engine is loaded (its tokenizer
+    is the one a completion would use), else its first link, which the request loads."""
     route = gateway.chains.resolve(name)
     enabled = {model.name: model for model in gateway.registry.models.enabled()}
     models = [enabled[link] for link in route.links if link in enabled]
     if not models:  # no link serves (disabled or removed): the first one's 404
         return gateway.registry.models.serving(route.links[0])
     for model in models:
-        worker = gateway.supervisor.workers.get(model.name)
-        if worker is not None and worker.state is WorkerState.READY:
+        if gateway.residency.loaded(model.name):
             return model
-    return models[0]
+    return models[0]  # cold: the request loads it (or says why it cannot)
 
 
 async def _forward(
