@@ -6,6 +6,7 @@ none shares the cores with another.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import os
@@ -199,6 +200,21 @@ def find_llama_server(given: Path | None) -> Path | None:
     except (ImportError, RuntimeError):
         return None
     return Path(str(binary))
+
+
+def add_run_flags(
+    parser: argparse.ArgumentParser, read_timeout: float, batch_timeout: float, batch: str
+) -> None:
+    """The flags every side-by-side bench takes: the servers' programs, its timeouts (`batch` says what the
+    batch timeout bounds), and where to write the results section and the JSON figures."""
+    parser.add_argument("--appliance", type=Path, default=VENV_BIN / "appliance", help="appliance CLI")
+    parser.add_argument("--llama-server", type=Path, default=None, help="default: llama-server in the venv")
+    parser.add_argument(
+        "--read-timeout", type=float, default=read_timeout, help="seconds between stream bytes"
+    )
+    parser.add_argument("--batch-timeout", type=float, default=batch_timeout, help=f"seconds for {batch}")
+    parser.add_argument("--results", type=Path, default=None, help="(re)write this run's section here")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
 
 
 def llama_server_flags(setup: Setup, port: int) -> list[str]:
