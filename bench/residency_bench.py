@@ -16,7 +16,8 @@ cache and the first worker's imports), the table shows the median of the others.
 
 Switching: three models (the two test models and a copy of SmolLM2's file under a third name), a limit of
 two loaded at once (the appliance's `[residency] max_loaded`, llama-server's `--models-max`), closed-loop
-clients sending short streaming requests, each naming a model drawn with a fixed seed from a skewed mix.
+clients sending short streaming text completions (Gemma 3 270M is a base model with no chat template), each
+naming a model drawn with a fixed seed from a skewed mix.
 Latency (to the end of the stream) and TTFT p50/p99, errors, and loads and evictions: the appliance's from
 its metrics before and after, llama-server's by polling GET /models. Both run side by side with the same
 model files, threads, context and slots; a server's idle models cost nothing (they are not loaded).
@@ -44,7 +45,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import docqa_bench, residency_report, servers
-from bench.harness import PROMPTS, percentile, print_table
+from bench.harness import PROMPTS, closed_loop, percentile, print_table
 from bench.residency_report import PLAIN_SIDE, ROUTER_SIDE, STORE_SIDE, Switching, Timed
 from bench.residency_servers import (
     ROUTER,
@@ -87,7 +88,7 @@ class Side:
 
 
 async def timed(client: httpx.AsyncClient, running: Running, name: str, index: int, max_tokens: int) -> Timed:
-    """Send one short streaming request for model `name`, timing it and reading its load-wait header."""
+    """Send one short streaming text completion to `name`, timing it and reading its load-wait header."""
     header: list[str | None] = []
     began = time.perf_counter()
     sample = await docqa_bench.stream_one(
@@ -97,6 +98,7 @@ async def timed(client: httpx.AsyncClient, running: Running, name: str, index: i
         max_tokens,
         SEED + index,
         opened=lambda response: header.append(response.headers.get(LOAD_HEADER)),
+        completion=True,  # Gemma 3 270M is a base model without a chat template: text for every model
     )
     total = (time.perf_counter() - began) * 1000.0
     ttft = None if sample.ttft_s is None else sample.ttft_s * 1000.0
@@ -123,8 +125,8 @@ async def cold_loads(sides: list[Side], args: argparse.Namespace) -> dict[str, l
                     await make_cold(client, side.running, side.loaded, name)
                     got = await timed(client, side.running, name, repeat, args.max_tokens)
                     shown = "discarded" if repeat == 0 else f"{repeat}/{args.cold_repeats}"
-                    ttft = "-" if got.ttft_ms is None else f"{got.ttft_ms:.0f} ms"
-                    print(f"cold {shown}: {side.label}: {name}: TTFT {ttft}", file=sys.stderr, flush=True)
+                    ttft = f"TTFT {got.ttft_ms:.0f} ms" if got.ttft_ms is not None else f"error {got.error}"
+                    print(f"cold {shown}: {side.label}: {name}: {ttft}", file=sys.stderr, flush=True)
                     if repeat:
                         kept[side.label].append(got)
     return kept
@@ -157,14 +159,7 @@ async def switching(
             done.append(await timed(client, running, name, index, args.max_tokens))
 
     poller = asyncio.create_task(watch.run())
-    began, timed_out = time.perf_counter(), False
-    try:
-        async with asyncio.timeout(args.batch_timeout), asyncio.TaskGroup() as group:
-            for _ in range(args.clients):
-                group.create_task(user())
-    except TimeoutError:
-        timed_out = True  # keep what finished; the table flags the run
-    wall = time.perf_counter() - began
+    wall, timed_out = await closed_loop(args.clients, user, args.batch_timeout)  # the table flags a cut run
     poller.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await poller
@@ -293,12 +288,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cold-repeats", type=int, default=5, help="measured cold loads per model and side")
     parser.add_argument("--rounds", type=int, default=1, help="switching rounds; the median p50 is shown")
     parser.add_argument("--servers", default=f"{APPLIANCE},{LLAMA_SERVER}", help="which to run")
-    parser.add_argument("--appliance", type=Path, default=VENV_BIN / "appliance", help="appliance CLI")
-    parser.add_argument("--llama-server", type=Path, default=None, help="default: llama-server in the venv")
-    parser.add_argument("--read-timeout", type=float, default=300.0, help="seconds between stream bytes")
-    parser.add_argument("--batch-timeout", type=float, default=1800.0, help="seconds for one switching run")
-    parser.add_argument("--results", type=Path, default=None, help="(re)write this run's section here")
-    parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    servers.add_run_flags(parser, read_timeout=300.0, batch_timeout=1800.0, batch="one switching run")
     args = parser.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if unknown := set(args.servers) - {APPLIANCE, LLAMA_SERVER}:

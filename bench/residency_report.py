@@ -80,7 +80,8 @@ def header(args: argparse.Namespace, names: list[str], sequence: list[str], thir
         f"cold: median of {args.cold_repeats} repeats after one discarded (page cache warm); appliance home"
         " with keep_alive_s = 0; router unloaded with POST /models/unload before each request",
         f"each model: {args.threads} threads, total context {args.context_length}, {args.slots} slots;"
-        f" streaming, max_tokens {args.max_tokens}, temperature 0",
+        f" streaming text completions (/v1/completions: Gemma 3 270M has no chat template),"
+        f" max_tokens {args.max_tokens}, temperature 0",
         f"llama-server: {router}",
     ]
 
