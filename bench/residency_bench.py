@@ -94,7 +94,8 @@ async def timed(client: httpx.AsyncClient, running: Running, name: str, index: i
     sample = await docqa_bench.stream_one(
         client,
         running.asking(name),
-        PROMPTS[index % len(PROMPTS)],
+        # A blank line after the instruction: without it SmolLM2 ends a bare text prompt at once (0 tokens).
+        PROMPTS[index % len(PROMPTS)] + "\n\n",
         max_tokens,
         SEED + index,
         opened=lambda response: header.append(response.headers.get(LOAD_HEADER)),
