@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import servers
 from bench.batching_bench import command_line, cpu_model
-from bench.harness import markdown_table, percentile, print_table, write_section
+from bench.harness import closed_loop, markdown_table, percentile, print_table, write_section
 from bench.servers import APPLIANCE, LLAMA_SERVER, VENV_BIN, Setup, Target
 
 NP16 = f"{LLAMA_SERVER} -np16"
@@ -204,12 +204,21 @@ def _error_of(status: int, body: str) -> tuple[str, str]:
 
 
 async def stream_one(
-    client: httpx.AsyncClient, target: Target, content: str, max_tokens: int, seed: int
+    client: httpx.AsyncClient,
+    target: Target,
+    content: str,
+    max_tokens: int,
+    seed: int,
+    opened: Callable[[httpx.Response], None] | None = None,
+    completion: bool = False,
 ) -> Sample:
-    """Send one streaming chat completion, time its first content and read its usage; errors are kept."""
+    """Send one streaming chat completion (a text completion of `content` if `completion`), time its first
+    content and read its usage; errors are kept. `opened` sees the response as soon as its headers arrive
+    (the residency bench reads one of them)."""
+    prompt = {"prompt": content} if completion else {"messages": [{"role": "user", "content": content}]}
     body = {
         "model": target.model,
-        "messages": [{"role": "user", "content": content}],
+        **prompt,
         "max_tokens": max_tokens,
         "temperature": 0.0,
         "seed": seed,
@@ -220,8 +229,10 @@ async def stream_one(
     chunks, usage, error, detail = 0, None, None, ""
     began = time.perf_counter()
     try:
-        url = f"{target.base_url}/v1/chat/completions"
+        url = f"{target.base_url}/v1/{'completions' if completion else 'chat/completions'}"
         async with client.stream("POST", url, json=body, headers=target.headers) as resp:
+            if opened is not None:
+                opened(resp)
             if resp.status_code != 200:
                 text = (await resp.aread()).decode(errors="replace")
                 return Sample(None, 0, None, None, *_error_of(resp.status_code, text))
@@ -237,7 +248,10 @@ async def stream_one(
                     error = "error event" + kind.removeprefix("HTTP 200")
                     break
                 usage = chunk.get("usage") or usage
-                if any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
+                choices = chunk.get("choices") or []
+                if any(
+                    c.get("text") if completion else (c.get("delta") or {}).get("content") for c in choices
+                ):
                     chunks += 1
                     if ttft is None:
                         ttft = time.perf_counter() - began
@@ -290,16 +304,10 @@ async def batch(client: httpx.AsyncClient, target: Target, args: argparse.Namesp
             seed = 1000 + index % len(DOCUMENTS)
             samples.append(await stream_one(client, target, message(index), args.max_tokens, seed))
 
-    began, timed_out = time.perf_counter(), False
-    try:
-        async with asyncio.timeout(args.batch_timeout), asyncio.TaskGroup() as group:
-            for _ in range(args.clients):
-                group.create_task(user())
-    except TimeoutError:
-        # Keep what finished rather than lose the round; the table flags it.
-        timed_out = True
+    wall, timed_out = await closed_loop(args.clients, user, args.batch_timeout)
+    if timed_out:  # what finished is kept; the table flags the round
         print(f"{target.name}: round cut at {args.batch_timeout:.0f} s", file=sys.stderr)
-    return aggregate(target.name, samples, time.perf_counter() - began, timed_out)
+    return aggregate(target.name, samples, wall, timed_out)
 
 
 async def interleaved(targets: list[Target], args: argparse.Namespace) -> dict[str, list[Figures]]:
@@ -480,12 +488,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--context-length", type=int, default=None, help="the appliance's total context (default: its own)"
     )
     parser.add_argument("--slots", type=int, default=None, help="the appliance's slots (default: its own)")
-    parser.add_argument("--appliance", type=Path, default=VENV_BIN / "appliance", help="appliance CLI")
-    parser.add_argument("--llama-server", type=Path, default=None, help="default: llama-server in the venv")
-    parser.add_argument("--read-timeout", type=float, default=120.0, help="seconds between stream bytes")
-    parser.add_argument("--batch-timeout", type=float, default=600.0, help="seconds for one server's round")
-    parser.add_argument("--results", type=Path, default=None, help="(re)write this run's section here")
-    parser.add_argument("--json", type=Path, default=None, help="also write every round's figures here")
+    servers.add_run_flags(parser, read_timeout=120.0, batch_timeout=600.0, batch="one server's round")
     args = parser.parse_args(argv)
     args.servers = [_server_name(s.strip()) for s in args.servers.split(",") if s.strip()]
     if unknown := set(args.servers) - set(ORDER):

