@@ -30,6 +30,8 @@ REQUEST_BODIES: dict[str, type[msgspec.Struct]] = {
     "/detokenize": DetokenizeRequest,
 }
 STREAMING = {"/v1/chat/completions", "/v1/completions", "/v1/responses"}
+EVENT_STREAMS = {"/admin/events"}
+"""Routes that answer only server-sent events (Litestar documents a `Stream` as JSON)."""
 ERRORS = {
     "400": "The request is invalid (OpenAI `invalid_request_error`).",
     "401": "No key, or an unknown or revoked key.",
@@ -111,6 +113,11 @@ def complete_document(document: dict[str, Any]) -> None:
                     "content": {"application/json": {"schema": {"$ref": REF.format(name=name)}}},
                 }
                 operation["responses"] = {"200": _answer(path)}
+            if path in EVENT_STREAMS:
+                operation["responses"]["200"] = {
+                    "description": "Server-sent events, one per change, until the gateway stops.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                }
             # Ours replace Litestar's own (its 400 has another shape than the errors the gateway sends).
             operation["responses"].update(_error_responses())
             if path == READINESS:

@@ -37,17 +37,21 @@ def test_plan_for_a_described_machine_as_json(tmp_path: Path) -> None:
 
 
 def test_plan_table_for_this_machine_registered_model(tmp_path: Path) -> None:
-    """A registered GGUF is planned on this machine; the table names engine, fit and the reason."""
+    """A registered GGUF is planned on this machine; the table names engine, fit and the reason, and the
+    residency lines after it say the model fits within the budget."""
     model = write_tiny_gguf(tmp_path / "tiny.gguf")
     added = run_appliance("models", "add", str(model), "--name", "tiny")
     assert added.returncode == 0, added.stderr
     result = run_appliance("plan")
     assert result.returncode == 0, result.stderr
-    header, row = result.stdout.splitlines()[-2:]
+    lines = result.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("MODEL "))
+    header, row = lines[at : at + 2]
     assert header.split()[:3] == ["MODEL", "ENGINE", "WHERE"]
     assert row.split()[:3] == ["tiny", "llamacpp", "CPU"]  # GGUF is llama.cpp's, GPU or not
     assert " yes " in row
     assert result.stdout.startswith("CPU: ")
+    assert any(line.startswith("  fit together: tiny (") for line in lines[at + 2 :]), result.stdout
 
 
 def test_bad_hardware_file_is_one_error_line(tmp_path: Path) -> None:
