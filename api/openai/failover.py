@@ -63,6 +63,8 @@ REQUEST_ERROR = "invalid_request_error"
 OVERLOAD_ERROR = "rate_limit_exceeded"
 """The error type of a full queue: overload, not illness (it does not count against the breaker)."""
 T = TypeVar("T")
+_REFUSAL_REASONS: dict[type[ApplianceError], str] = {ModelLoadError: "load_failed", NoRoomError: "no_room"}
+"""The skip reason for a link whose model residency refused to make ready (else `not_loaded`)."""
 
 
 class LinkFailed(Exception):
@@ -193,8 +195,7 @@ async def _try_link(
     try:
         worker, waited_ms = await gateway.residency.ensure(model)
     except ApplianceError as error:  # refused, failed to load, no room: no fault of a running engine
-        reasons: dict[type[ApplianceError], str] = {ModelLoadError: "load_failed", NoRoomError: "no_room"}
-        reason = reasons.get(type(error), "not_loaded")
+        reason = _REFUSAL_REASONS.get(type(error), "not_loaded")
         raise LinkFailed(reason, counts=False, error=error) from error
     release = _once(lambda: gateway.residency.release(model.name))
     breaker = gateway.chains.breaker(model.name)

@@ -13,7 +13,7 @@ from appliance.registry.registry import Registry, open_registry
 from appliance.settings import load_settings
 from tests.api.console import run_appliance
 from tests.appliance.serving.test_live import FAKE_GGUF
-from tests.appliance.store.test_migration import _run
+from tests.appliance.store.test_migration import _run, columns_of
 from tests.gguf_files import write_tiny_gguf
 
 
@@ -45,13 +45,9 @@ def test_0008_adds_a_null_keep_alive_and_downgrading_drops_it(tmp_path: Path) ->
     _run(db_path, "upgrade", "0008")
     engine = create_engine(f"sqlite:///{db_path}")
     try:
-        with engine.connect() as connection:
-            columns = [row[1] for row in connection.exec_driver_sql("PRAGMA table_info(models)")]
-        assert "keep_alive_s" in columns
+        assert "keep_alive_s" in columns_of(engine, "models")
         _run(db_path, "downgrade", "0007")
-        with engine.connect() as connection:
-            columns = [row[1] for row in connection.exec_driver_sql("PRAGMA table_info(models)")]
-        assert "keep_alive_s" not in columns
+        assert "keep_alive_s" not in columns_of(engine, "models")
     finally:
         engine.dispose()
 

@@ -6,11 +6,17 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import Engine, create_engine, inspect
 
 from appliance.registry.database import MIGRATIONS
 
 STORE_TABLES = {"store_kek", "model_keys"}
+
+
+def columns_of(engine: Engine, table: str) -> list[str]:
+    """The names of a table's columns, as SQLite reports them."""
+    with engine.connect() as connection:
+        return [row[1] for row in connection.exec_driver_sql(f"PRAGMA table_info({table})")]
 
 
 def _run(db_path: Path, step: str, revision: str) -> set[str]:
@@ -49,8 +55,6 @@ def test_0007_keeps_an_old_passphrase_record_at_the_old_cost(tmp_path: Path) -> 
         with engine.connect() as connection:
             assert connection.exec_driver_sql("SELECT scrypt_n FROM store_kek").scalar_one() is None
         _run(db_path, "downgrade", "0006")
-        with engine.connect() as connection:
-            columns = [row[1] for row in connection.exec_driver_sql("PRAGMA table_info(store_kek)")]
-        assert "scrypt_n" not in columns
+        assert "scrypt_n" not in columns_of(engine, "store_kek")
     finally:
         engine.dispose()
